@@ -1,0 +1,130 @@
+// The whole N-API boundary in one place: every native call and its types.
+// Implemented by native/src/addon/*. Anything not declared here does not cross.
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export type Device = 'auto' | 'cpu' | 'cuda';
+
+export interface NativeEngineOptions {
+  device?: Device;
+  /** Worker threads for the CPU backend; 0 or absent: all hardware threads. */
+  threads?: number;
+  /** Tokens per KV-cache block. */
+  kvBlockSize?: number;
+  /** KV-cache capacity in tokens, over all sequences. */
+  kvCacheTokens?: number;
+  /** Expert slots per MoE layer reserved for adapters. */
+  maxAdapterSlots?: number;
+  /** Adapter rows in the reroute tables (row 0 is the base model). */
+  maxAdapters?: number;
+}
+
+export interface ModelInfo {
+  modelType: string;
+  device: string;
+  vocabSize: number;
+  hiddenSize: number;
+  numLayers: number;
+  numMoeLayers: number;
+  nRoutedExperts: number;
+  numExpertsPerTok: number;
+  moeIntermediateSize: number;
+  maxPositionEmbeddings: number;
+  bosTokenId: number;
+  eosTokenId: number;
+  /** Storage type of the routed experts: 'f32' | 'f16' | 'bf16'. */
+  expertDtype: string;
+}
+
+/**
+ * One engine step, struct-of-arrays: chunk i covers tokens
+ * [sum(nTokens[0..i)), +nTokens[i]) of `tokens`, continuing sequence seqIds[i].
+ */
+export interface StepRequest {
+  seqIds: Int32Array;
+  adapters: Int32Array;
+  nTokens: Int32Array;
+  tokens: Int32Array;
+  /** 1: sample a next token after the chunk's last token. */
+  sample: Uint8Array;
+  /** 1: also return that token's log-probability. */
+  logprobs: Uint8Array;
+  temperature: Float32Array;
+  topK: Int32Array;
+  topP: Float32Array;
+  /** Per chunk seed (integers up to 2^53). */
+  seeds: Float64Array;
+  /** Tests only: return logits for every token, [tokens.length * vocab]. */
+  returnLogits?: boolean;
+}
+
+export interface StepOutput {
+  /** Per chunk: sampled token, or -1 where sample was 0. */
+  tokens: Int32Array;
+  logprobs: Float32Array;
+  logits?: Float32Array;
+}
+
+export interface KvStats {
+  blockSize: number;
+  totalBlocks: number;
+  freeBlocks: number;
+  sequences: number;
+}
+
+export interface ExpertStats {
+  reservedBytes: number;
+  backedBytes: number;
+  expertBytes: number;
+  usedSlots: number;
+}
+
+export interface NativeEngine {
+  info(): ModelInfo;
+  /** Runs on a worker thread; one step at a time (a second call while one runs rejects). */
+  step(req: StepRequest): Promise<StepOutput>;
+  freeSequence(seqId: number): void;
+  /** -1 when the engine holds no such sequence. */
+  sequenceLength(seqId: number): number;
+  kvStats(): KvStats;
+  expertStats(): ExpertStats;
+  /** Frees native memory now; the object is unusable afterwards. */
+  close(): void;
+}
+
+export interface Binding {
+  loadEngine(modelDir: string, options: NativeEngineOptions): Promise<NativeEngine>;
+  /** True when the addon was built with the CUDA backend and a device is present. */
+  cudaAvailable(): boolean;
+  buildInfo(): { cuda: boolean; avx2: boolean; version: string };
+}
+
+const require = createRequire(import.meta.url);
+
+/** Finds the project root from dist/lib/engine or lib/engine. */
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json'))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error('expertweave: cannot find package.json above ' + fileURLToPath(import.meta.url));
+    dir = up;
+  }
+  return dir;
+}
+
+let cached: Binding | undefined;
+
+/** Loads the compiled addon (cmake-js: build/Release, node-gyp fallback: build/Release too). */
+export function loadBinding(): Binding {
+  if (cached) return cached;
+  const root = packageRoot();
+  const candidates = [join(root, 'build', 'Release', 'expertweave.node'), join(root, 'build', 'Debug', 'expertweave.node')];
+  const found = candidates.find((p) => existsSync(p));
+  if (!found) {
+    throw new Error(`expertweave: native addon not built (looked for ${candidates.join(', ')}); run \`npm install\` or \`npm run build\``);
+  }
+  cached = require(found) as Binding;
+  return cached;
+}

@@ -1,0 +1,74 @@
+// Engine: the whole model on one device. Loads a model directory, runs batched
+// steps (any mix of prefill chunks and decode tokens of many sequences), owns the
+// KV cache and the expert pool. It never queues: the scheduler (TypeScript) decides
+// what goes into each step. Thread-safety: Step/FreeSequence calls are serialized by
+// the caller (the addon runs one step at a time); stats are safe to read any time.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/config.h"
+#include "memory/expert_pool.h"
+#include "memory/kv_cache.h"
+
+namespace ew {
+
+struct EngineOptions {
+  std::string device = "cpu";  // "cpu" | "cuda" | "auto"
+  int n_threads = 0;           // 0: all hardware threads
+  int kv_block_size = 16;      // tokens per KV block
+  int64_t kv_cache_tokens = 0; // capacity in tokens over all sequences; 0: a default by model size
+  int max_adapter_slots = 0;   // per MoE layer, reserved for adapters (issue: ESFT adapters)
+  int max_adapters = 0;        // adapter rows in the reroute tables (row 0 is the base)
+};
+
+struct SamplingParams {
+  float temperature = 0.f;  // 0: greedy, ties to the lower token id
+  int32_t top_k = 0;        // 0: off
+  float top_p = 1.f;        // 1: off
+  uint64_t seed = 0;        // with the position, fixes the draw: same seed, same output, any batch
+};
+
+// One sequence's part of a step: n_tokens consecutive tokens starting at the
+// sequence's current length (a prefill chunk, or 1 token when decoding).
+struct SeqChunk {
+  int64_t seq_id = 0;
+  int32_t adapter = 0;      // adapter row in the reroute tables (0: base model)
+  int32_t n_tokens = 0;
+  bool sample = true;       // sample a next token after the chunk's last token
+  bool logprobs = false;    // also return that token's log-probability
+  SamplingParams sampling;
+};
+
+struct StepBatch {
+  std::vector<int32_t> tokens;  // all chunks' tokens, concatenated in chunk order
+  std::vector<SeqChunk> chunks;
+  bool return_logits = false;   // tests: logits of every token, [tokens.size(), vocab]
+};
+
+struct StepResult {
+  std::vector<int32_t> tokens;   // per chunk: the sampled token, or -1 when !sample
+  std::vector<float> logprobs;   // per chunk: log p(token) when asked, else 0
+  std::vector<float> logits;     // when return_logits
+};
+
+class Engine {
+ public:
+  static std::unique_ptr<Engine> Load(const std::string& model_dir, const EngineOptions& opts);
+  virtual ~Engine() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  virtual std::string device_name() const = 0;
+  // Runs one forward step. Throws ew::Error (leaving every sequence as it was) when the
+  // batch is malformed (bad token id, unknown adapter row, position mismatch) or the KV
+  // cache cannot hold it.
+  virtual StepResult Step(const StepBatch& batch) = 0;
+  virtual void FreeSequence(int64_t seq_id) = 0;
+  virtual int64_t SequenceLength(int64_t seq_id) const = 0;  // -1 when unknown
+  virtual KvStats kv_stats() const = 0;
+  virtual ExpertPoolStats expert_stats() const = 0;
+};
+
+}  // namespace ew

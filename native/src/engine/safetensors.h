@@ -1,0 +1,55 @@
+// safetensors files read through mmap: one file or a sharded set with
+// model.safetensors.index.json. Headers and every tensor's byte range are
+// validated before anything is read; bad files throw ew::Error, never crash.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace ew {
+
+// One mmap'd .safetensors file.
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::string& path);  // throws on open/parse/validation errors
+  ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  const std::string& path() const { return path_; }
+  bool has(const std::string& name) const { return tensors_.count(name) != 0; }
+  const TensorView& get(const std::string& name) const;  // throws naming file and tensor
+  std::vector<std::string> names() const;
+
+ private:
+  std::string path_;
+  void* map_ = nullptr;
+  size_t map_size_ = 0;
+  std::map<std::string, TensorView> tensors_;
+};
+
+// All tensors of a model or adapter directory: either model.safetensors.index.json
+// (weight_map name -> shard) or every *.safetensors file in the directory.
+class TensorStore {
+ public:
+  static std::unique_ptr<TensorStore> open_dir(const std::string& dir);
+  static std::unique_ptr<TensorStore> open_file(const std::string& path);
+
+  bool has(const std::string& name) const;
+  // Throws "missing tensor NAME in DIR" when absent.
+  const TensorView& get(const std::string& name) const;
+  // get() plus a check of dtype class and exact shape; the error names tensor, expected and found shape.
+  const TensorView& get_checked(const std::string& name, const std::vector<int64_t>& shape) const;
+  std::vector<std::string> names() const;
+  const std::string& origin() const { return origin_; }
+
+ private:
+  std::string origin_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, const SafetensorsFile*> index_;
+};
+
+}  // namespace ew

@@ -1,0 +1,61 @@
+// The model's weights bound by name to the config's shapes. Non-expert tensors
+// are views into the mmap'd safetensors (kept as stored: bf16 stays bf16);
+// routed experts are copied into the ExpertPool, base expert e in slot e.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/config.h"
+#include "engine/safetensors.h"
+#include "engine/tensor.h"
+#include "memory/expert_pool.h"
+
+namespace ew {
+
+struct MlpWeights {
+  TensorView gate, up, down;  // [W, H], [W, H], [H, W]
+};
+
+struct AttentionWeights {
+  TensorView q_proj;         // [heads*q_head_dim, H] when q_lora_rank == 0
+  TensorView q_a_proj;       // [q_lora_rank, H] otherwise
+  TensorView q_a_layernorm;  // [q_lora_rank]
+  TensorView q_b_proj;       // [heads*q_head_dim, q_lora_rank]
+  TensorView kv_a_proj_with_mqa;  // [kv_lora_rank + rope, H]
+  TensorView kv_a_layernorm;      // [kv_lora_rank]
+  TensorView kv_b_proj;           // [heads*(nope + v), kv_lora_rank]
+  TensorView o_proj;              // [H, heads*v]
+};
+
+struct LayerWeights {
+  TensorView input_layernorm, post_attention_layernorm;  // [H]
+  AttentionWeights attn;
+  bool is_moe = false;
+  int moe_index = -1;  // index into the ExpertPool's layers when is_moe
+  MlpWeights dense;    // when !is_moe
+  TensorView router;   // [M, H] (mlp.gate.weight) when is_moe
+  bool has_shared = false;
+  MlpWeights shared;   // mlp.shared_experts.* when is_moe && n_shared_experts > 0
+};
+
+struct PoolOptions {
+  int max_adapter_slots = 0;  // extra expert slots per MoE layer reserved for adapters
+};
+
+struct ModelWeights {
+  std::unique_ptr<TensorStore> store;  // keeps the mmaps alive
+  TensorView embed;                    // [V, H]
+  TensorView norm;                     // [H]
+  TensorView lm_head;                  // [V, H]
+  std::vector<LayerWeights> layers;
+  std::unique_ptr<ExpertPool> experts;
+};
+
+// Binds every tensor the config needs (checking each shape), rejects unknown extra
+// model.layers.* tensors, copies routed experts into a new ExpertPool.
+// Throws ew::Error naming the tensor on any mismatch.
+ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig& cfg,
+                                const PoolOptions& pool);
+
+}  // namespace ew

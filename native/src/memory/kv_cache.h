@@ -1,0 +1,56 @@
+// KvCache: the MLA latent cache in fixed-size blocks from one pool.
+// Per token per layer it stores kv_cache_width() floats: the normed c_kv
+// (kv_lora_rank) followed by the rotated k_pe (qk_rope_head_dim).
+// Sequences own lists of blocks (a block table), so sequences of any length share the pool.
+#pragma once
+#include <cstdint>
+#include <unordered_map>
+#include <vector>
+
+namespace ew {
+
+struct KvStats {
+  int block_size = 0;
+  int total_blocks = 0;
+  int free_blocks = 0;
+  int sequences = 0;
+};
+
+class KvCache {
+ public:
+  KvCache(int n_layers, int64_t width, int block_size, int n_blocks);
+
+  // Makes room for `new_len` tokens of sequence `seq` (creating it if new).
+  // Returns false, changing nothing, when the pool has too few free blocks.
+  bool reserve(int64_t seq, int64_t new_len);
+  // Drops a sequence and returns its blocks at once. Unknown ids are ignored.
+  void free(int64_t seq);
+  bool has(int64_t seq) const { return seqs_.count(seq) != 0; }
+  // Tokens whose entries are written (the next position to fill).
+  int64_t length(int64_t seq) const;
+  void set_length(int64_t seq, int64_t len);
+  // Entry of one token of one layer: width() floats.
+  float* entry(int layer, int64_t seq, int64_t pos);
+  const float* entry(int layer, int64_t seq, int64_t pos) const;
+
+  int64_t width() const { return width_; }
+  int block_size() const { return block_size_; }
+  KvStats stats() const;
+  // Blocks needed to hold n tokens.
+  int blocks_for(int64_t n) const { return static_cast<int>((n + block_size_ - 1) / block_size_); }
+
+ private:
+  struct Seq {
+    std::vector<int32_t> blocks;
+    int64_t length = 0;
+  };
+  int n_layers_;
+  int64_t width_;
+  int block_size_;
+  std::vector<float> data_;  // [n_blocks][n_layers][block_size][width]
+  std::vector<int32_t> free_list_;
+  std::unordered_map<int64_t, Seq> seqs_;
+  int total_blocks_;
+};
+
+}  // namespace ew
