@@ -1,0 +1,44 @@
+// A fixed pool of worker threads for data-parallel loops. parallel_for splits
+// [0, n) into contiguous ranges, one per worker, and runs them with the calling
+// thread taking a share; the split depends only on n and the thread count, so
+// results never depend on timing.
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace ew {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int n_threads);  // n_threads <= 0: hardware_concurrency
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+  // fn(begin, end) over disjoint ranges covering [0, n); chunks of at least `grain`.
+  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain = 1);
+
+  // The process-wide pool used by the CPU kernels.
+  static ThreadPool& global();
+  static void set_global_threads(int n_threads);
+
+ private:
+  void worker_loop(int index);
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable cv_start_, cv_done_;
+  const std::function<void(int64_t, int64_t)>* job_ = nullptr;
+  int64_t job_n_ = 0;
+  int job_parts_ = 0;
+  uint64_t generation_ = 0;
+  int pending_ = 0;
+  bool stop_ = false;
+  std::mutex run_mu_;  // one parallel_for at a time
+};
+
+}  // namespace ew
