@@ -81,6 +81,35 @@ export interface ExpertStats {
   usedSlots: number;
 }
 
+/** A resident ESFT adapter (ew::AdapterInfo). */
+export interface NativeAdapterInfo {
+  /** Reroute-table row: the value for StepRequest.adapters. */
+  row: number;
+  dir: string;
+  /** Tuned experts over all MoE layers. */
+  experts: number;
+  expertBytes: number;
+  /** Expert-pool bytes this adapter newly committed when registered. */
+  backedBytes: number;
+  /** Unregistered, waiting for its last sequences to be freed. */
+  draining: boolean;
+  liveSequences: number;
+}
+
+/**
+ * One loaded engine. The native engine is not thread-safe, so the addon never lets
+ * the main thread touch it while a step runs on a worker, and never blocks on a step:
+ * - step(): one at a time; a second call while one runs rejects.
+ * - freeSequence() while a step runs is deferred: applied right after that step,
+ *   before its Promise settles.
+ * - sequenceLength() while a step runs throws (lengths are changing).
+ * - kvStats()/expertStats() while a step runs report the state just before it.
+ * - close() while a step runs: the step completes, then the engine is freed.
+ * - Adapter calls are safe while a step runs (the engine's AdapterRegistry locks):
+ *   registerAdapter() loads on a worker thread, unregisterAdapter() drains the row.
+ * Bad arguments reject (async calls) or throw (sync calls) TypeError/RangeError naming
+ * the field; engine failures become Errors with the engine's message. Nothing crashes.
+ */
 export interface NativeEngine {
   info(): ModelInfo;
   /** Runs on a worker thread; one step at a time (a second call while one runs rejects). */
@@ -90,7 +119,13 @@ export interface NativeEngine {
   sequenceLength(seqId: number): number;
   kvStats(): KvStats;
   expertStats(): ExpertStats;
-  /** Frees native memory now; the object is unusable afterwards. */
+  /** Validates and loads an ESFT adapter directory; nothing changes when it is refused. */
+  registerAdapter(dir: string): Promise<NativeAdapterInfo>;
+  /** New sequences on the row are refused at once; its memory is freed after its last sequence. */
+  unregisterAdapter(row: number): void;
+  /** Registered rows (draining ones included), by row. */
+  adapters(): NativeAdapterInfo[];
+  /** Releases the engine (after a running step); any later call throws "the engine is closed". */
   close(): void;
 }
 
@@ -99,6 +134,8 @@ export interface Binding {
   /** True when the addon was built with the CUDA backend and a device is present. */
   cudaAvailable(): boolean;
   buildInfo(): { cuda: boolean; avx2: boolean; version: string };
+  /** Memory read bandwidth of this machine in GB/s (all threads streaming a 512 MiB buffer; about a second). */
+  measureMemoryBandwidth(): Promise<number>;
 }
 
 const require = createRequire(import.meta.url);
@@ -127,4 +164,28 @@ export function loadBinding(): Binding {
   }
   cached = require(found) as Binding;
   return cached;
+}
+
+// ---- Benchmark-only natives (native/src/addon/router_bench.cc); not used for serving ----
+
+export interface RouterBenchOptions {
+  hidden: number;
+  experts: number;
+  topK: number;
+  tokens: number;
+  /** Adapter rows besides the base; tokens cycle over rows 0..adapters. */
+  adapters: number;
+}
+
+export interface RouterBench {
+  /** One route_tokens_cpu call over all tokens: logits, softmax, top-k, and the reroute when true. */
+  run(reroute: boolean): void;
+}
+
+export interface BenchBinding extends Binding {
+  createRouterBench(options: RouterBenchOptions): RouterBench;
+}
+
+export function loadBenchBinding(): BenchBinding {
+  return loadBinding() as BenchBinding;
 }

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/adapter_registry.h"
 #include "engine/config.h"
 #include "memory/expert_pool.h"
 #include "memory/kv_cache.h"
@@ -61,6 +62,7 @@ class Engine {
 
   virtual const ModelConfig& config() const = 0;
   virtual std::string device_name() const = 0;
+  virtual DType expert_dtype() const = 0;  // storage type of the routed experts (ModelInfo.expertDtype)
   // Runs one forward step. Throws ew::Error (leaving every sequence as it was) when the
   // batch is malformed (bad token id, unknown adapter row, position mismatch) or the KV
   // cache cannot hold it.
@@ -69,6 +71,13 @@ class Engine {
   virtual int64_t SequenceLength(int64_t seq_id) const = 0;  // -1 when unknown
   virtual KvStats kv_stats() const = 0;
   virtual ExpertPoolStats expert_stats() const = 0;
+
+  // ESFT adapters, delegated to the engine's AdapterRegistry (engine/adapter_registry.h):
+  // register validates first (no change on error) and returns the row for SeqChunk::adapter;
+  // unregister refuses new sequences on the row at once and frees it after its last sequence.
+  virtual AdapterInfo RegisterAdapter(const std::string& dir) = 0;
+  virtual void UnregisterAdapter(int32_t row) = 0;
+  virtual std::vector<AdapterInfo> adapters() const = 0;
 };
 
 }  // namespace ew

@@ -44,6 +44,8 @@ class TensorStore {
   // get() plus a check of dtype class and exact shape; the error names tensor, expected and found shape.
   const TensorView& get_checked(const std::string& name, const std::vector<int64_t>& shape) const;
   std::vector<std::string> names() const;
+  // Path of the file holding a tensor (throws like get() when absent).
+  const std::string& file_of(const std::string& name) const;
   const std::string& origin() const { return origin_; }
 
  private:

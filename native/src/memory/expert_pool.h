@@ -25,7 +25,7 @@ struct ExpertPoolStats {
   size_t reserved_bytes = 0;  // virtual address space reserved
   size_t backed_bytes = 0;    // physical pages committed
   size_t expert_bytes = 0;    // bytes of the experts actually stored
-  int64_t used_slots = 0;     // over all layers
+  int64_t used_slots = 0;     // mapped slots over all layers, base slots included
 };
 
 class ExpertPool {
@@ -56,10 +56,13 @@ class ExpertPool {
   // Returns the first slot, or -1 when no free run of `count` slots exists in that layer.
   int alloc_slots(int layer, int count);
   // Backs slots [first, first + count) of all three matrices with pages (ref-counted),
-  // so they can be written. Throws ew::Error if the OS refuses memory.
+  // so they can be written. Each slot must be allocated (base slots always are) and not
+  // yet mapped. Throws ew::Error, changing nothing, if the OS refuses memory.
   void map_slots(int layer, int first, int count);
   // Releases the pages only these slots used (shared boundary pages stay while a
-  // neighbour holds them) and returns the range to the free list.
+  // neighbour holds them) and returns the range to the free list. Slots that were
+  // allocated but never mapped are just freed (so a failed registration can roll back);
+  // base slots stay the model's and can be mapped again without alloc_slots.
   void unmap_slots(int layer, int first, int count);
   // Copies one expert matrix into a mapped slot; src must have this pool's dtype and shape.
   void write_slot(int layer, ExpertMat m, int slot, const TensorView& src);

@@ -3,6 +3,7 @@
 // (kv_lora_rank) followed by the rotated k_pe (qk_rope_head_dim).
 // Sequences own lists of blocks (a block table), so sequences of any length share the pool.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <unordered_map>
 #include <vector>
@@ -29,9 +30,20 @@ class KvCache {
   // Tokens whose entries are written (the next position to fill).
   int64_t length(int64_t seq) const;
   void set_length(int64_t seq, int64_t len);
-  // Entry of one token of one layer: width() floats.
+  // Entry of one token of one layer: width() floats. Throws for an unknown sequence,
+  // a bad layer, or pos outside [0, reserved capacity).
   float* entry(int layer, int64_t seq, int64_t pos);
   const float* entry(int layer, int64_t seq, int64_t pos) const;
+
+  // Unchecked block access for kernels that walk a whole sequence: token p of `seq`
+  // in layer l is block_layer(block_table(seq)[p / block_size()], l) + (p % block_size()) * width().
+  const std::vector<int32_t>& block_table(int64_t seq) const;  // throws for an unknown sequence
+  float* block_layer(int32_t block, int layer) {
+    return data_.data() + (static_cast<size_t>(block) * n_layers_ + layer) * block_size_ * width_;
+  }
+  const float* block_layer(int32_t block, int layer) const {
+    return data_.data() + (static_cast<size_t>(block) * n_layers_ + layer) * block_size_ * width_;
+  }
 
   int64_t width() const { return width_; }
   int block_size() const { return block_size_; }
@@ -44,6 +56,8 @@ class KvCache {
     std::vector<int32_t> blocks;
     int64_t length = 0;
   };
+  const Seq& seq_or_fail(int64_t seq, const char* what) const;
+
   int n_layers_;
   int64_t width_;
   int block_size_;

@@ -1,0 +1,138 @@
+// `expertweave serve`: runs the daemon until SIGINT/SIGTERM. Logs are JSON lines on
+// stderr; the line `listening on http://HOST:PORT` goes to stdout once it serves.
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+import type { Device } from '../../engine/binding.js';
+import { startDaemon } from '../../server/daemon.js';
+import { UsageError, choiceOption, intOption, type Command } from '../command.js';
+
+const HELP = `Usage: expertweave serve [--model DIR] [--adapter NAME=DIR ...] [options]
+
+Serves the model over WebSocket (ws://HOST:PORT/v1/stream) and HTTP (OpenAI-style
+/v1/completions, /v1/models, /v1/adapters, /health, /metrics). Prints
+"listening on http://HOST:PORT" once ready; stops cleanly on SIGINT/SIGTERM.
+Without --model it serves the embedded default model (models/default) with the
+sample adapters under adapters/.
+
+Options:
+  --model DIR                   Hugging Face style model directory (config.json, *.safetensors)
+  --adapter NAME=DIR            register an ESFT adapter at startup (repeatable)
+  --host H                      address to bind (default 127.0.0.1)
+  --port P                      port (default 8080; 0 picks a free one)
+  --device D                    auto | cpu | cuda (default auto)
+  --threads N                   CPU worker threads (default 0: all cores)
+  --max-resident-adapters N     adapters loaded in the expert pool at once (default 0: no limit)
+  --adapter-pool-bytes B        bytes of adapter experts resident at once (default 0: no limit)
+  --admin-token T               require "Authorization: Bearer T" on /v1/adapters
+  --max-adapters N              adapter rows in the engine (default 16)
+  --adapter-slots N             expert slots per MoE layer reserved for adapters (default 64)
+  --kv-cache-tokens N           KV-cache capacity in tokens (default: the engine's)
+  --token-budget N              most tokens per engine step (default 512)
+  --max-waiting N               most queued requests before "overloaded" (default 1024)
+  -h, --help                    this help
+`;
+
+const DEVICES: readonly Device[] = ['auto', 'cpu', 'cuda'];
+
+function log(event: string, detail: Record<string, unknown> = {}): void {
+  process.stderr.write(JSON.stringify({ time: new Date().toISOString(), event, ...detail }) + '\n');
+}
+
+function repoRoot(): string {
+  return resolve(fileURLToPath(new URL('../../../../', import.meta.url)));
+}
+
+/** The embedded model and its sample adapters (each a directory with expert_cfg.json). */
+function defaultModel(): { model: string; adapters: { name: string; dir: string }[] } {
+  const model = join(repoRoot(), 'models', 'default');
+  if (!existsSync(join(model, 'config.json'))) {
+    throw new Error(`no --model given and the embedded default model is missing (${model}/config.json); pass --model DIR`);
+  }
+  const root = join(repoRoot(), 'adapters');
+  const adapters = existsSync(root)
+    ? readdirSync(root)
+        .filter((n) => existsSync(join(root, n, 'expert_cfg.json')))
+        .map((name) => ({ name, dir: join(root, name) }))
+    : [];
+  return { model, adapters };
+}
+
+async function run(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      model: { type: 'string' },
+      adapter: { type: 'string', multiple: true },
+      host: { type: 'string' },
+      port: { type: 'string' },
+      device: { type: 'string' },
+      threads: { type: 'string' },
+      'max-resident-adapters': { type: 'string' },
+      'adapter-pool-bytes': { type: 'string' },
+      'admin-token': { type: 'string' },
+      'max-adapters': { type: 'string' },
+      'adapter-slots': { type: 'string' },
+      'kv-cache-tokens': { type: 'string' },
+      'token-budget': { type: 'string' },
+      'max-waiting': { type: 'string' },
+    },
+  });
+  if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
+  const adapters = (values.adapter ?? []).map((spec) => {
+    const at = spec.indexOf('=');
+    if (at <= 0 || at === spec.length - 1) throw new UsageError(`--adapter takes NAME=DIR, got '${spec}'`);
+    return { name: spec.slice(0, at), dir: spec.slice(at + 1) };
+  });
+  const port = intOption(values.port, 'port', 8080, 0, 65535);
+  const device = choiceOption(values.device, 'device', DEVICES, 'auto');
+  const threads = intOption(values.threads, 'threads', 0, 0, 1024);
+  const maxResident = intOption(values['max-resident-adapters'], 'max-resident-adapters', 0, 0);
+  const poolBytes = intOption(values['adapter-pool-bytes'], 'adapter-pool-bytes', 0, 0);
+  const kvCacheTokens = values['kv-cache-tokens'] === undefined ? undefined : intOption(values['kv-cache-tokens'], 'kv-cache-tokens', 0, 1);
+  const maxAdapters = intOption(values['max-adapters'], 'max-adapters', 16, 0, 4096);
+  const maxAdapterSlots = intOption(values['adapter-slots'], 'adapter-slots', 64, 0, 1 << 20);
+  const tokenBudget = intOption(values['token-budget'], 'token-budget', 512, 1);
+  const maxWaiting = intOption(values['max-waiting'], 'max-waiting', 1024, 1);
+
+  let modelDir = values.model;
+  if (modelDir === undefined) {
+    const d = defaultModel();
+    modelDir = d.model;
+    adapters.unshift(...d.adapters);
+  } else if (!statSync(modelDir, { throwIfNoEntry: false })?.isDirectory()) {
+    throw new Error(`model directory '${modelDir}' does not exist or is not a directory`);
+  }
+
+  const daemon = await startDaemon({
+    modelDir,
+    adapters,
+    engine: { device, threads, maxAdapters, maxAdapterSlots, ...(kvCacheTokens ? { kvCacheTokens } : {}) },
+    scheduler: { tokenBudget, maxWaiting },
+    registry: { maxResident, poolBytes },
+    server: { host: values.host ?? '127.0.0.1', port, ...(values['admin-token'] ? { adminToken: values['admin-token'] } : {}) },
+    onProgress: log,
+  });
+  const stopped = new Promise<string>((resolve) => {
+    process.once('SIGINT', () => resolve('SIGINT'));
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+  });
+  const { host, port: bound } = daemon.server;
+  log('listening', { host, port: bound, device: daemon.engine.info.device });
+  process.stdout.write(`listening on http://${host}:${bound}\n`);
+  const signal = await stopped;
+  log('shutting_down', { signal });
+  await daemon.close();
+  log('stopped');
+  return 0;
+}
+
+export const serveCommand: Command = {
+  name: 'serve',
+  summary: 'serve the model and its adapters over WebSocket and HTTP',
+  help: HELP,
+  run,
+};

@@ -1,0 +1,56 @@
+// What a generation request is and what it reports, independent of the transport.
+export type FinishReason = 'length' | 'stop' | 'eos' | 'cancelled';
+
+export type ErrorCode = 'bad_request' | 'unknown_adapter' | 'overloaded' | 'internal' | 'shutting_down';
+
+export class RequestError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface GenerationParams {
+  promptIds: readonly number[];
+  /** Reroute-table row (0: base model). */
+  adapterRow: number;
+  /** For fairness and metrics: the adapter's name, or '' for the base model. */
+  adapterName: string;
+  maxTokens: number;
+  temperature: number;
+  topP: number;
+  topK: number;
+  seed: number;
+  logprobs: boolean;
+  stop: readonly string[];
+}
+
+export interface TokenEvent {
+  index: number;
+  token: number;
+  text: string;
+  logprob?: number;
+}
+
+export interface DoneEvent {
+  finishReason: FinishReason;
+  promptTokens: number;
+  completionTokens: number;
+  /** Text held back for a possible stop string and released at the end ('' usually). */
+  text: string;
+}
+
+/** Exactly one of onDone / onError is called, once; onToken only before it. */
+export interface GenerationSink {
+  onToken(ev: TokenEvent): void;
+  onDone(ev: DoneEvent): void;
+  onError(err: RequestError): void;
+}
+
+/** Streams text pieces for generated ids (the tokenizer's incremental detokenizer). */
+export interface TextStream {
+  push(id: number): string;
+  flush(): string;
+}

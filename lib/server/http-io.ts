@@ -1,0 +1,96 @@
+// Safe uWS HTTP plumbing: a response wrapper that never writes after an abort and
+// always corks, and a capped JSON body reader (onData + onAborted).
+import type { HttpResponse } from 'uWebSockets.js';
+
+export class Reply {
+  aborted = false;
+  private onAbort: (() => void)[] = [];
+
+  constructor(readonly res: HttpResponse) {
+    res.onAborted(() => {
+      this.aborted = true;
+      for (const f of this.onAbort) f();
+    });
+  }
+
+  whenAborted(f: () => void): void {
+    this.onAbort.push(f);
+  }
+
+  json(status: number, body: unknown, headers: Record<string, string> = {}): void {
+    this.send(status, JSON.stringify(body), 'application/json', headers);
+  }
+
+  send(status: number, body: string, contentType: string, headers: Record<string, string> = {}): void {
+    if (this.aborted) return;
+    this.aborted = true; // a response ends once
+    this.res.cork(() => {
+      this.res.writeStatus(statusLine(status)).writeHeader('Content-Type', contentType);
+      for (const [k, v] of Object.entries(headers)) this.res.writeHeader(k, v);
+      this.res.end(body);
+    });
+  }
+
+  /** Error body in the OpenAI shape, with the daemon's code. */
+  error(status: number, code: string, message: string, headers: Record<string, string> = {}): void {
+    this.json(status, { error: { message, type: code, code } }, headers);
+  }
+}
+
+const REASONS: Record<number, string> = {
+  200: 'OK',
+  201: 'Created',
+  400: 'Bad Request',
+  401: 'Unauthorized',
+  404: 'Not Found',
+  405: 'Method Not Allowed',
+  409: 'Conflict',
+  413: 'Payload Too Large',
+  429: 'Too Many Requests',
+  500: 'Internal Server Error',
+  503: 'Service Unavailable',
+};
+
+export function statusLine(status: number): string {
+  return `${status} ${REASONS[status] ?? ''}`.trim();
+}
+
+export class BodyError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Reads the whole body (at most maxBytes) and parses it as a JSON object; must be called synchronously in the handler. */
+export function readJson(reply: Reply, maxBytes: number): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let size = 0;
+    let failed = false;
+    reply.whenAborted(() => reject(new BodyError(400, 'the client aborted the request')));
+    reply.res.onData((chunk, isLast) => {
+      if (failed) return;
+      size += chunk.byteLength;
+      if (size > maxBytes) {
+        failed = true;
+        reject(new BodyError(413, `the request body is over ${maxBytes} bytes`));
+        return;
+      }
+      // uWS reuses the chunk's memory after this callback: copy it.
+      parts.push(Buffer.from(new Uint8Array(chunk.slice(0))));
+      if (!isLast) return;
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(Buffer.concat(parts).toString('utf8'));
+      } catch {
+        reject(new BodyError(400, 'the request body is not valid JSON'));
+        return;
+      }
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) reject(new BodyError(400, 'the request body must be a JSON object'));
+      else resolve(parsed as Record<string, unknown>);
+    });
+  });
+}

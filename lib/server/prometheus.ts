@@ -1,0 +1,86 @@
+// A minimal Prometheus text-format (0.0.4) writer: counters, gauges and histograms
+// with labels. Enough for /metrics without a dependency.
+type Labels = Record<string, string>;
+
+function labelText(labels: Labels): string {
+  const parts = Object.entries(labels).map(([k, v]) => `${k}="${v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"')}"`);
+  return parts.length ? `{${parts.join(',')}}` : '';
+}
+
+function key(labels: Labels): string {
+  return JSON.stringify(Object.entries(labels).sort());
+}
+
+abstract class Family {
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    readonly type: string,
+  ) {}
+  abstract samples(): string[];
+  render(): string {
+    return [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} ${this.type}`, ...this.samples()].join('\n') + '\n';
+  }
+}
+
+export class Counter extends Family {
+  private readonly values = new Map<string, { labels: Labels; value: number }>();
+  constructor(name: string, help: string, type = 'counter') {
+    super(name, help, type);
+  }
+  inc(labels: Labels = {}, by = 1): void {
+    const k = key(labels);
+    const v = this.values.get(k);
+    if (v) v.value += by;
+    else this.values.set(k, { labels, value: by });
+  }
+  set(labels: Labels, value: number): void {
+    this.values.set(key(labels), { labels, value });
+  }
+  clear(): void {
+    this.values.clear();
+  }
+  samples(): string[] {
+    return [...this.values.values()].map((v) => `${this.name}${labelText(v.labels)} ${v.value}`);
+  }
+}
+
+export class Gauge extends Counter {
+  constructor(name: string, help: string) {
+    super(name, help, 'gauge');
+  }
+}
+
+export class Histogram extends Family {
+  private readonly series = new Map<string, { labels: Labels; counts: number[]; sum: number; count: number }>();
+  constructor(
+    name: string,
+    help: string,
+    private readonly buckets: readonly number[],
+  ) {
+    super(name, help, 'histogram');
+  }
+  observe(labels: Labels, value: number): void {
+    const k = key(labels);
+    let s = this.series.get(k);
+    if (!s) {
+      s = { labels, counts: this.buckets.map(() => 0), sum: 0, count: 0 };
+      this.series.set(k, s);
+    }
+    this.buckets.forEach((b, i) => {
+      if (value <= b) s!.counts[i]++;
+    });
+    s.sum += value;
+    s.count++;
+  }
+  samples(): string[] {
+    const out: string[] = [];
+    for (const s of this.series.values()) {
+      this.buckets.forEach((b, i) => out.push(`${this.name}_bucket${labelText({ ...s.labels, le: String(b) })} ${s.counts[i]}`));
+      out.push(`${this.name}_bucket${labelText({ ...s.labels, le: '+Inf' })} ${s.count}`);
+      out.push(`${this.name}_sum${labelText(s.labels)} ${s.sum}`);
+      out.push(`${this.name}_count${labelText(s.labels)} ${s.count}`);
+    }
+    return out;
+  }
+}

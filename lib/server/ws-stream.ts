@@ -1,0 +1,120 @@
+// WebSocket /v1/stream: many concurrent requests per connection, told apart by id.
+// Backpressure policy: each connection may have at most `maxBufferedBytes` unsent;
+// past that the client is not reading its stream, so the connection is closed
+// (code 1008) and its requests are cancelled, freeing their KV blocks. Memory per
+// connection is thereby bounded and a slow reader never stalls the batch of others.
+import type { TemplatedApp, WebSocket } from 'uWebSockets.js';
+
+import { RequestError } from '../scheduler/request.js';
+import { parsePrompt, parseSampling } from './generate-params.js';
+import type { Running, Service } from './service.js';
+
+export interface StreamOptions {
+  maxBufferedBytes: number;
+  /** Most concurrent requests per connection. */
+  maxRequestsPerConnection: number;
+  maxFrameBytes: number;
+}
+
+interface Conn {
+  requests: Map<string, Running>;
+  closed: boolean;
+}
+
+const decoder = new TextDecoder();
+
+export function mountStream(app: TemplatedApp, service: Service, opts: StreamOptions, sockets: Set<WebSocket<Conn>>): void {
+  const send = (ws: WebSocket<Conn>, msg: object) => {
+    const conn = ws.getUserData();
+    if (conn.closed) return;
+    ws.send(JSON.stringify(msg), false);
+    if (ws.getBufferedAmount() > opts.maxBufferedBytes) {
+      conn.closed = true;
+      ws.end(1008, 'client is not reading its stream (send buffer over limit)');
+    }
+  };
+  const error = (ws: WebSocket<Conn>, id: string | null, err: RequestError) =>
+    send(ws, { type: 'error', id, code: err.code, message: err.message });
+
+  app.ws<Conn>('/v1/stream', {
+    maxPayloadLength: opts.maxFrameBytes,
+    maxBackpressure: opts.maxBufferedBytes * 2,
+    idleTimeout: 0,
+    upgrade: (res, req, context) => {
+      res.upgrade<Conn>(
+        { requests: new Map(), closed: false },
+        req.getHeader('sec-websocket-key'),
+        req.getHeader('sec-websocket-protocol'),
+        req.getHeader('sec-websocket-extensions'),
+        context,
+      );
+    },
+    open: (ws) => {
+      sockets.add(ws);
+    },
+    message: (ws, message, isBinary) => {
+      let frame: Record<string, unknown>;
+      let id: string | null = null;
+      try {
+        if (isBinary) throw new RequestError('bad_request', 'send JSON text frames, not binary');
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(decoder.decode(message));
+        } catch {
+          throw new RequestError('bad_request', 'the frame is not valid JSON');
+        }
+        if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new RequestError('bad_request', 'the frame must be a JSON object');
+        frame = parsed as Record<string, unknown>;
+        if (typeof frame.id === 'string' && frame.id.length > 0 && frame.id.length <= 256) id = frame.id;
+        else throw new RequestError('bad_request', '"id" must be a non-empty string of at most 256 characters');
+        const conn = ws.getUserData();
+        if (frame.type === 'cancel') {
+          conn.requests.get(id)?.cancel();
+          return;
+        }
+        if (frame.type !== 'generate') throw new RequestError('bad_request', '"type" must be "generate" or "cancel"');
+        if (conn.requests.has(id)) throw new RequestError('bad_request', `request id '${id}' is already running on this connection`);
+        if (conn.requests.size >= opts.maxRequestsPerConnection) {
+          throw new RequestError('overloaded', `this connection already runs ${conn.requests.size} requests (limit ${opts.maxRequestsPerConnection})`);
+        }
+        const adapter = frame.adapter;
+        if (adapter !== undefined && adapter !== null && typeof adapter !== 'string') throw new RequestError('bad_request', '"adapter" must be a string or null');
+        const prompt = parsePrompt(frame.prompt);
+        const sampling = parseSampling(frame, 16);
+        const rid = id;
+        const running = service.start(
+          { ...sampling, prompt, adapter: typeof adapter === 'string' ? adapter : null },
+          {
+            onToken: (ev) => send(ws, { type: 'token', id: rid, index: ev.index, token: ev.token, text: ev.text, ...(ev.logprob !== undefined ? { logprob: ev.logprob } : {}) }),
+            onDone: (ev) => {
+              conn.requests.delete(rid);
+              // `text`: held-back text released at the end (only when non-empty; an extension of api.md).
+              send(ws, {
+                type: 'done',
+                id: rid,
+                finish_reason: ev.finishReason,
+                usage: { prompt_tokens: ev.promptTokens, completion_tokens: ev.completionTokens },
+                ...(ev.text !== '' ? { text: ev.text } : {}),
+              });
+            },
+            onError: (err) => {
+              conn.requests.delete(rid);
+              error(ws, rid, err);
+            },
+          },
+        );
+        // start() reports only asynchronously, so the entry exists before onDone/onError removes it.
+        conn.requests.set(rid, running);
+      } catch (err) {
+        error(ws, id, err instanceof RequestError ? err : new RequestError('bad_request', (err as Error).message));
+      }
+    },
+    close: (ws) => {
+      const conn = ws.getUserData();
+      conn.closed = true;
+      sockets.delete(ws);
+      for (const r of conn.requests.values()) r.cancel();
+      conn.requests.clear();
+    },
+  });
+}

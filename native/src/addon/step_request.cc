@@ -1,0 +1,116 @@
+#include "addon/step_request.h"
+
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "addon/js_args.h"
+
+namespace ew_addon {
+
+namespace {
+
+constexpr const char* kCall = "step";
+constexpr double kMaxSeed = 9007199254740992.0;  // 2^53: larger doubles are not exact integers
+
+template <typename T>
+const T* Elements(const Napi::TypedArray& a) {
+  return static_cast<const T*>(static_cast<const void*>(
+      static_cast<const uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset()));
+}
+
+std::string At(const char* field, size_t i) { return std::string(kCall) + ": " + field + "[" + std::to_string(i) + "]"; }
+
+}  // namespace
+
+ew::StepBatch ParseStepRequest(const Napi::Value& request) {
+  Napi::Env env = request.Env();
+  if (!request.IsObject() || request.IsArray() || request.IsTypedArray()) {
+    throw Napi::TypeError::New(env, "step: expected a StepRequest object {seqIds, adapters, nTokens, tokens, ...}");
+  }
+  Napi::Object req = request.As<Napi::Object>();
+
+  Napi::TypedArray seq_ids = TypedArrayField(req, "seqIds", napi_int32_array, -1, kCall);
+  const int64_t n = static_cast<int64_t>(seq_ids.ElementLength());
+  if (n == 0) throw Napi::RangeError::New(env, "step: a step needs at least one chunk (seqIds is empty)");
+  Napi::TypedArray adapters = TypedArrayField(req, "adapters", napi_int32_array, n, kCall);
+  Napi::TypedArray n_tokens = TypedArrayField(req, "nTokens", napi_int32_array, n, kCall);
+  Napi::TypedArray sample = TypedArrayField(req, "sample", napi_uint8_array, n, kCall);
+  Napi::TypedArray logprobs = TypedArrayField(req, "logprobs", napi_uint8_array, n, kCall);
+  Napi::TypedArray temperature = TypedArrayField(req, "temperature", napi_float32_array, n, kCall);
+  Napi::TypedArray top_k = TypedArrayField(req, "topK", napi_int32_array, n, kCall);
+  Napi::TypedArray top_p = TypedArrayField(req, "topP", napi_float32_array, n, kCall);
+  Napi::TypedArray seeds = TypedArrayField(req, "seeds", napi_float64_array, n, kCall);
+
+  const int32_t* ids_p = Elements<int32_t>(seq_ids);
+  const int32_t* adapter_p = Elements<int32_t>(adapters);
+  const int32_t* n_tokens_p = Elements<int32_t>(n_tokens);
+  const uint8_t* sample_p = Elements<uint8_t>(sample);
+  const uint8_t* logprobs_p = Elements<uint8_t>(logprobs);
+  const float* temp_p = Elements<float>(temperature);
+  const int32_t* top_k_p = Elements<int32_t>(top_k);
+  const float* top_p_p = Elements<float>(top_p);
+  const double* seeds_p = Elements<double>(seeds);
+
+  ew::StepBatch batch;
+  batch.chunks.resize(static_cast<size_t>(n));
+  int64_t total = 0;
+  for (size_t i = 0; i < static_cast<size_t>(n); ++i) {
+    ew::SeqChunk& c = batch.chunks[i];
+    if (ids_p[i] < 0) throw Napi::RangeError::New(env, At("seqIds", i) + " must be >= 0");
+    if (adapter_p[i] < 0) throw Napi::RangeError::New(env, At("adapters", i) + " must be >= 0");
+    if (n_tokens_p[i] < 1) throw Napi::RangeError::New(env, At("nTokens", i) + " must be >= 1");
+    if (!(temp_p[i] >= 0.f) || !std::isfinite(temp_p[i])) {
+      throw Napi::RangeError::New(env, At("temperature", i) + " must be a finite number >= 0");
+    }
+    if (top_k_p[i] < 0) throw Napi::RangeError::New(env, At("topK", i) + " must be >= 0 (0: off)");
+    if (!(top_p_p[i] > 0.f && top_p_p[i] <= 1.f)) {
+      throw Napi::RangeError::New(env, At("topP", i) + " must be in (0, 1]");
+    }
+    double seed = seeds_p[i];
+    if (!(seed >= 0.0 && seed <= kMaxSeed) || std::floor(seed) != seed) {
+      throw Napi::RangeError::New(env, At("seeds", i) + " must be an integer in [0, 2^53]");
+    }
+    c.seq_id = ids_p[i];
+    c.adapter = adapter_p[i];
+    c.n_tokens = n_tokens_p[i];
+    c.sample = sample_p[i] != 0;
+    c.logprobs = logprobs_p[i] != 0;
+    c.sampling.temperature = temp_p[i];
+    c.sampling.top_k = top_k_p[i];
+    c.sampling.top_p = top_p_p[i];
+    c.sampling.seed = static_cast<uint64_t>(seed);
+    total += c.n_tokens;
+  }
+
+  Napi::TypedArray tokens = TypedArrayField(req, "tokens", napi_int32_array, total, kCall);
+  batch.tokens.resize(static_cast<size_t>(total));
+  if (total > 0) std::memcpy(batch.tokens.data(), Elements<int32_t>(tokens), static_cast<size_t>(total) * sizeof(int32_t));
+
+  Napi::Value return_logits = req.Get("returnLogits");
+  if (!return_logits.IsUndefined() && !return_logits.IsBoolean()) {
+    throw Napi::TypeError::New(env, "step: returnLogits must be a boolean when given");
+  }
+  batch.return_logits = return_logits.IsBoolean() && return_logits.As<Napi::Boolean>().Value();
+  return batch;
+}
+
+Napi::Object StepResultToJs(Napi::Env env, const ew::StepResult& result, bool with_logits) {
+  Napi::Object out = Napi::Object::New(env);
+  auto tokens = Napi::Int32Array::New(env, result.tokens.size());
+  if (!result.tokens.empty()) std::memcpy(tokens.Data(), result.tokens.data(), result.tokens.size() * sizeof(int32_t));
+  auto logprobs = Napi::Float32Array::New(env, result.logprobs.size());
+  if (!result.logprobs.empty()) {
+    std::memcpy(logprobs.Data(), result.logprobs.data(), result.logprobs.size() * sizeof(float));
+  }
+  out.Set("tokens", tokens);
+  out.Set("logprobs", logprobs);
+  if (with_logits) {
+    auto logits = Napi::Float32Array::New(env, result.logits.size());
+    if (!result.logits.empty()) std::memcpy(logits.Data(), result.logits.data(), result.logits.size() * sizeof(float));
+    out.Set("logits", logits);
+  }
+  return out;
+}
+
+}  // namespace ew_addon

@@ -1,0 +1,216 @@
+// Engine: owns weights, KV cache, reroute tables and adapters, and runs the forward
+// pass on a Backend (the CPU one, or CUDA when built with it and asked for).
+// Step validates the whole batch before touching any sequence, then runs the
+// forward pass and samples per chunk.
+#include "engine/engine.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <unordered_set>
+
+#include "engine/forward.h"
+#include "engine/reroute_table.h"
+#include "engine/sampler.h"
+#include "engine/weights.h"
+#include "kernels/backend.h"
+#include "util/error.h"
+#include "util/thread_pool.h"
+#ifdef EW_WITH_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_util.h"
+#endif
+
+namespace ew {
+namespace {
+
+constexpr int64_t kDefaultKvTokens = 4096;
+
+// At most a quarter of physical memory goes to the default-sized cache.
+int64_t default_kv_tokens(const ModelConfig& cfg) {
+  const int64_t per_token = cfg.num_hidden_layers * cfg.kv_cache_width() * static_cast<int64_t>(sizeof(float));
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page <= 0 || per_token <= 0) return kDefaultKvTokens;
+  const int64_t cap = static_cast<int64_t>(pages) * page / 4 / per_token;
+  return std::max<int64_t>(1, std::min(kDefaultKvTokens, cap));
+}
+
+class ModelEngine final : public Engine {
+ public:
+  ModelEngine(const std::string& dir, const EngineOptions& opts, std::unique_ptr<Backend> backend)
+      : cfg_(load_model_config(dir)), backend_(std::move(backend)) {
+    if (opts.kv_block_size <= 0) fail("engine options: kv_block_size must be positive, got ", opts.kv_block_size);
+    if (opts.max_adapters < 0 || opts.max_adapter_slots < 0)
+      fail("engine options: max_adapters and max_adapter_slots must be >= 0");
+    if (opts.n_threads > 0) ThreadPool::set_global_threads(opts.n_threads);
+    PoolOptions po;
+    po.max_adapter_slots = opts.max_adapter_slots;
+    w_ = load_model_weights(dir, cfg_, po);
+    const int64_t tokens = opts.kv_cache_tokens > 0 ? opts.kv_cache_tokens : default_kv_tokens(cfg_);
+    const int64_t blocks = (tokens + opts.kv_block_size - 1) / opts.kv_block_size;
+    if (blocks > INT32_MAX) fail("engine options: kv_cache_tokens ", tokens, " is too large");
+    kv_ = std::make_unique<KvCache>(static_cast<int>(cfg_.num_hidden_layers), cfg_.kv_cache_width(),
+                                    opts.kv_block_size, static_cast<int>(blocks));
+    tables_ = RerouteTables(static_cast<int>(cfg_.num_moe_layers()), opts.max_adapters + 1,
+                            static_cast<int>(cfg_.n_routed_experts));
+    if (w_.experts) registry_ = std::make_unique<AdapterRegistry>(cfg_, *w_.experts, tables_);
+    forward_ = std::make_unique<ForwardPass>(cfg_, w_, *backend_);
+  }
+
+  const ModelConfig& config() const override { return cfg_; }
+  std::string device_name() const override { return backend_->name(); }
+  DType expert_dtype() const override { return w_.experts ? w_.experts->dtype() : w_.embed.dtype; }
+
+  StepResult Step(const StepBatch& batch) override {
+    std::unique_lock<std::mutex> lk;
+    if (registry_) lk = std::unique_lock<std::mutex>(registry_->step_mutex());
+    const int64_t V = cfg_.vocab_size;
+
+    // 1. Validate everything before any state changes.
+    int64_t total = 0;
+    std::unordered_set<int64_t> seen;
+    for (size_t c = 0; c < batch.chunks.size(); ++c) {
+      const SeqChunk& ch = batch.chunks[c];
+      if (ch.n_tokens < 1) fail("step: chunk ", c, " (sequence ", ch.seq_id, ") has n_tokens ", ch.n_tokens, " < 1");
+      if (ch.adapter < 0 || ch.adapter >= tables_.n_rows())
+        fail("step: chunk ", c, " (sequence ", ch.seq_id, ") has adapter row ", ch.adapter, " outside [0, ",
+             tables_.n_rows(), ")");
+      if (!seen.insert(ch.seq_id).second) fail("step: sequence ", ch.seq_id, " appears more than once");
+      if (registry_) registry_->check_chunk(ch.seq_id, ch.adapter);
+      const int64_t len = kv_->has(ch.seq_id) ? kv_->length(ch.seq_id) : 0;
+      if (cfg_.max_position_embeddings > 0 && len + ch.n_tokens > cfg_.max_position_embeddings)
+        fail("step: sequence ", ch.seq_id, " would reach ", len + ch.n_tokens,
+             " tokens, over max_position_embeddings ", cfg_.max_position_embeddings);
+      total += ch.n_tokens;
+    }
+    if (total != static_cast<int64_t>(batch.tokens.size()))
+      fail("step: chunks cover ", total, " tokens but ", batch.tokens.size(), " were given");
+    for (size_t i = 0; i < batch.tokens.size(); ++i)
+      if (batch.tokens[i] < 0 || batch.tokens[i] >= V)
+        fail("step: token ", i, " has id ", batch.tokens[i], " outside the vocabulary [0, ", V, ")");
+
+    // 2. Reserve cache room for every chunk, or undo and refuse.
+    std::vector<int64_t> created;
+    auto undo = [&] {
+      for (int64_t s : created) kv_->free(s);
+    };
+    for (const SeqChunk& ch : batch.chunks) {
+      const bool existed = kv_->has(ch.seq_id);
+      const int64_t len = existed ? kv_->length(ch.seq_id) : 0;
+      if (!kv_->reserve(ch.seq_id, len + ch.n_tokens)) {
+        undo();
+        fail("step: KV cache full: sequence ", ch.seq_id, " needs room for ", len + ch.n_tokens, " tokens (",
+             kv_->stats().free_blocks, " free blocks of ", kv_->block_size(), " tokens)");
+      }
+      if (!existed) created.push_back(ch.seq_id);
+    }
+
+    // 3. Lay out the tokens and run the model.
+    StepTokens st;
+    st.ids = batch.tokens;
+    st.seq.reserve(total);
+    st.pos.reserve(total);
+    st.adapter_rows.reserve(total);
+    std::vector<int64_t> chunk_last;  // logit row of each sampling chunk, -1 otherwise
+    std::vector<int64_t> start_len;
+    for (const SeqChunk& ch : batch.chunks) {
+      const int64_t len = kv_->length(ch.seq_id);
+      start_len.push_back(len);
+      for (int32_t i = 0; i < ch.n_tokens; ++i) {
+        st.seq.push_back(ch.seq_id);
+        st.pos.push_back(len + i);
+        st.adapter_rows.push_back(ch.adapter);
+      }
+      const int64_t last = static_cast<int64_t>(st.seq.size()) - 1;
+      if (batch.return_logits) {
+        chunk_last.push_back(ch.sample ? last : -1);
+      } else if (ch.sample) {
+        chunk_last.push_back(static_cast<int64_t>(st.logit_rows.size()));
+        st.logit_rows.push_back(last);
+      } else {
+        chunk_last.push_back(-1);
+      }
+    }
+    if (batch.return_logits)
+      for (int64_t t = 0; t < total; ++t) st.logit_rows.push_back(t);
+
+    StepResult res;
+    std::vector<float> logits;
+    try {
+      if (total > 0) logits = forward_->run(st, *kv_, tables_);
+    } catch (...) {
+      undo();
+      throw;
+    }
+
+    // 4. Sample, then commit the new lengths.
+    for (size_t c = 0; c < batch.chunks.size(); ++c) {
+      const SeqChunk& ch = batch.chunks[c];
+      const int64_t new_len = start_len[c] + ch.n_tokens;
+      int32_t tok = -1;
+      float lp = 0.f;
+      if (chunk_last[c] >= 0) {
+        const float* row = &logits[chunk_last[c] * V];
+        tok = backend_->sample(row, V, ch.sampling, new_len);
+        if (ch.logprobs) lp = token_logprob(row, V, tok);
+      }
+      res.tokens.push_back(tok);
+      res.logprobs.push_back(lp);
+      kv_->set_length(ch.seq_id, new_len);
+      if (registry_) registry_->note_sequence(ch.seq_id, ch.adapter);
+    }
+    if (batch.return_logits) res.logits = std::move(logits);
+    return res;
+  }
+
+  void FreeSequence(int64_t seq_id) override {
+    std::unique_lock<std::mutex> lk;
+    if (registry_) lk = std::unique_lock<std::mutex>(registry_->step_mutex());
+    kv_->free(seq_id);
+    if (registry_) registry_->release_sequence(seq_id);
+  }
+  int64_t SequenceLength(int64_t seq_id) const override {
+    return kv_->has(seq_id) ? kv_->length(seq_id) : -1;
+  }
+  KvStats kv_stats() const override { return kv_->stats(); }
+  ExpertPoolStats expert_stats() const override { return w_.experts ? w_.experts->stats() : ExpertPoolStats{}; }
+
+  AdapterInfo RegisterAdapter(const std::string& dir) override {
+    if (!registry_) fail("register adapter ", dir, ": the model has no routed experts");
+    return registry_->register_adapter(dir);
+  }
+  void UnregisterAdapter(int32_t row) override {
+    if (!registry_) fail("unregister adapter row ", row, ": the model has no routed experts");
+    registry_->unregister_adapter(row);
+  }
+  std::vector<AdapterInfo> adapters() const override {
+    return registry_ ? registry_->adapters() : std::vector<AdapterInfo>{};
+  }
+
+ private:
+  ModelConfig cfg_;
+  std::unique_ptr<Backend> backend_;
+  ModelWeights w_;
+  std::unique_ptr<KvCache> kv_;
+  RerouteTables tables_;  // per MoE layer; rows filled by registry_ (row 0: base, identity)
+  std::unique_ptr<AdapterRegistry> registry_;
+  std::unique_ptr<ForwardPass> forward_;
+};
+
+}  // namespace
+
+std::unique_ptr<Engine> Engine::Load(const std::string& model_dir, const EngineOptions& opts) {
+  if (opts.device != "cpu" && opts.device != "auto" && opts.device != "cuda")
+    fail("device '", opts.device, "': expected 'cpu', 'cuda' or 'auto'");
+  std::unique_ptr<Backend> backend;
+#ifdef EW_WITH_CUDA
+  if (opts.device == "cuda" || (opts.device == "auto" && cuda::device_available())) backend = make_cuda_backend();
+#else
+  if (opts.device == "cuda") fail("device 'cuda': this build has no CUDA backend");
+#endif
+  if (!backend) backend = make_cpu_backend();
+  return std::make_unique<ModelEngine>(model_dir, opts, std::move(backend));
+}
+
+}  // namespace ew

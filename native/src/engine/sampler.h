@@ -1,0 +1,24 @@
+// Next-token sampling for one sequence from its logits. Deterministic: the draw
+// comes from a counter-based RNG keyed by (seed, position of the sampled token),
+// so a request yields the same tokens whatever else shares the step.
+#pragma once
+#include <cstdint>
+
+#include "engine/engine.h"
+
+namespace ew {
+
+uint64_t splitmix64(uint64_t x);
+// Uniform in [0, 1) from (seed, position).
+double sample_uniform(uint64_t seed, int64_t position);
+
+// temperature <= 0: argmax, ties to the lower id. Otherwise softmax(logits / temperature)
+// restricted to the top_k most likely ids (0: all), then to the smallest prefix of those,
+// sorted by probability descending (ties: lower id first), whose mass reaches top_p,
+// and one draw from what is left. `position` is where the sampled token will sit.
+int32_t sample_token(const float* logits, int64_t V, const SamplingParams& p, int64_t position);
+
+// log softmax(logits)[token] of the unmodified distribution (temperature 1).
+float token_logprob(const float* logits, int64_t V, int32_t token);
+
+}  // namespace ew

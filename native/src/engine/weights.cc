@@ -1,0 +1,141 @@
+#include "engine/weights.h"
+
+#include <set>
+
+#include "util/error.h"
+
+namespace ew {
+namespace {
+
+// Binds tensors by name with exact shapes and remembers which ones the config explains.
+class Binder {
+ public:
+  explicit Binder(const TensorStore& store) : store_(store) {}
+  TensorView bind(const std::string& name, std::vector<int64_t> shape) {
+    used_.insert(name);
+    return store_.get_checked(name, shape);
+  }
+  bool explained(const std::string& name) const { return used_.count(name) != 0; }
+
+ private:
+  const TensorStore& store_;
+  std::set<std::string> used_;
+};
+
+MlpWeights bind_mlp(Binder& b, const std::string& prefix, int64_t H, int64_t W) {
+  MlpWeights m;
+  m.gate = b.bind(prefix + "gate_proj.weight", {W, H});
+  m.up = b.bind(prefix + "up_proj.weight", {W, H});
+  m.down = b.bind(prefix + "down_proj.weight", {H, W});
+  return m;
+}
+
+AttentionWeights bind_attention(Binder& b, const std::string& p, const ModelConfig& c) {
+  const int64_t H = c.hidden_size, heads = c.num_attention_heads;
+  AttentionWeights a;
+  if (c.q_lora_rank == 0) {
+    a.q_proj = b.bind(p + "q_proj.weight", {heads * c.q_head_dim(), H});
+  } else {
+    a.q_a_proj = b.bind(p + "q_a_proj.weight", {c.q_lora_rank, H});
+    a.q_a_layernorm = b.bind(p + "q_a_layernorm.weight", {c.q_lora_rank});
+    a.q_b_proj = b.bind(p + "q_b_proj.weight", {heads * c.q_head_dim(), c.q_lora_rank});
+  }
+  a.kv_a_proj_with_mqa = b.bind(p + "kv_a_proj_with_mqa.weight", {c.kv_lora_rank + c.qk_rope_head_dim, H});
+  a.kv_a_layernorm = b.bind(p + "kv_a_layernorm.weight", {c.kv_lora_rank});
+  a.kv_b_proj = b.bind(p + "kv_b_proj.weight", {heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank});
+  a.o_proj = b.bind(p + "o_proj.weight", {H, heads * c.v_head_dim});
+  return a;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+const char* kMatNames[kExpertMats] = {"gate_proj", "up_proj", "down_proj"};
+
+}  // namespace
+
+ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig& cfg, const PoolOptions& pool) {
+  if (pool.max_adapter_slots < 0)
+    fail("load_model_weights: max_adapter_slots must be >= 0, got ", pool.max_adapter_slots);
+  ModelWeights w;
+  w.store = TensorStore::open_dir(model_dir);
+  Binder b(*w.store);
+  const int64_t H = cfg.hidden_size, V = cfg.vocab_size, M = cfg.n_routed_experts, I = cfg.moe_intermediate_size;
+
+  w.embed = b.bind("model.embed_tokens.weight", {V, H});
+  w.norm = b.bind("model.norm.weight", {H});
+  if (cfg.tie_word_embeddings) {
+    w.lm_head = w.embed;
+    // A checkpoint may still carry the tied copy; transformers ignores it too.
+    if (w.store->has("lm_head.weight")) b.bind("lm_head.weight", {V, H});
+  } else {
+    w.lm_head = b.bind("lm_head.weight", {V, H});
+  }
+
+  // Routed experts: views first (all shapes and the common dtype checked), copies later.
+  std::vector<std::vector<TensorView>> experts;  // [moe layer][expert * 3 + mat]
+  w.layers.resize(static_cast<size_t>(cfg.num_hidden_layers));
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+    LayerWeights& L = w.layers[l];
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    L.input_layernorm = b.bind(p + "input_layernorm.weight", {H});
+    L.post_attention_layernorm = b.bind(p + "post_attention_layernorm.weight", {H});
+    L.attn = bind_attention(b, p + "self_attn.", cfg);
+    L.is_moe = cfg.is_moe_layer(l);
+    if (!L.is_moe) {
+      L.dense = bind_mlp(b, p + "mlp.", H, cfg.intermediate_size);
+      continue;
+    }
+    L.moe_index = static_cast<int>(experts.size());
+    L.router = b.bind(p + "mlp.gate.weight", {M, H});
+    if (cfg.n_shared_experts > 0) {
+      L.has_shared = true;
+      L.shared = bind_mlp(b, p + "mlp.shared_experts.", H, cfg.n_shared_experts * I);
+    }
+    std::vector<TensorView>& ex = experts.emplace_back();
+    for (int64_t e = 0; e < M; ++e) {
+      const std::string ep = p + "mlp.experts." + std::to_string(e) + ".";
+      for (int m = 0; m < kExpertMats; ++m) {
+        const std::string name = ep + kMatNames[m] + ".weight";
+        ex.push_back(b.bind(name, m == 2 ? std::vector<int64_t>{H, I} : std::vector<int64_t>{I, H}));
+        if (ex.back().dtype != ex.front().dtype)
+          fail("tensor ", name, " is ", dtype_name(ex.back().dtype), " but ", p, "mlp.experts.0.gate_proj.weight is ",
+               dtype_name(ex.front().dtype), ": all routed experts must share one dtype (in ", w.store->file_of(name),
+               ")");
+      }
+    }
+    if (experts.size() > 1 && ex.front().dtype != experts.front().front().dtype)
+      fail("routed experts of layer ", l, " are ", dtype_name(ex.front().dtype), " but earlier MoE layers are ",
+           dtype_name(experts.front().front().dtype), ": all routed experts must share one dtype");
+  }
+
+  // Everything stored must be explained by the config: a leftover tensor means the
+  // config and the checkpoint disagree (more layers or experts than configured, ...).
+  std::vector<std::string> extra;
+  for (const std::string& n : w.store->names())
+    if (!b.explained(n) && !ends_with(n, ".rotary_emb.inv_freq")) extra.push_back(n);
+  if (!extra.empty()) {
+    std::string list;
+    for (size_t i = 0; i < extra.size() && i < 5; ++i) list += (i ? ", " : "") + extra[i];
+    if (extra.size() > 5) list += ", ...";
+    fail(model_dir, ": ", extra.size(), " tensor(s) not used by config.json (", cfg.num_hidden_layers, " layers, ", M,
+         " routed experts): ", list);
+  }
+
+  if (!experts.empty()) {
+    w.experts = std::make_unique<ExpertPool>(static_cast<int>(experts.size()), static_cast<int>(M),
+                                             pool.max_adapter_slots, H, I, experts.front().front().dtype);
+    for (size_t li = 0; li < experts.size(); ++li) {
+      const int layer = static_cast<int>(li);
+      w.experts->map_slots(layer, 0, static_cast<int>(M));
+      for (int64_t e = 0; e < M; ++e)
+        for (int m = 0; m < kExpertMats; ++m)
+          w.experts->write_slot(layer, static_cast<ExpertMat>(m), static_cast<int>(e),
+                                experts[li][e * kExpertMats + m]);
+    }
+  }
+  return w;
+}
+
+}  // namespace ew

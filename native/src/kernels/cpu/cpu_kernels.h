@@ -1,0 +1,77 @@
+// The CPU inner loops behind matmul.h and the other CPU kernels, in two builds:
+// portable C++ (any CPU) and AVX2/FMA/F16C (matmul_avx2.cc, called only after a
+// run-time CPU check). Within one path every output element's reduction order
+// depends only on the reduction length, never on the batch, tiling or threads.
+// The two paths may differ from each other in the last bits.
+#pragma once
+#include <cstdint>
+
+#include "engine/tensor.h"
+
+namespace ew {
+
+enum class CpuPath : uint8_t { Portable, Avx2 };
+
+// Avx2 when the CPU has AVX2, FMA and F16C and the library was built with the AVX2
+// kernels, else Portable. EW_CPU_PATH=portable in the environment forces Portable.
+CpuPath cpu_path();
+
+// y[t, n] = x[t, :] . W[n, :] for n in [n0, n1), t in [0, T); x row stride K, y row stride ldy.
+void matmul_rows(CpuPath path, const float* x, int64_t T, const void* W, DType dt, int64_t K,
+                 int64_t n0, int64_t n1, float* y, int64_t ldy);
+// y[t, n] = sum_k x[t, k] * W[k, n] for n in [n0, n1) (W is [K, N] row-major, y row stride N),
+// summed from 0 in ascending k one term at a time.
+void matmul_t_cols(CpuPath path, const float* x, int64_t T, const void* W, DType dt, int64_t K,
+                   int64_t N, int64_t n0, int64_t n1, float* y);
+// Fixed-order dot product of two fp32 vectors.
+float dot_f32(CpuPath path, const float* a, const float* b, int64_t n);
+// y[i] += a * x[i]
+void axpy_f32(CpuPath path, float a, const float* x, float* y, int64_t n);
+
+namespace portable {
+void matmul_rows(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t n0, int64_t n1,
+                 float* y, int64_t ldy);
+void matmul_t_cols(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t N, int64_t n0,
+                   int64_t n1, float* y);
+float dot_f32(const float* a, const float* b, int64_t n);
+void axpy_f32(float a, const float* x, float* y, int64_t n);
+}  // namespace portable
+namespace avx2 {
+void matmul_rows(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t n0, int64_t n1,
+                 float* y, int64_t ldy);
+void matmul_t_cols(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t N, int64_t n0,
+                   int64_t n1, float* y);
+float dot_f32(const float* a, const float* b, int64_t n);
+void axpy_f32(float a, const float* x, float* y, int64_t n);
+}  // namespace avx2
+
+// Scalar conversions used by the portable path and by the non-matmul kernels.
+inline float bf16_to_f32(uint16_t h) {
+  union {
+    uint32_t u;
+    float f;
+  } v{static_cast<uint32_t>(h) << 16};
+  return v.f;
+}
+float f16_to_f32(uint16_t h);
+// Element i of a stored tensor as fp32.
+inline float load_as_f32(const void* data, DType dt, int64_t i) {
+  switch (dt) {
+    case DType::F32: return static_cast<const float*>(data)[i];
+    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(data)[i]);
+    default: return f16_to_f32(static_cast<const uint16_t*>(data)[i]);
+  }
+}
+// Converts n elements starting at element `first` into out.
+void convert_to_f32(const void* data, DType dt, int64_t first, int64_t n, float* out);
+
+}  // namespace ew
+
+namespace ew {
+// matmul_cpu_raw on an explicit path (tests compare the two paths).
+void matmul_cpu_path(CpuPath path, const float* x, int64_t T, const void* W, DType dtype, int64_t N,
+                     int64_t K, float* y);
+// y[T, N] = x[T, K] . W[K, N] with W stored [K, N] (the transposed layout), multithreaded
+// over columns; per element the sum runs over k ascending, so it is batch independent.
+void matmul_t_cpu_raw(const float* x, int64_t T, const void* W, DType dtype, int64_t K, int64_t N, float* y);
+}  // namespace ew

@@ -1,0 +1,186 @@
+// AVX2/FMA/F16C versions of the CPU inner loops (cpu_kernels.h). Compiled with
+// -mavx2 -mfma -mf16c; only reached after cpu_path() saw those features.
+//
+// Every (row, token) dot product uses one 8-lane accumulator over k in blocks of 8,
+// a fixed horizontal sum, then the tail in ascending k. A tile of R rows x TT tokens
+// holds R*TT such accumulators, so tiles only change how often a weight vector is
+// reused (once loaded, for TT tokens), never any element's result.
+//
+// This file is compiled with AVX2 code generation, so it must not instantiate any
+// inline or template function that other files also use (the linker could keep
+// this file's AVX2 copy for everyone): hence local helpers instead of std::min,
+// std::fma and the header's converters.
+#include <immintrin.h>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace ew {
+namespace avx2 {
+namespace {
+
+template <DType DT>
+inline __m256 load8(const void* W, int64_t i) {
+  if constexpr (DT == DType::F32) {
+    return _mm256_loadu_ps(static_cast<const float*>(W) + i);
+  } else if constexpr (DT == DType::BF16) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(W) + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(W) + i)));
+  }
+}
+
+template <DType DT>
+inline float load1(const void* W, int64_t i) {
+  if constexpr (DT == DType::F32) {
+    return static_cast<const float*>(W)[i];
+  } else if constexpr (DT == DType::BF16) {
+    const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(W)[i]) << 16;
+    return _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128(static_cast<int>(bits))));
+  } else {
+    return _cvtsh_ss(static_cast<const uint16_t*>(W)[i]);
+  }
+}
+
+inline float fma1(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+// R rows starting at n0 against TT tokens starting at x.
+template <DType DT, int R, int TT>
+inline void tile(const float* x, int64_t K, const void* W, int64_t n0, float* y, int64_t ldy) {
+  __m256 acc[R][TT];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < TT; ++t) acc[r][t] = _mm256_setzero_ps();
+  const int64_t K8 = K & ~int64_t{7};
+  for (int64_t k = 0; k < K8; k += 8) {
+    __m256 xv[TT];
+    for (int t = 0; t < TT; ++t) xv[t] = _mm256_loadu_ps(x + t * K + k);
+    for (int r = 0; r < R; ++r) {
+      const __m256 w = load8<DT>(W, (n0 + r) * K + k);
+      for (int t = 0; t < TT; ++t) acc[r][t] = _mm256_fmadd_ps(w, xv[t], acc[r][t]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < TT; ++t) {
+      float s = hsum(acc[r][t]);
+      for (int64_t k = K8; k < K; ++k) s = fma1(x[t * K + k], load1<DT>(W, (n0 + r) * K + k), s);
+      y[t * ldy + n0 + r] = s;
+    }
+}
+
+// Tokens in blocks that stay in cache; within a block, 8-row tiles for a single
+// token (decode: eight weight streams in flight) and 4x3 / 4x2 tiles otherwise.
+template <DType DT>
+void rows_impl(const float* x, int64_t T, const void* W, int64_t K, int64_t n0, int64_t n1, float* y,
+               int64_t ldy) {
+  constexpr int64_t kTokenBlock = 64;
+  for (int64_t tb = 0; tb < T; tb += kTokenBlock) {
+    const int64_t te = min64(T, tb + kTokenBlock);
+    const float* xb = x + tb * K;
+    float* yb = y + tb * ldy;
+    int64_t n = n0;
+    if (te - tb == 1)
+      for (; n + 8 <= n1; n += 8) tile<DT, 8, 1>(xb, K, W, n, yb, ldy);
+    for (; n + 4 <= n1; n += 4) {
+      int64_t t = tb;
+      for (; te - t >= 3 && te - t != 4; t += 3) tile<DT, 4, 3>(x + t * K, K, W, n, y + t * ldy, ldy);
+      for (; te - t >= 2; t += 2) tile<DT, 4, 2>(x + t * K, K, W, n, y + t * ldy, ldy);
+      if (t < te) tile<DT, 4, 1>(x + t * K, K, W, n, y + t * ldy, ldy);
+    }
+    for (; n < n1; ++n)
+      for (int64_t t = tb; t < te; ++t) tile<DT, 1, 1>(x + t * K, K, W, n, y + t * ldy, ldy);
+  }
+}
+
+// Columns [n, n + 8*NV) of TT tokens of y = x . W with W stored [K, N]: one register
+// accumulator per 8 columns per token, fma over k ascending, so the order per element
+// is the same in every tile shape.
+template <DType DT, int NV, int TT>
+inline void t_tile(const float* x, int64_t K, const void* W, int64_t N, int64_t n, float* y) {
+  __m256 acc[TT][NV];
+  for (int t = 0; t < TT; ++t)
+    for (int v = 0; v < NV; ++v) acc[t][v] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m256 w[NV];
+    for (int v = 0; v < NV; ++v) w[v] = load8<DT>(W, k * N + n + 8 * v);
+    for (int t = 0; t < TT; ++t) {
+      const __m256 xb = _mm256_broadcast_ss(x + t * K + k);
+      for (int v = 0; v < NV; ++v) acc[t][v] = _mm256_fmadd_ps(xb, w[v], acc[t][v]);
+    }
+  }
+  for (int t = 0; t < TT; ++t)
+    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(y + t * N + n + 8 * v, acc[t][v]);
+}
+
+template <DType DT, int NV>
+void t_tiles(const float* x, int64_t T, int64_t K, const void* W, int64_t N, int64_t n, float* y) {
+  int64_t t = 0;
+  for (; t + 4 <= T; t += 4) t_tile<DT, NV, 4>(x + t * K, K, W, N, n, y + t * N);
+  switch (T - t) {
+    case 3: t_tile<DT, NV, 3>(x + t * K, K, W, N, n, y + t * N); break;
+    case 2: t_tile<DT, NV, 2>(x + t * K, K, W, N, n, y + t * N); break;
+    case 1: t_tile<DT, NV, 1>(x + t * K, K, W, N, n, y + t * N); break;
+    default: break;
+  }
+}
+
+template <DType DT>
+void t_cols_impl(const float* x, int64_t T, const void* W, int64_t K, int64_t N, int64_t n0, int64_t n1,
+                 float* y) {
+  int64_t n = n0;
+  for (; n + 16 <= n1; n += 16) t_tiles<DT, 2>(x, T, K, W, N, n, y);
+  for (; n + 8 <= n1; n += 8) t_tiles<DT, 1>(x, T, K, W, N, n, y);
+  for (; n < n1; ++n)
+    for (int64_t t = 0; t < T; ++t) {
+      float s = 0.f;
+      for (int64_t k = 0; k < K; ++k) s = fma1(x[t * K + k], load1<DT>(W, k * N + n), s);
+      y[t * N + n] = s;
+    }
+}
+
+}  // namespace
+
+void matmul_rows(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t n0, int64_t n1,
+                 float* y, int64_t ldy) {
+  switch (dt) {
+    case DType::F32: return rows_impl<DType::F32>(x, T, W, K, n0, n1, y, ldy);
+    case DType::BF16: return rows_impl<DType::BF16>(x, T, W, K, n0, n1, y, ldy);
+    case DType::F16: return rows_impl<DType::F16>(x, T, W, K, n0, n1, y, ldy);
+  }
+}
+
+void matmul_t_cols(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t N, int64_t n0,
+                   int64_t n1, float* y) {
+  switch (dt) {
+    case DType::F32: return t_cols_impl<DType::F32>(x, T, W, K, N, n0, n1, y);
+    case DType::BF16: return t_cols_impl<DType::BF16>(x, T, W, K, N, n0, n1, y);
+    case DType::F16: return t_cols_impl<DType::F16>(x, T, W, K, N, n0, n1, y);
+  }
+}
+
+float dot_f32(const float* a, const float* b, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  const int64_t n8 = n & ~int64_t{7};
+  for (int64_t k = 0; k < n8; k += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc);
+  float s = hsum(acc);
+  for (int64_t k = n8; k < n; ++k) s = fma1(a[k], b[k], s);
+  return s;
+}
+
+void axpy_f32(float a, const float* x, float* y, int64_t n) {
+  const __m256 av = _mm256_set1_ps(a);
+  const int64_t n8 = n & ~int64_t{7};
+  for (int64_t i = 0; i < n8; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (int64_t i = n8; i < n; ++i) y[i] = fma1(a, x[i], y[i]);
+}
+
+}  // namespace avx2
+}  // namespace ew

@@ -1,0 +1,60 @@
+// A DeepSeek-V2-shaped model with random weights made directly in device memory (no
+// files), so the full V2-Lite shape (~16B parameters, ~31 GB in bf16) can be benchmarked
+// without downloading weights. Routed experts of each MoE layer live in one slot-indexed
+// tensor per matrix (gate/up [cap, I, H], down [cap, H, I]) as the expert pool lays them
+// out: base experts in slots [0, M), then each adapter's tuned experts, with the per-layer
+// reroute table [1 + n_adapters, M] (row 0 the identity) on the device.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "engine/config.h"
+#include "engine/tensor.h"
+#include "kernels/cuda/cuda_util.h"
+#include "memory/cuda/expert_pool_cuda.h"
+
+namespace ew {
+namespace cuda {
+
+// The DeepSeek-V2-Lite hyper-parameters (docs/model-and-adapters.md, section 1).
+ModelConfig deepseek_v2_lite_config();
+
+// Fills n elements of dtype at p with offset + scale * U(-1, 1) from a counter-based hash
+// of (seed, index): the same seed gives the same values on any device.
+void fill_random(void* p, DType dtype, int64_t n, uint64_t seed, float scale, float offset, void* stream);
+
+// One adapter: per MoE layer (0-based among MoE layers), the tuned base expert ids.
+using AdapterExperts = std::vector<std::vector<int32_t>>;
+
+struct RandomLayer {
+  bool moe = false;
+  DeviceBuffer input_norm, post_norm, q_proj, kv_a, kv_a_norm, kv_b, o_proj;
+  DeviceBuffer gate, up, down;             // dense MLP (layer < first_k_dense) or the shared experts
+  DeviceBuffer router;                     // [M, H]
+  const void* experts[3] = {};             // gate, up, down: slot s at + s * (I * H) elements
+  DeviceBuffer exp_gate, exp_up, exp_down; // their memory without the VMM pool
+  DeviceBuffer reroute;                    // int32 [1 + n_adapters, M]
+  int32_t n_slots = 0;                     // M + this layer's adapter experts
+  int64_t dense_width = 0;                 // width of gate/up (intermediate or shared)
+};
+
+struct RandomModel {
+  ModelConfig cfg;
+  DType dtype = DType::BF16;
+  DeviceBuffer embed, norm, lm_head;
+  std::vector<RandomLayer> layers;
+  int32_t n_adapter_rows = 1;  // reroute rows, the base row included
+  size_t total_bytes = 0;      // all weights
+  std::unique_ptr<ExpertPoolCuda> pool;  // the routed experts when made with vmm_pool
+};
+
+// Allocates and fills every weight (bf16) and the reroute tables. vmm_pool: the routed
+// experts live in an ExpertPoolCuda (memory/cuda), base slots mapped, each adapter's slots
+// allocated and mapped as the engine would; otherwise one cudaMalloc per tensor. Throws
+// ew::Error when the device lacks the memory.
+RandomModel make_random_model(const ModelConfig& cfg, const std::vector<AdapterExperts>& adapters, uint64_t seed,
+                              bool vmm_pool = false);
+
+}  // namespace cuda
+}  // namespace ew

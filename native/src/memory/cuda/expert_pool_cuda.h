@@ -1,0 +1,73 @@
+// ExpertPoolCuda: the ExpertPool layout (memory/expert_pool.h) in device memory via the
+// CUDA driver's virtual memory management. Per MoE layer and matrix, capacity * stride
+// bytes of address space are reserved once (rounded to the allocation granularity, the
+// page); map_slots backs the pages a slot range covers with physical handles and maps
+// them, unmap_slots releases the pages no other range still uses (reference counted).
+// Addresses never move, so captured graphs and grouped kernels keep `base + slot * stride`.
+//
+// Handles: the first and last page of a mapped range may be shared with a neighbouring
+// range, so each gets its own one-page handle; the pages strictly inside belong to this
+// range alone and share one handle, mapped and unmapped together. All pages a call newly
+// maps are contiguous and get one cuMemSetAccess.
+//
+// Synchronisation: unmap_slots frees memory at once. The caller must make sure no kernel
+// still reads those slots: reset the reroute rows on the compute stream, then
+// synchronise that stream (or wait on an event recorded after the last step that used
+// them) before calling unmap_slots.
+//
+// Driver entry points come from cudaGetDriverEntryPointByVersion (no libcuda link).
+// Plain C++ interface: callers need no CUDA headers.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "engine/tensor.h"
+#include "memory/expert_pool.h"
+
+namespace ew {
+
+class ExpertPoolCuda {
+ public:
+  // Throws ew::Error when the device lacks VMM support or a driver call fails.
+  ExpertPoolCuda(int device, int n_layers, int n_base, int max_adapter_slots, int64_t H, int64_t I, DType dtype);
+  ~ExpertPoolCuda();
+  ExpertPoolCuda(const ExpertPoolCuda&) = delete;
+  ExpertPoolCuda& operator=(const ExpertPoolCuda&) = delete;
+
+  int n_layers() const { return n_layers_; }
+  int n_base() const { return n_base_; }
+  int capacity() const { return capacity_; }
+  DType dtype() const { return dtype_; }
+  int64_t hidden() const { return H_; }
+  int64_t width() const { return I_; }
+  size_t mat_bytes(ExpertMat m) const;
+
+  // Device address of slot 0 of one matrix of one layer; slot s is at + s * mat_bytes(m).
+  const uint8_t* base(int layer, ExpertMat m) const;
+  const void* slot_data(int layer, ExpertMat m, int slot) const {
+    return base(layer, m) + static_cast<size_t>(slot) * mat_bytes(m);
+  }
+  TensorView slot_view(int layer, ExpertMat m, int slot) const;  // data is a device pointer
+
+  int alloc_slots(int layer, int count);  // as ExpertPool: -1 when no free run
+  // Backs and maps [first, first + count) in all three matrices; on failure rolls back
+  // everything this call did and throws.
+  void map_slots(int layer, int first, int count);
+  // See the synchronisation note above. Returns the range to the free list.
+  void unmap_slots(int layer, int first, int count);
+  // Copies a host tensor (this pool's dtype and shape) into a mapped slot (synchronous).
+  void write_slot(int layer, ExpertMat m, int slot, const TensorView& src);
+
+  ExpertPoolStats stats() const;
+  size_t page_size() const;  // the allocation granularity
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  int n_layers_, n_base_, capacity_;
+  int64_t H_, I_;
+  DType dtype_;
+};
+
+}  // namespace ew

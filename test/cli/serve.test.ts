@@ -1,0 +1,78 @@
+// `expertweave serve` and `expertweave adapters` as processes: the listening line,
+// adapter management over HTTP, JSON logs, and a clean exit 0 on SIGTERM/SIGINT
+// with a request in flight.
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+
+import { addon } from '../helpers/engine.js';
+import { repoRoot } from '../helpers/paths.js';
+import { StreamClient } from '../helpers/ws-client.js';
+import { fixture } from '../server/daemon-helpers.js';
+
+const native = addon();
+const skip = 'skip' in native ? native.skip : false;
+const BIN = join(repoRoot(), 'bin', 'expertweave.js');
+
+function serve(args: string[]) {
+  const child = spawn(process.execPath, [BIN, 'serve', '--port', '0', '--device', 'cpu', '--threads', '1', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const listening = new Promise<string>((resolve, reject) => {
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+      const m = /listening on (http:\/\/[\d.]+:\d+)/.exec(stdout);
+      if (m) resolve(m[1]);
+    });
+    void exited.then((code) => reject(new Error(`serve exited with ${code}: ${stderr}`)));
+  });
+  return { child, listening, exited, logs: () => stderr };
+}
+
+function cli(args: string[]) {
+  return spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
+}
+
+describe('expertweave serve', { skip }, () => {
+  test('serves, manages adapters over HTTP, and exits 0 on SIGTERM mid-request', async () => {
+    const fx = fixture();
+    const s = serve(['--model', fx.model, '--adapter', `law=${fx.adapters[0].dir}`, '--admin-token', 'tok']);
+    const url = await s.listening;
+    assert.match(url, /^http:\/\/127\.0\.0\.1:\d+$/);
+
+    const add = cli(['adapters', 'add', 'math', fx.adapters[1].dir, '--server', url, '--admin-token', 'tok']);
+    assert.equal(add.status, 0, add.stderr);
+    const denied = cli(['adapters', 'list', '--server', url]);
+    assert.equal(denied.status, 1);
+    assert.match(denied.stderr, /401/);
+    const list = cli(['adapters', 'list', '--server', url, '--admin-token', 'tok']);
+    assert.equal(list.status, 0, list.stderr);
+    assert.deepEqual(list.stdout.trim().split('\n').map((l) => l.split('\t')[0]).sort(), ['law', 'math']);
+    const rm = cli(['adapters', 'remove', 'math', '--server', url, '--admin-token', 'tok']);
+    assert.equal(rm.status, 0, rm.stderr);
+    assert.equal(cli(['adapters', 'bogus', '--server', url]).status, 2);
+
+    const client = await StreamClient.open(url.replace('http', 'ws') + '/v1/stream');
+    client.send({ type: 'generate', id: 'r', adapter: 'law', prompt: [3, 4, 5], max_tokens: 250, temperature: 1, seed: 1 });
+    await client.next((f) => f.id === 'r');
+    s.child.kill('SIGTERM');
+    assert.equal(await s.exited, 0, s.logs());
+    for (const line of s.logs().trim().split('\n')) assert.ok(typeof JSON.parse(line).event === 'string', line);
+    assert.match(s.logs(), /"event":"shutting_down"/);
+  });
+
+  test('SIGINT stops an idle server with exit 0; a missing model is a clear error', async () => {
+    const fx = fixture();
+    const s = serve(['--model', fx.model]);
+    await s.listening;
+    s.child.kill('SIGINT');
+    assert.equal(await s.exited, 0);
+    const bad = cli(['serve', '--model', '/nonexistent/model', '--port', '0']);
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, /does not exist/);
+    assert.equal(cli(['serve', '--adapter', 'nodir']).status, 2);
+  });
+});

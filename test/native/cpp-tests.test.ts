@@ -1,0 +1,28 @@
+// Runs the C++ test binary (native/tests, built by cmake-js beside the addon) as one
+// node:test suite, so `npm test` covers both languages.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+
+import { repoRoot } from '../helpers/paths.js';
+
+const build = join(repoRoot(), 'build');
+const binary = join(build, 'Release', 'ew_native_tests');
+const cache = join(build, 'CMakeCache.txt');
+
+/** Why there is legitimately no binary, or undefined when there should be one. */
+function skipReason(): string | undefined {
+  if (existsSync(binary)) return undefined;
+  if (!existsSync(cache)) return 'no CMake build (node-gyp fallback builds no C++ tests)';
+  if (/^EW_TESTS:BOOL=OFF$/m.test(readFileSync(cache, 'utf8'))) return 'built with EW_TESTS=OFF';
+  return undefined;
+}
+
+test('C++ tests (build/Release/ew_native_tests)', { skip: skipReason() }, () => {
+  assert.ok(existsSync(binary), `${binary} is missing; run \`npm run build\``);
+  const r = spawnSync(binary, [], { encoding: 'utf8', timeout: 30 * 60 * 1000, maxBuffer: 64 << 20 });
+  assert.equal(r.error, undefined, `could not run ${binary}: ${r.error?.message}`);
+  assert.equal(r.status, 0, `ew_native_tests failed (status ${r.status}, signal ${r.signal}):\n${r.stdout}\n${r.stderr}`);
+});
