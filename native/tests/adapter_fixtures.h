@@ -14,6 +14,7 @@
 
 #include "engine/config.h"
 #include "engine/tensor.h"
+#include "st_writer.h"
 
 namespace ewtest {
 
@@ -29,50 +30,22 @@ inline const char* st_dtype(ew::DType t) {
   return t == ew::DType::F32 ? "F32" : t == ew::DType::F16 ? "F16" : "BF16";
 }
 
-// A .safetensors file: 8-byte header length, JSON header padded to 8 bytes, data.
+// A .safetensors file, written by the loader tests' writer (st_writer.h).
 inline void write_safetensors(const std::string& path, const std::vector<StTensor>& tensors) {
-  std::string header = "{";
-  size_t offset = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const StTensor& t = tensors[i];
-    std::string shape;
-    for (size_t d = 0; d < t.shape.size(); ++d) shape += (d ? "," : "") + std::to_string(t.shape[d]);
-    header += (i ? ",\"" : "\"") + t.name + "\":{\"dtype\":\"" + st_dtype(t.dtype) + "\",\"shape\":[" + shape +
-              "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + t.data.size()) + "]}";
-    offset += t.data.size();
-  }
-  header += "}";
-  while (header.size() % 8) header += ' ';
-  const uint64_t n = header.size();
-  std::ofstream f(path, std::ios::binary);
-  f.write(reinterpret_cast<const char*>(&n), 8);
-  f << header;
-  for (const StTensor& t : tensors) f.write(reinterpret_cast<const char*>(t.data.data()), t.data.size());
-  if (!f) throw std::runtime_error("cannot write " + path);
+  std::vector<st::Tensor> ts;
+  for (const StTensor& t : tensors)
+    ts.push_back({t.name, st_dtype(t.dtype), t.shape, std::string(t.data.begin(), t.data.end())});
+  st::write_file(path, ts);
 }
 
-// A fresh directory under the system temp dir, removed with everything in it on destruction.
-class ScratchDir {
+// A scratch directory (removed on destruction) that also makes sub-directories.
+class ScratchDir : public st::TempDir {
  public:
-  explicit ScratchDir(const std::string& tag) {
-    std::string tmpl = (std::filesystem::temp_directory_path() / ("ew_" + tag + "_XXXXXX")).string();
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed for " + tmpl);
-    path_ = tmpl;
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-  const std::string& path() const { return path_; }
+  explicit ScratchDir(const std::string& tag) : st::TempDir(tag) {}
   std::string sub(const std::string& name) const {
-    std::filesystem::create_directories(path_ + "/" + name);
-    return path_ + "/" + name;
+    std::filesystem::create_directories(path() + "/" + name);
+    return path() + "/" + name;
   }
-
- private:
-  std::string path_;
 };
 
 inline void write_text(const std::string& path, const std::string& text) {

@@ -21,9 +21,9 @@ namespace ewtest::st {
 // A fresh directory under the temp dir (mkdtemp), removed with its contents.
 class TempDir {
  public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "ew_load_XXXXXX").string();
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+  explicit TempDir(const std::string& tag = "load") {
+    std::string tmpl = (std::filesystem::temp_directory_path() / ("ew_" + tag + "_XXXXXX")).string();
+    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed for " + tmpl);
     path_ = tmpl;
   }
   ~TempDir() {
