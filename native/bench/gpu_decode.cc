@@ -2,8 +2,9 @@
 // (kernels/cuda/random_model.h): decode step time at several batch sizes and its fraction
 // of the HBM roofline, prefill tokens/s, the fused router+reroute (+ align) time per layer,
 // and decode with resident ESFT adapters in a mixed batch over the base model alone.
-// The step runs every layer on the device through kernels/cuda/ops_cuda.h, captured into
-// a CUDA graph (launch overhead out of the measurement; the eager time is printed too).
+// Steps run through cuda::DeviceForward, the engine's own device forward pass (metadata
+// upload, every layer on one stream, decode steps replayed as CUDA graphs; the eager time
+// is printed too), so these figures are the daemon's.
 //
 //   ew_bench_gpu_decode [--adapters N] [--ctx C] [--prefill P] [--iters I] [--esft DIR] [--pool plain|vmm]
 // Prints "no CUDA device" and exits 0 on a machine without one.
@@ -21,7 +22,6 @@ int main() {
 #include <cstring>
 #include <fstream>
 #include <functional>
-#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -29,9 +29,8 @@ int main() {
 #include <cuda_runtime_api.h>
 
 #include "../tests/esft_selections.h"
-#include "kernels/cpu/rope.h"
-#include "kernels/cuda/rope_tables.h"
 #include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/device_forward.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/cuda/random_model.h"
 #include "kernels/cuda/router_cuda.h"
@@ -92,141 +91,26 @@ std::vector<AdapterExperts> load_adapters(const Options& o, const ModelConfig& c
   return out;
 }
 
-// Device buffers of one step for up to max_t tokens, and the latent cache.
-struct Runner {
-  const RandomModel& m;
-  const ModelConfig& c;
-  Stream stream;
-  int64_t max_t, max_ctx, n_seqs, blocks_per_seq;
-  static constexpr int kBlock = 16;
-  DeviceBuffer x, xn, q, kva, attn, rlogits, slots, rweights, g, u, logits, ids, logprob;
-  DeviceBuffer moe_ws, mla_ws, cache, tables, tok_seq, tok_pos, adapter_rows, cos_r, sin_r, tokens;
-  int64_t layer_floats = 0;
-  RopeTable rope_table;
-
-  Runner(const RandomModel& model, int64_t max_t_, int64_t max_ctx_, int64_t decode_ctx, int64_t n_seqs_)
-      : m(model), c(model.cfg), max_t(max_t_), max_ctx(max_ctx_), n_seqs(n_seqs_) {
-    const int64_t H = c.hidden_size, heads = c.num_attention_heads, qd = c.q_head_dim();
-    const int64_t width = c.kv_cache_width(), wmax = std::max(c.intermediate_size, c.n_shared_experts * c.moe_intermediate_size);
-    const int64_t k = c.num_experts_per_tok, M = c.n_routed_experts;
-    auto f = [](int64_t n) { return DeviceBuffer(static_cast<size_t>(n) * 4); };
-    x = f(max_t * H), xn = f(max_t * H), q = f(max_t * heads * qd), kva = f(max_t * width);
-    attn = f(max_t * heads * c.v_head_dim), rlogits = f(max_t * M), slots = f(max_t * k), rweights = f(max_t * k);
-    g = f(max_t * wmax), u = f(max_t * wmax), logits = f(std::min<int64_t>(max_t, 128) * c.vocab_size);
-    ids = f(max_t), logprob = f(max_t), tok_seq = f(max_t), tok_pos = f(max_t), adapter_rows = f(max_t);
-    tokens = f(max_t), cos_r = f(max_t * c.qk_rope_head_dim / 2), sin_r = f(max_t * c.qk_rope_head_dim / 2);
-    int32_t max_slots = 0;
-    for (const auto& L : m.layers) max_slots = std::max(max_slots, L.n_slots);
-    moe_ws = DeviceBuffer(moe_workspace_bytes(max_t, k, max_slots, H, c.moe_intermediate_size));
-    MlaShape sh = shape();
-    mla_ws = DeviceBuffer(mla_workspace_bytes(max_t, sh, max_ctx));
-    // Sequences 0 .. n_seqs-2 decode at up to decode_ctx positions; the last one holds a
-    // prefill of up to max_ctx. Each gets its own blocks (block table rows of max_blocks).
-    const int64_t dec_blocks = (decode_ctx + kBlock - 1) / kBlock;
-    blocks_per_seq = (max_ctx + kBlock - 1) / kBlock;
-    const int64_t n_blocks = (n_seqs - 1) * dec_blocks + blocks_per_seq;
-    layer_floats = n_blocks * kBlock * width;
-    cache = DeviceBuffer(static_cast<size_t>(layer_floats * c.num_hidden_layers) * 4);
-    fill_random(cache.data(), DType::F32, layer_floats * c.num_hidden_layers, 99, 1.f, 0.f, nullptr);
-    std::vector<int32_t> t(static_cast<size_t>(n_seqs * blocks_per_seq), 0);
-    for (int64_t q = 0; q + 1 < n_seqs; ++q)
-      for (int64_t j = 0; j < dec_blocks; ++j) t[q * blocks_per_seq + j] = static_cast<int32_t>(q * dec_blocks + j);
-    for (int64_t j = 0; j < blocks_per_seq; ++j)
-      t[(n_seqs - 1) * blocks_per_seq + j] = static_cast<int32_t>((n_seqs - 1) * dec_blocks + j);
-    tables = DeviceBuffer(t.size() * 4);
-    tables.upload(t.data(), t.size() * 4);
-    EW_CUDA_CHECK(cudaDeviceSynchronize());  // the fill and upload ran on the legacy stream
-    rope_table = make_rope_table(c);
+// Decode-shaped step: B sequences (ids 0..B-1) each adding the token at position ctx - 1;
+// mixed: token i uses reroute row i mod rows (the base row included).
+StepTokens decode_tokens(int64_t B, int64_t ctx, bool mixed, int32_t rows, int64_t vocab) {
+  StepTokens st;
+  for (int64_t i = 0; i < B; ++i) {
+    st.ids.push_back(static_cast<int32_t>((i * 7919 + 13) % vocab));
+    st.seq.push_back(i);
+    st.pos.push_back(ctx - 1);
+    st.adapter_rows.push_back(mixed ? static_cast<int32_t>(i % rows) : 0);
+    st.logit_rows.push_back(i);
   }
+  return st;
+}
 
-  MlaShape shape() const {
-    return MlaShape{static_cast<int32_t>(c.num_attention_heads), static_cast<int32_t>(c.qk_nope_head_dim),
-                    static_cast<int32_t>(c.qk_rope_head_dim), static_cast<int32_t>(c.v_head_dim),
-                    static_cast<int32_t>(c.kv_lora_rank), rope_table.softmax_scale};
-  }
-
-  // Token metadata: T tokens, token i of sequence seq[i] at pos[i], adapter row rows[i].
-  void set_tokens(const std::vector<int32_t>& seq, const std::vector<int64_t>& pos, const std::vector<int32_t>& rows) {
-    const int64_t T = static_cast<int64_t>(seq.size());
-    std::vector<int32_t> p32(pos.begin(), pos.end()), tok(static_cast<size_t>(T));
-    for (int64_t i = 0; i < T; ++i) tok[i] = static_cast<int32_t>((i * 7919 + 13) % c.vocab_size);
-    std::vector<float> cs, sn;
-    rope_cos_sin(rope_table, pos.data(), T, cs, sn);
-    tok_seq.upload(seq.data(), T * 4);
-    tok_pos.upload(p32.data(), T * 4);
-    adapter_rows.upload(rows.data(), T * 4);
-    tokens.upload(tok.data(), T * 4);
-    cos_r.upload(cs.data(), cs.size() * 4);
-    sin_r.upload(sn.data(), sn.size() * 4);
-    // cudaMemcpy runs on the legacy stream, which does not order the non-blocking step stream.
-    EW_CUDA_CHECK(cudaDeviceSynchronize());
-  }
-
-  // One forward step over T tokens. n_logits: how many final rows (the last n) get logits.
-  // distinct: when non-null, receives per MoE layer the distinct expert slots (synchronises).
-  void step(int64_t T, int64_t n_logits, int64_t ctx, std::vector<int>* distinct) {
-    void* s = stream.get();
-    const DType dt = m.dtype;
-    const int64_t H = c.hidden_size, heads = c.num_attention_heads, qd = c.q_head_dim(), nope = c.qk_nope_head_dim;
-    const int64_t R = c.kv_lora_rank, rd = c.qk_rope_head_dim, width = R + rd, k = c.num_experts_per_tok;
-    const float eps = static_cast<float>(c.rms_norm_eps);
-    float* X = x.as<float>();
-    float* XN = xn.as<float>();
-    embed(tokens.as<int32_t>(), T, m.embed.data(), dt, c.vocab_size, H, X, s);
-    for (size_t l = 0; l < m.layers.size(); ++l) {
-      const RandomLayer& L = m.layers[l];
-      rmsnorm(X, H, L.input_norm.data(), dt, XN, H, T, H, eps, s);
-      matmul(XN, T, L.q_proj.data(), dt, heads * qd, H, q.as<float>(), s);
-      matmul(XN, T, L.kv_a.data(), dt, width, H, kva.as<float>(), s);
-      rmsnorm(kva.as<float>(), width, L.kv_a_norm.data(), dt, kva.as<float>(), width, T, R, eps, s);
-      cuda::rope(q.as<float>() + nope, T, heads, heads * qd, qd, rd, cos_r.as<float>(), sin_r.as<float>(), s);
-      cuda::rope(kva.as<float>() + R, T, 1, width, rd, rd, cos_r.as<float>(), sin_r.as<float>(), s);
-      LatentCacheView cv{cache.as<float>() + l * layer_floats, kBlock * width, kBlock, static_cast<int32_t>(width),
-                         tables.as<int32_t>(), static_cast<int32_t>(blocks_per_seq)};
-      kv_write(cv, kva.as<float>(), T, tok_seq.as<int32_t>(), tok_pos.as<int32_t>(), s);
-      mla_attention(q.as<float>(), T, cv, tok_seq.as<int32_t>(), tok_pos.as<int32_t>(), L.kv_b.data(), dt, shape(),
-                    ctx, attn.as<float>(), mla_ws.data(), s);
-      matmul(attn.as<float>(), T, L.o_proj.data(), dt, H, heads * c.v_head_dim, X, s, /*accumulate=*/true);
-      rmsnorm(X, H, L.post_norm.data(), dt, XN, H, T, H, eps, s);
-      if (L.moe) {
-        const int64_t M = c.n_routed_experts;
-        matmul(XN, T, L.router.data(), dt, M, H, rlogits.as<float>(), s);
-        RouterParams rp;
-        rp.n_experts = static_cast<int32_t>(M);
-        rp.top_k = static_cast<int32_t>(k);
-        RerouteTableView tv{L.reroute.as<int32_t>(), m.n_adapter_rows, static_cast<int32_t>(M)};
-        route_topk_reroute(rlogits.as<float>(), T, rp, tv, adapter_rows.as<int32_t>(), slots.as<int32_t>(),
-                           rweights.as<float>(), nullptr, s);
-        if (distinct) {
-          stream.sync();
-          std::vector<int32_t> sl(static_cast<size_t>(T * k));
-          slots.download(sl.data(), sl.size() * 4);
-          distinct->push_back(static_cast<int>(std::set<int32_t>(sl.begin(), sl.end()).size()));
-        }
-        MoeWeights mw{L.experts[0], L.experts[1], L.experts[2], dt, L.n_slots, H, c.moe_intermediate_size};
-        moe_forward(XN, T, k, slots.as<int32_t>(), rweights.as<float>(), mw, X, /*accumulate=*/true, moe_ws.data(), s);
-      }
-      if (L.dense_width > 0) {
-        const int64_t W = L.dense_width;
-        matmul(XN, T, L.gate.data(), dt, W, H, g.as<float>(), s);
-        matmul(XN, T, L.up.data(), dt, W, H, u.as<float>(), s);
-        silu_mul(g.as<float>(), u.as<float>(), W, g.as<float>(), T, W, s);
-        matmul(g.as<float>(), T, L.down.data(), dt, H, W, X, s, /*accumulate=*/true);
-      }
-    }
-    float* last = X + (T - n_logits) * H;
-    rmsnorm(last, H, m.norm.data(), dt, XN, H, n_logits, H, eps, s);
-    matmul(XN, n_logits, m.lm_head.data(), dt, c.vocab_size, H, logits.as<float>(), s);
-    argmax_rows(logits.as<float>(), n_logits, c.vocab_size, ids.as<int32_t>(), nullptr, s);
-  }
-};
-
-double time_ms(Stream& st, int iters, const std::function<void()>& fn) {
+double time_ms(void* stream, int iters, const std::function<void()>& fn) {
   cudaEvent_t a, b;
   EW_CUDA_CHECK(cudaEventCreate(&a));
   EW_CUDA_CHECK(cudaEventCreate(&b));
   fn();  // warm-up
-  auto s = static_cast<cudaStream_t>(st.get());
+  auto s = static_cast<cudaStream_t>(stream);
   EW_CUDA_CHECK(cudaEventRecord(a, s));
   for (int i = 0; i < iters; ++i) fn();
   EW_CUDA_CHECK(cudaEventRecord(b, s));
@@ -244,33 +128,9 @@ double copy_bandwidth(Stream& st) {
   DeviceBuffer a(n), b(n);
   a.fill_bytes(1);
   auto s = static_cast<cudaStream_t>(st.get());
-  const double ms = time_ms(st, 10, [&] { EW_CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), n, cudaMemcpyDeviceToDevice, s)); });
+  const double ms = time_ms(st.get(), 10, [&] { EW_CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), n, cudaMemcpyDeviceToDevice, s)); });
   return 2.0 * n / (ms * 1e-3);
 }
-
-// A step as a CUDA graph (falls back to eager launches if capture fails).
-struct GraphStep {
-  cudaGraphExec_t exec = nullptr;
-  GraphStep(Runner& r, const std::function<void()>& fn) {
-    auto s = static_cast<cudaStream_t>(r.stream.get());
-    cudaGraph_t g = nullptr;
-    if (cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) != cudaSuccess) return;
-    bool ok = true;
-    try {
-      fn();
-    } catch (const std::exception& e) {
-      std::printf("  (graph capture failed: %s; eager launches only)\n", e.what());
-      ok = false;
-    }
-    if (cudaStreamEndCapture(s, &g) != cudaSuccess || !ok || cudaGraphInstantiate(&exec, g, 0) != cudaSuccess)
-      exec = nullptr;
-    if (g) cudaGraphDestroy(g);
-    cudaGetLastError();
-  }
-  ~GraphStep() {
-    if (exec) cudaGraphExecDestroy(exec);
-  }
-};
 
 size_t bytes_of(const DeviceBuffer& b) { return b.bytes(); }
 
@@ -283,8 +143,8 @@ double step_weight_bytes(const RandomModel& m, int64_t T, const std::vector<int>
   size_t mi = 0;
   for (const auto& L : m.layers) {
     b += bytes_of(L.input_norm) + bytes_of(L.post_norm) + bytes_of(L.q_proj) + bytes_of(L.kv_a) +
-         bytes_of(L.kv_a_norm) + bytes_of(L.kv_b) + bytes_of(L.o_proj) + bytes_of(L.gate) + bytes_of(L.up) +
-         bytes_of(L.down) + bytes_of(L.router);
+         bytes_of(L.kv_a_norm) + bytes_of(L.kv_b) + bytes_of(L.o_proj) + bytes_of(L.gate_up) + bytes_of(L.down) +
+         bytes_of(L.router);
     if (L.moe) b += expert * distinct.at(mi++);
   }
   return b;
@@ -326,76 +186,94 @@ int main(int argc, char** argv) {
     std::printf("model: DeepSeek-V2-Lite shape, random bf16 weights, %.2f GiB (%d adapters resident, %zu adapter experts, experts in %s), made in %.1f s\n",
                 model.total_bytes / double(1 << 30), o.adapters, adapter_experts, o.vmm ? "the VMM pool" : "cudaMalloc",
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    const int64_t max_batch = 128;
-    Runner r(model, std::max<int64_t>(max_batch, o.prefill), std::max<int64_t>(o.ctx, o.prefill), o.ctx, max_batch + 1);
+    const int64_t max_batch = 128, ctx = o.ctx, P = o.prefill;
+    // Block tables: decode sequences 0..127 hold ctx positions, sequence 1000 the prefill.
+    const int block = 16;
+    const int64_t blocks = max_batch * ((ctx + block - 1) / block) + (P + block - 1) / block;
+    KvCache kv(static_cast<int>(cfg.num_hidden_layers), cfg.kv_cache_width(), block, static_cast<int>(blocks),
+               /*host_storage=*/false);
+    for (int64_t i = 0; i < max_batch; ++i) kv.reserve(i, ctx);
+    kv.reserve(1000, P);
+    DeviceForward fwd(cfg, device_model(model), kv, model.n_adapter_rows);
+    void* stream = fwd.stream();
 
     auto decode = [&](int64_t B, bool mixed, bool report) {
-      std::vector<int32_t> seq(B), rows(B);
-      std::vector<int64_t> pos(B, o.ctx - 1);
-      for (int64_t i = 0; i < B; ++i) seq[i] = static_cast<int32_t>(i), rows[i] = mixed ? static_cast<int32_t>(i % model.n_adapter_rows) : 0;
-      r.set_tokens(seq, pos, rows);
-      std::vector<int> distinct;
-      r.step(B, B, o.ctx, &distinct);
-      r.stream.sync();
+      const StepTokens st = decode_tokens(B, ctx, mixed, model.n_adapter_rows, cfg.vocab_size);
+      fwd.prepare(st, kv, model.tables);
+      const std::vector<int> distinct = fwd.distinct_slots();
       {  // sanity: a broken kernel shows up as non-finite logits or an id out of range
-        std::vector<float> lg(static_cast<size_t>(cfg.vocab_size));
-        r.logits.download(lg.data(), lg.size() * 4);
-        int32_t id = -1;
-        r.ids.download(&id, 4);
-        const bool finite = std::all_of(lg.begin(), lg.end(), [](float v) { return std::isfinite(v); });
-        if (!finite || id < 0 || id >= cfg.vocab_size)
-          fail("decode batch ", B, ": logits finite ", finite, ", argmax id ", id, ": the step is broken");
+        std::vector<uint8_t> whole(static_cast<size_t>(B), 0);
+        whole[0] = 1;
+        fwd.enqueue(false);
+        const StepLogits out = fwd.collect(whole);
+        const bool finite = std::all_of(out.rows.begin(), out.rows.end(), [](float v) { return std::isfinite(v); });
+        for (int64_t i = 1; i < B; ++i)
+          if (out.greedy[i] < 0 || out.greedy[i] >= cfg.vocab_size || !std::isfinite(out.greedy_logprob[i]))
+            fail("decode batch ", B, ": row ", i, " argmax ", out.greedy[i], ": the step is broken");
+        if (!finite) fail("decode batch ", B, ": non-finite logits: the step is broken");
       }
-      const double eager = time_ms(r.stream, o.iters, [&] { r.step(B, B, o.ctx, nullptr); });
-      GraphStep gs(r, [&] { r.step(B, B, o.ctx, nullptr); });
-      double ms = eager;
-      if (gs.exec) ms = time_ms(r.stream, o.iters, [&] { EW_CUDA_CHECK(cudaGraphLaunch(gs.exec, static_cast<cudaStream_t>(r.stream.get()))); });
+      const double eager = time_ms(stream, o.iters, [&] { fwd.enqueue(false); });
+      fwd.enqueue(true);  // the first decode step of a shape runs eagerly, the next one is captured
+      fwd.enqueue(true);
+      const bool graph = fwd.graphs() > 0;
+      const double ms = graph ? time_ms(stream, o.iters, [&] { fwd.enqueue(true); }) : eager;
       const double bytes = step_weight_bytes(model, B, distinct);
       double avg = 0;
       for (int d : distinct) avg += d;
       avg /= distinct.size();
       if (report)
-        std::printf("decode batch %4lld %-5s: %8.3f ms/step (eager %8.3f), %7.0f tok/s, %5.1f distinct slots/layer, %.2f GB read, %5.1f%% of copy bandwidth\n",
-                    static_cast<long long>(B), mixed ? "mixed" : "base", ms, eager, B / (ms * 1e-3), avg, bytes / 1e9,
-                    100.0 * bytes / (ms * 1e-3) / bw);
+        std::printf("decode batch %4lld %-5s: %8.3f ms/step (%s; eager %8.3f), %7.0f tok/s, %5.1f distinct slots/layer, %.2f GB read, %5.1f%% of copy bandwidth\n",
+                    static_cast<long long>(B), mixed ? "mixed" : "base", ms, graph ? "graph" : "no graph", eager,
+                    B / (ms * 1e-3), avg, bytes / 1e9, 100.0 * bytes / (ms * 1e-3) / bw);
       return ms;
     };
     for (int64_t B : {1, 8, 32, 128}) decode(B, false, true);
 
-    // Prefill: one sequence of o.prefill tokens (positions 0..P-1) in one step.
+    // Prefill: one sequence of P tokens (positions 0..P-1) in one step, last row's logits.
     {
-      const int64_t P = o.prefill;
-      std::vector<int32_t> seq(P, static_cast<int32_t>(max_batch)), rows(P, 0);
-      std::vector<int64_t> pos(P);
-      for (int64_t i = 0; i < P; ++i) pos[i] = i;
-      r.set_tokens(seq, pos, rows);
-      const double ms = time_ms(r.stream, std::max(2, o.iters / 5), [&] { r.step(P, 1, P, nullptr); });
+      StepTokens st;
+      for (int64_t i = 0; i < P; ++i) {
+        st.ids.push_back(static_cast<int32_t>((i * 7919 + 13) % cfg.vocab_size));
+        st.seq.push_back(1000);
+        st.pos.push_back(i);
+        st.adapter_rows.push_back(0);
+      }
+      st.logit_rows.push_back(P - 1);
+      fwd.prepare(st, kv, model.tables);
+      const double ms = time_ms(stream, std::max(2, o.iters / 5), [&] { fwd.enqueue(false); });
       std::printf("prefill %lld tokens: %.1f ms, %.0f tokens/s\n", static_cast<long long>(P), ms, P / (ms * 1e-3));
     }
 
-    // Router + reroute (+ align) per MoE layer.
+    // Router + reroute (+ align) per MoE layer, the kernels alone.
     {
       const RandomLayer& L = model.layers[1];
       RouterParams rp;
       rp.n_experts = static_cast<int32_t>(cfg.n_routed_experts);
       rp.top_k = static_cast<int32_t>(cfg.num_experts_per_tok);
-      RerouteTableView tv{L.reroute.as<int32_t>(), model.n_adapter_rows, rp.n_experts};
+      const RerouteTableView host = model.tables.view(0);
+      DeviceBuffer table(static_cast<size_t>(host.n_rows) * host.n_experts * 4);
+      table.upload(host.table, table.bytes());
+      const RerouteTableView tv{table.as<int32_t>(), host.n_rows, host.n_experts};
+      const int64_t Bmax = 128;
+      DeviceBuffer rlogits(Bmax * rp.n_experts * 4), rows(Bmax * 4), slots(Bmax * rp.top_k * 4),
+          weights(Bmax * rp.top_k * 4);
+      const int bm = 8;
+      DeviceBuffer align_ws(static_cast<size_t>(3 * moe_max_padded(Bmax, rp.top_k, L.n_slots, bm) + 16) * 4);
+      void* s = stream;
       for (int64_t B : {1, 8, 32, 128}) {
-        std::vector<int32_t> seq(B, 0), rows(B);
-        std::vector<int64_t> pos(B, 0);
-        for (int64_t i = 0; i < B; ++i) rows[i] = static_cast<int32_t>(i % model.n_adapter_rows);
-        r.set_tokens(seq, pos, rows);
-        fill_random(r.rlogits.data(), DType::F32, B * rp.n_experts, 7, 3.f, 0.f, r.stream.get());
-        const double route = time_ms(r.stream, 200, [&] {
-          route_topk_reroute(r.rlogits.as<float>(), B, rp, tv, r.adapter_rows.as<int32_t>(), r.slots.as<int32_t>(),
-                             r.rweights.as<float>(), nullptr, r.stream.get());
+        std::vector<int32_t> r(static_cast<size_t>(B));
+        for (int64_t i = 0; i < B; ++i) r[i] = static_cast<int32_t>(i % model.n_adapter_rows);
+        rows.upload(r.data(), r.size() * 4);
+        fill_random(rlogits.data(), DType::F32, B * rp.n_experts, 7, 3.f, 0.f, nullptr);
+        EW_CUDA_CHECK(cudaDeviceSynchronize());  // the upload and fill ran on the legacy stream
+        const double route = time_ms(stream, 200, [&] {
+          route_topk_reroute(rlogits.as<float>(), B, rp, tv, rows.as<int32_t>(), slots.as<int32_t>(),
+                             weights.as<float>(), nullptr, s);
         });
-        const int bm = 8;
-        int32_t* ws = r.moe_ws.as<int32_t>();
+        int32_t* ws = align_ws.as<int32_t>();
         const int64_t padded = moe_max_padded(B, rp.top_k, L.n_slots, bm);
-        const double align = time_ms(r.stream, 200, [&] {
-          moe_align(r.slots.as<int32_t>(), B * rp.top_k, L.n_slots, bm, ws, ws + padded, ws + padded + padded / bm,
-                    r.stream.get());
+        const double align = time_ms(stream, 200, [&] {
+          moe_align(slots.as<int32_t>(), B * rp.top_k, L.n_slots, bm, ws, ws + padded, ws + padded + padded / bm, s);
         });
         std::printf("router top-k + reroute, batch %4lld: %.2f us/layer; align (%d slots): %.2f us/layer\n",
                     static_cast<long long>(B), route * 1e3, L.n_slots, align * 1e3);

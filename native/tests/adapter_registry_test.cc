@@ -8,6 +8,7 @@
 #include "adapter_fixtures.h"
 #include "engine/adapter.h"
 #include "engine/adapter_registry.h"
+#include "memory/expert_pool.h"
 #include "esft_selections.h"
 #include "test.h"
 

@@ -18,6 +18,9 @@
 #include "kernel_fixtures.h"
 #include "st_writer.h"
 #include "test.h"
+#ifdef EW_WITH_CUDA
+#include "kernels/cuda/cuda_util.h"
+#endif
 
 using namespace ew;
 
@@ -481,6 +484,10 @@ TEST(forward_step_validation_changes_nothing_on_error) {
   b.tokens = some_tokens(14, 7);
   b.chunks = {chunk(2, 1), chunk(1, 13)};
   expect(b, "KV cache full");
+  // Sequence 1 grows by 2 blocks first, then sequence 2 does not fit: 1 gives them back.
+  b.tokens = some_tokens(11, 8);
+  b.chunks = {chunk(1, 6), chunk(2, 5)};
+  expect(b, "KV cache full");
   StepBatch big;
   big.tokens = std::vector<int32_t>(254, 1);
   big.chunks = {chunk(1, 254)};
@@ -492,7 +499,7 @@ TEST(forward_step_validation_changes_nothing_on_error) {
   CHECK_EQ(e->SequenceLength(1), int64_t{4});
 }
 
-TEST(forward_load_refuses_cuda_without_backend) {
+TEST(forward_load_refuses_cuda_without_backend_or_device) {
   TinyModel m;
   ewtest::st::TempDir dir;
   m.write(dir.path(), m.tensors(600));
@@ -500,6 +507,8 @@ TEST(forward_load_refuses_cuda_without_backend) {
   o.device = "cuda";
 #ifndef EW_WITH_CUDA
   CHECK_THROWS_WITH(Engine::Load(dir.path(), o), "no CUDA backend");
+#else
+  if (!cuda::device_available()) CHECK_THROWS_WITH(Engine::Load(dir.path(), o), "no CUDA device");
 #endif
   o.device = "tpu";
   CHECK_THROWS_WITH(Engine::Load(dir.path(), o), "expected 'cpu'");

@@ -112,3 +112,28 @@ TEST(kv_cache_many_sequences_never_alias) {
     CHECK_EQ(kv.stats().sequences, static_cast<int>(lens.size()));
   }
 }
+
+TEST(kv_cache_trim_returns_blocks_past_the_length) {
+  KvCache kv(1, 4, 4, 6);
+  CHECK(kv.reserve(1, 5));  // 2 blocks
+  kv.set_length(1, 5);
+  const std::vector<int32_t> before = kv.block_table(1);
+  CHECK(kv.reserve(1, 17));  // grows to 5 blocks
+  CHECK_EQ(kv.stats().free_blocks, 1);
+  kv.trim(1);  // back to what length 5 needs, the same blocks as before
+  CHECK(kv.block_table(1) == before);
+  CHECK_EQ(kv.stats().free_blocks, 4);
+  CHECK_EQ(kv.length(1), int64_t(5));
+  kv.trim(99);  // unknown ids are ignored
+  CHECK(kv.reserve(2, 16));  // the trimmed blocks are usable again
+  CHECK_EQ(kv.stats().free_blocks, 0);
+}
+
+TEST(kv_cache_without_host_storage_keeps_tables_only) {
+  KvCache kv(2, 576, 16, 4, /*host_storage=*/false);
+  CHECK(kv.reserve(3, 40));
+  CHECK_EQ(kv.block_table(3).size(), size_t(3));
+  CHECK_EQ(kv.total_blocks(), 4);
+  CHECK_EQ(kv.n_layers(), 2);
+  CHECK_THROWS_WITH(kv.entry(0, 3, 0), "device memory");
+}

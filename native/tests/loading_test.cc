@@ -389,7 +389,7 @@ void check_loaded_model(const std::string& dtype, int64_t q_lora, int max_adapte
   }
 
   // Base expert e of MoE layer i sits in slot e, bit for bit.
-  ExpertPool& pool = *w.experts;
+  ExpertStore& pool = *w.experts;
   CHECK_EQ(pool.n_layers(), 2);
   CHECK_EQ(pool.n_base(), 4);
   CHECK_EQ(pool.capacity(), 4 + max_adapter_slots);

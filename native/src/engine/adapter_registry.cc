@@ -5,7 +5,7 @@
 
 namespace ew {
 
-AdapterRegistry::AdapterRegistry(const ModelConfig& cfg, ExpertPool& pool, RerouteTables& tables)
+AdapterRegistry::AdapterRegistry(const ModelConfig& cfg, ExpertStore& pool, RerouteTables& tables)
     : cfg_(cfg), pool_(pool), tables_(tables), rows_(tables.n_rows()) {
   if (tables.n_layers() != pool.n_layers() || tables.n_experts() != pool.n_base())
     fail("AdapterRegistry: reroute tables [", tables.n_layers(), " layers x ", tables.n_experts(),

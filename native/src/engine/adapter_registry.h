@@ -21,7 +21,7 @@
 
 #include "engine/config.h"
 #include "engine/reroute_table.h"
-#include "memory/expert_pool.h"
+#include "memory/expert_store.h"
 
 namespace ew {
 
@@ -38,7 +38,7 @@ struct AdapterInfo {
 class AdapterRegistry {
  public:
   // tables: one row per adapter plus row 0 (the base), M = pool.n_base() experts per row.
-  AdapterRegistry(const ModelConfig& cfg, ExpertPool& pool, RerouteTables& tables);
+  AdapterRegistry(const ModelConfig& cfg, ExpertStore& pool, RerouteTables& tables);
   AdapterRegistry(const AdapterRegistry&) = delete;
   AdapterRegistry& operator=(const AdapterRegistry&) = delete;
 
@@ -66,7 +66,7 @@ class AdapterRegistry {
   void finish_draining(int32_t row);  // reg_mu_ held
 
   const ModelConfig& cfg_;
-  ExpertPool& pool_;
+  ExpertStore& pool_;
   RerouteTables& tables_;
   std::mutex step_mu_;  // held by the engine during a step
   std::mutex pool_mu_;  // serializes slot allocation, mapping and unmapping

@@ -1,5 +1,6 @@
 // Engine: owns weights, KV cache, reroute tables and adapters, and runs the forward
-// pass on a Backend (the CPU one, or CUDA when built with it and asked for).
+// pass through a StepRunner: ForwardPass on the CPU backend, or cuda::DeviceForward
+// (weights, cache and expert pool on the GPU) when built with CUDA and asked for.
 // Step validates the whole batch before touching any sequence, then runs the
 // forward pass and samples per chunk.
 #include "engine/engine.h"
@@ -13,13 +14,15 @@
 #include "engine/forward.h"
 #include "engine/reroute_table.h"
 #include "engine/sampler.h"
+#include "engine/step_runner.h"
 #include "engine/weights.h"
 #include "kernels/backend.h"
 #include "util/error.h"
 #include "util/thread_pool.h"
 #ifdef EW_WITH_CUDA
-#include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/device_forward.h"
+#include "memory/cuda/expert_pool_cuda.h"
 #endif
 
 namespace ew {
@@ -36,30 +39,63 @@ int64_t default_kv_tokens(const ModelConfig& cfg) {
   return std::max<int64_t>(1, std::min(kDefaultKvTokens, cap));
 }
 
+// The CPU runner: ForwardPass on a Backend. Every logit row comes back whole.
+class BackendRunner final : public StepRunner {
+ public:
+  BackendRunner(const ModelConfig& cfg, const ModelWeights& w, std::unique_ptr<Backend> backend)
+      : backend_(std::move(backend)), forward_(cfg, w, *backend_) {}
+  std::string device_name() const override { return backend_->name(); }
+  StepLogits run(const StepTokens& st, const std::vector<uint8_t>&, KvCache& kv,
+                 const RerouteTables& tables) override {
+    StepLogits out;
+    out.rows = forward_.run(st, kv, tables);
+    for (size_t i = 0; i < st.logit_rows.size(); ++i) out.row_of.push_back(static_cast<int64_t>(i));
+    return out;
+  }
+
+ private:
+  std::unique_ptr<Backend> backend_;
+  ForwardPass forward_;
+};
+
 class ModelEngine final : public Engine {
  public:
-  ModelEngine(const std::string& dir, const EngineOptions& opts, std::unique_ptr<Backend> backend)
-      : cfg_(load_model_config(dir)), backend_(std::move(backend)) {
+  ModelEngine(const std::string& dir, const EngineOptions& opts, bool cuda) : cfg_(load_model_config(dir)) {
     if (opts.kv_block_size <= 0) fail("engine options: kv_block_size must be positive, got ", opts.kv_block_size);
     if (opts.max_adapters < 0 || opts.max_adapter_slots < 0)
       fail("engine options: max_adapters and max_adapter_slots must be >= 0");
     if (opts.n_threads > 0) ThreadPool::set_global_threads(opts.n_threads);
     PoolOptions po;
     po.max_adapter_slots = opts.max_adapter_slots;
+#ifdef EW_WITH_CUDA
+    if (cuda)  // routed experts straight into device memory, reserved per layer (CUDA VMM)
+      po.make_store = [](int n_layers, int n_base, int slots, int64_t H, int64_t I, DType dt) {
+        return std::unique_ptr<ExpertStore>(std::make_unique<ExpertPoolCuda>(0, n_layers, n_base, slots, H, I, dt));
+      };
+#endif
     w_ = load_model_weights(dir, cfg_, po);
     const int64_t tokens = opts.kv_cache_tokens > 0 ? opts.kv_cache_tokens : default_kv_tokens(cfg_);
     const int64_t blocks = (tokens + opts.kv_block_size - 1) / opts.kv_block_size;
     if (blocks > INT32_MAX) fail("engine options: kv_cache_tokens ", tokens, " is too large");
     kv_ = std::make_unique<KvCache>(static_cast<int>(cfg_.num_hidden_layers), cfg_.kv_cache_width(),
-                                    opts.kv_block_size, static_cast<int>(blocks));
+                                    opts.kv_block_size, static_cast<int>(blocks), /*host_storage=*/!cuda);
     tables_ = RerouteTables(static_cast<int>(cfg_.num_moe_layers()), opts.max_adapters + 1,
                             static_cast<int>(cfg_.n_routed_experts));
     if (w_.experts) registry_ = std::make_unique<AdapterRegistry>(cfg_, *w_.experts, tables_);
-    forward_ = std::make_unique<ForwardPass>(cfg_, w_, *backend_);
+#ifdef EW_WITH_CUDA
+    if (cuda) {
+      if (!w_.experts) fail(dir, ": the CUDA backend serves MoE models; this one has no routed experts");
+      std::vector<cuda::DeviceBuffer> storage;
+      cuda::DeviceModel dm = cuda::upload_model(cfg_, w_, *w_.experts, storage);
+      runner_ = std::make_unique<cuda::DeviceForward>(cfg_, std::move(dm), *kv_, tables_.n_rows(), std::move(storage));
+      return;
+    }
+#endif
+    runner_ = std::make_unique<BackendRunner>(cfg_, w_, make_cpu_backend());
   }
 
   const ModelConfig& config() const override { return cfg_; }
-  std::string device_name() const override { return backend_->name(); }
+  std::string device_name() const override { return runner_->device_name(); }
   DType expert_dtype() const override { return w_.experts ? w_.experts->dtype() : w_.embed.dtype; }
 
   StepResult Step(const StepBatch& batch) override {
@@ -90,10 +126,12 @@ class ModelEngine final : public Engine {
       if (batch.tokens[i] < 0 || batch.tokens[i] >= V)
         fail("step: token ", i, " has id ", batch.tokens[i], " outside the vocabulary [0, ", V, ")");
 
-    // 2. Reserve cache room for every chunk, or undo and refuse.
-    std::vector<int64_t> created;
+    // 2. Reserve cache room for every chunk, or undo and refuse. Undo frees the
+    // sequences this step created and gives back the blocks existing ones grew.
+    std::vector<int64_t> created, grown;
     auto undo = [&] {
       for (int64_t s : created) kv_->free(s);
+      for (int64_t s : grown) kv_->trim(s);
     };
     for (const SeqChunk& ch : batch.chunks) {
       const bool existed = kv_->has(ch.seq_id);
@@ -103,7 +141,7 @@ class ModelEngine final : public Engine {
         fail("step: KV cache full: sequence ", ch.seq_id, " needs room for ", len + ch.n_tokens, " tokens (",
              kv_->stats().free_blocks, " free blocks of ", kv_->block_size(), " tokens)");
       }
-      if (!existed) created.push_back(ch.seq_id);
+      (existed ? grown : created).push_back(ch.seq_id);
     }
 
     // 3. Lay out the tokens and run the model.
@@ -113,6 +151,7 @@ class ModelEngine final : public Engine {
     st.pos.reserve(total);
     st.adapter_rows.reserve(total);
     std::vector<int64_t> chunk_last;  // logit row of each sampling chunk, -1 otherwise
+    std::vector<uint8_t> need_whole;  // per logit row: sampled with temperature, or logits asked for
     std::vector<int64_t> start_len;
     for (const SeqChunk& ch : batch.chunks) {
       const int64_t len = kv_->length(ch.seq_id);
@@ -128,17 +167,20 @@ class ModelEngine final : public Engine {
       } else if (ch.sample) {
         chunk_last.push_back(static_cast<int64_t>(st.logit_rows.size()));
         st.logit_rows.push_back(last);
+        need_whole.push_back(ch.sampling.temperature > 0.f);
       } else {
         chunk_last.push_back(-1);
       }
     }
-    if (batch.return_logits)
+    if (batch.return_logits) {
       for (int64_t t = 0; t < total; ++t) st.logit_rows.push_back(t);
+      need_whole.assign(st.logit_rows.size(), 1);
+    }
 
     StepResult res;
-    std::vector<float> logits;
+    StepLogits out;
     try {
-      if (total > 0) logits = forward_->run(st, *kv_, tables_);
+      if (total > 0) out = runner_->run(st, need_whole, *kv_, tables_);
     } catch (...) {
       undo();
       throw;
@@ -150,17 +192,21 @@ class ModelEngine final : public Engine {
       const int64_t new_len = start_len[c] + ch.n_tokens;
       int32_t tok = -1;
       float lp = 0.f;
-      if (chunk_last[c] >= 0) {
-        const float* row = &logits[chunk_last[c] * V];
-        tok = backend_->sample(row, V, ch.sampling, new_len);
+      const int64_t i = chunk_last[c];
+      if (i >= 0 && out.row_of[i] >= 0) {
+        const float* row = &out.rows[out.row_of[i] * V];
+        tok = sample_token(row, V, ch.sampling, new_len);
         if (ch.logprobs) lp = token_logprob(row, V, tok);
+      } else if (i >= 0) {  // greedy, chosen on the device
+        tok = out.greedy[i];
+        lp = ch.logprobs ? out.greedy_logprob[i] : 0.f;
       }
       res.tokens.push_back(tok);
       res.logprobs.push_back(lp);
       kv_->set_length(ch.seq_id, new_len);
       if (registry_) registry_->note_sequence(ch.seq_id, ch.adapter);
     }
-    if (batch.return_logits) res.logits = std::move(logits);
+    if (batch.return_logits) res.logits = std::move(out.rows);
     return res;
   }
 
@@ -190,12 +236,11 @@ class ModelEngine final : public Engine {
 
  private:
   ModelConfig cfg_;
-  std::unique_ptr<Backend> backend_;
   ModelWeights w_;
   std::unique_ptr<KvCache> kv_;
   RerouteTables tables_;  // per MoE layer; rows filled by registry_ (row 0: base, identity)
   std::unique_ptr<AdapterRegistry> registry_;
-  std::unique_ptr<ForwardPass> forward_;
+  std::unique_ptr<StepRunner> runner_;  // last: destroyed before the weights and pool it reads
 };
 
 }  // namespace
@@ -203,14 +248,14 @@ class ModelEngine final : public Engine {
 std::unique_ptr<Engine> Engine::Load(const std::string& model_dir, const EngineOptions& opts) {
   if (opts.device != "cpu" && opts.device != "auto" && opts.device != "cuda")
     fail("device '", opts.device, "': expected 'cpu', 'cuda' or 'auto'");
-  std::unique_ptr<Backend> backend;
+  bool cuda = false;
 #ifdef EW_WITH_CUDA
-  if (opts.device == "cuda" || (opts.device == "auto" && cuda::device_available())) backend = make_cuda_backend();
+  if (opts.device == "cuda" && !cuda::device_available()) fail("device 'cuda': no CUDA device is available");
+  cuda = opts.device == "cuda" || (opts.device == "auto" && cuda::device_available());
 #else
   if (opts.device == "cuda") fail("device 'cuda': this build has no CUDA backend");
 #endif
-  if (!backend) backend = make_cpu_backend();
-  return std::make_unique<ModelEngine>(model_dir, opts, std::move(backend));
+  return std::make_unique<ModelEngine>(model_dir, opts, cuda);
 }
 
 }  // namespace ew

@@ -11,7 +11,7 @@
 
 #include "engine/adapter_registry.h"
 #include "engine/config.h"
-#include "memory/expert_pool.h"
+#include "memory/expert_store.h"
 #include "memory/kv_cache.h"
 
 namespace ew {

@@ -23,6 +23,7 @@ int32_t RerouteTables::get(int moe_layer, int row, int expert) const {
 void RerouteTables::set(int moe_layer, int row, int expert, int32_t slot) {
   if (row == 0) fail("RerouteTables: row 0 is the base model and stays the identity");
   data_.at((static_cast<size_t>(moe_layer) * n_rows_ + row) * n_experts_ + expert) = slot;
+  ++version_;
 }
 
 void RerouteTables::reset_row(int row) {
@@ -30,6 +31,7 @@ void RerouteTables::reset_row(int row) {
   for (int l = 0; l < n_layers_; ++l)
     for (int e = 0; e < n_experts_; ++e)
       data_[(static_cast<size_t>(l) * n_rows_ + row) * n_experts_ + e] = e;
+  ++version_;
 }
 
 }  // namespace ew

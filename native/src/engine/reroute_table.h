@@ -21,6 +21,10 @@ class RerouteTables {
   int n_experts() const { return n_experts_; }
 
   RerouteTableView view(int moe_layer) const;
+  // All layers, [layer][row][expert], and a counter bumped by every change, so a
+  // device copy knows when to refresh.
+  const std::vector<int32_t>& data() const { return data_; }
+  uint64_t version() const { return version_; }
   int32_t get(int moe_layer, int row, int expert) const;
   void set(int moe_layer, int row, int expert, int32_t slot);
   // Points every entry of `row` back at the base experts.
@@ -29,6 +33,7 @@ class RerouteTables {
  private:
   int n_layers_ = 0, n_rows_ = 0, n_experts_ = 0;
   std::vector<int32_t> data_;  // [layer][row][expert]
+  uint64_t version_ = 0;
 };
 
 }  // namespace ew

@@ -2,6 +2,7 @@
 
 #include <set>
 
+#include "memory/expert_pool.h"
 #include "util/error.h"
 
 namespace ew {
@@ -124,8 +125,10 @@ ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig&
   }
 
   if (!experts.empty()) {
-    w.experts = std::make_unique<ExpertPool>(static_cast<int>(experts.size()), static_cast<int>(M),
-                                             pool.max_adapter_slots, H, I, experts.front().front().dtype);
+    const int n = static_cast<int>(experts.size());
+    const DType dt = experts.front().front().dtype;
+    w.experts = pool.make_store ? pool.make_store(n, static_cast<int>(M), pool.max_adapter_slots, H, I, dt)
+                                : std::make_unique<ExpertPool>(n, static_cast<int>(M), pool.max_adapter_slots, H, I, dt);
     for (size_t li = 0; li < experts.size(); ++li) {
       const int layer = static_cast<int>(li);
       w.experts->map_slots(layer, 0, static_cast<int>(M));

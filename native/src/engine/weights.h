@@ -1,7 +1,8 @@
 // The model's weights bound by name to the config's shapes. Non-expert tensors
 // are views into the mmap'd safetensors (kept as stored: bf16 stays bf16);
-// routed experts are copied into the ExpertPool, base expert e in slot e.
+// routed experts are copied into an expert store, base expert e in slot e.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -9,7 +10,7 @@
 #include "engine/config.h"
 #include "engine/safetensors.h"
 #include "engine/tensor.h"
-#include "memory/expert_pool.h"
+#include "memory/expert_store.h"
 
 namespace ew {
 
@@ -32,15 +33,20 @@ struct LayerWeights {
   TensorView input_layernorm, post_attention_layernorm;  // [H]
   AttentionWeights attn;
   bool is_moe = false;
-  int moe_index = -1;  // index into the ExpertPool's layers when is_moe
+  int moe_index = -1;  // index into the expert store's layers when is_moe
   MlpWeights dense;    // when !is_moe
   TensorView router;   // [M, H] (mlp.gate.weight) when is_moe
   bool has_shared = false;
   MlpWeights shared;   // mlp.shared_experts.* when is_moe && n_shared_experts > 0
 };
 
+// Makes the store the routed experts live in (n_layers MoE layers, n_base experts each).
+using ExpertStoreFactory = std::function<std::unique_ptr<ExpertStore>(int n_layers, int n_base, int max_adapter_slots,
+                                                                      int64_t H, int64_t I, DType dtype)>;
+
 struct PoolOptions {
   int max_adapter_slots = 0;  // extra expert slots per MoE layer reserved for adapters
+  ExpertStoreFactory make_store;  // empty: a host ExpertPool (memory/expert_pool.h)
 };
 
 struct ModelWeights {
@@ -49,11 +55,11 @@ struct ModelWeights {
   TensorView norm;                     // [H]
   TensorView lm_head;                  // [V, H]
   std::vector<LayerWeights> layers;
-  std::unique_ptr<ExpertPool> experts;
+  std::unique_ptr<ExpertStore> experts;
 };
 
 // Binds every tensor the config needs (checking each shape), rejects unknown extra
-// model.layers.* tensors, copies routed experts into a new ExpertPool.
+// model.layers.* tensors, copies routed experts into a new expert store.
 // Throws ew::Error naming the tensor on any mismatch.
 ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig& cfg,
                                 const PoolOptions& pool);

@@ -1,6 +1,7 @@
 // The op set the forward pass is written against. The CPU backend
 // (kernels/cpu/cpu_backend.cc) is the reference; a CUDA backend implements the
-// same interface. Pointers are the backend's memory (host memory for the CPU).
+// similar op set with everything resident on the GPU (kernels/cuda/device_forward.h).
+// Pointers are host memory.
 // Every op must keep the batch-independence contract: a token's outputs depend
 // only on its own inputs (and its own sequence's cache), never on the batch.
 #pragma once
@@ -13,7 +14,7 @@
 #include "kernels/cpu/mla_attention.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/router.h"
-#include "memory/expert_pool.h"
+#include "memory/expert_store.h"
 
 namespace ew {
 
@@ -41,10 +42,8 @@ class Backend {
   virtual void mlp(const float* x, int64_t T, const TensorView& gate, const TensorView& up,
                    const TensorView& down, float* y) = 0;
   // y[t] = sum_j weights[t*k+j] * Expert_{slots[t*k+j]}(x[t]), summed in j order.
-  virtual void grouped_experts(const float* x, int64_t T, const ExpertPool& pool, int layer,
+  virtual void grouped_experts(const float* x, int64_t T, const ExpertStore& pool, int layer,
                                const int32_t* slots, const float* weights, int k, float* y) = 0;
-  // One token from one row of logits (engine/sampler.h semantics).
-  virtual int32_t sample(const float* logits, int64_t V, const SamplingParams& p, int64_t position) = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

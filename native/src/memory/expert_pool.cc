@@ -118,15 +118,6 @@ const uint8_t* ExpertPool::base(int layer, ExpertMat m) const {
   return impl_->regions[static_cast<size_t>(layer) * kExpertMats + static_cast<int>(m)].base;
 }
 
-TensorView ExpertPool::slot_view(int layer, ExpertMat m, int slot) const {
-  if (slot < 0 || slot >= capacity_) fail("ExpertPool: slot ", slot, " out of range [0, ", capacity_, ")");
-  TensorView v;
-  v.data = slot_data(layer, m, slot);
-  v.dtype = dtype_;
-  v.shape = m == ExpertMat::Down ? std::vector<int64_t>{H_, I_} : std::vector<int64_t>{I_, H_};
-  return v;
-}
-
 int ExpertPool::alloc_slots(int layer, int count) {
   if (layer < 0 || layer >= n_layers_) fail("ExpertPool: MoE layer ", layer, " out of range [0, ", n_layers_, ")");
   if (count <= 0) fail("ExpertPool: cannot allocate ", count, " slots");

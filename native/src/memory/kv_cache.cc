@@ -6,15 +6,15 @@
 
 namespace ew {
 
-KvCache::KvCache(int n_layers, int64_t width, int block_size, int n_blocks)
-    : n_layers_(n_layers), width_(width), block_size_(block_size), total_blocks_(n_blocks) {
+KvCache::KvCache(int n_layers, int64_t width, int block_size, int n_blocks, bool host_storage)
+    : n_layers_(n_layers), width_(width), block_size_(block_size), total_blocks_(n_blocks), host_storage_(host_storage) {
   if (n_layers <= 0 || width <= 0 || block_size <= 0 || n_blocks < 0)
     fail("KvCache: invalid geometry (", n_layers, " layers, width ", width, ", block size ", block_size, ", ", n_blocks,
          " blocks)");
   const uint64_t block_floats = static_cast<uint64_t>(n_layers) * static_cast<uint64_t>(block_size) * width;
   if (n_blocks > 0 && block_floats > std::numeric_limits<size_t>::max() / sizeof(float) / n_blocks)
     fail("KvCache: ", n_blocks, " blocks of ", block_floats, " floats do not fit in memory");
-  data_.assign(static_cast<size_t>(block_floats) * n_blocks, 0.f);
+  if (host_storage) data_.assign(static_cast<size_t>(block_floats) * n_blocks, 0.f);
   // A stack whose top is the lowest id: blocks are handed out in ascending order.
   free_list_.reserve(static_cast<size_t>(n_blocks));
   for (int b = n_blocks - 1; b >= 0; --b) free_list_.push_back(b);
@@ -43,6 +43,17 @@ void KvCache::free(int64_t seq) {
   seqs_.erase(it);
 }
 
+void KvCache::trim(int64_t seq) {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return;
+  std::vector<int32_t>& blocks = it->second.blocks;
+  const size_t keep = static_cast<size_t>(blocks_for(it->second.length));
+  while (blocks.size() > keep) {
+    free_list_.push_back(blocks.back());
+    blocks.pop_back();
+  }
+}
+
 const KvCache::Seq& KvCache::seq_or_fail(int64_t seq, const char* what) const {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) fail("KvCache::", what, ": unknown sequence ", seq);
@@ -64,6 +75,7 @@ const std::vector<int32_t>& KvCache::block_table(int64_t seq) const { return seq
 const float* KvCache::entry(int layer, int64_t seq, int64_t pos) const {
   const Seq& s = seq_or_fail(seq, "entry");
   if (layer < 0 || layer >= n_layers_) fail("KvCache::entry: layer ", layer, " out of range [0, ", n_layers_, ")");
+  if (!host_storage_) fail("KvCache::entry: this cache keeps its blocks in device memory");
   const int64_t cap = static_cast<int64_t>(s.blocks.size()) * block_size_;
   if (pos < 0 || pos >= cap)
     fail("KvCache::entry: sequence ", seq, ": position ", pos, " outside its reserved capacity [0, ", cap, ")");

@@ -2,6 +2,8 @@
 // Per token per layer it stores kv_cache_width() floats: the normed c_kv
 // (kv_lora_rank) followed by the rotated k_pe (qk_rope_head_dim).
 // Sequences own lists of blocks (a block table), so sequences of any length share the pool.
+// Without host storage the object only keeps the block tables and lengths: the CUDA
+// engine keeps the blocks themselves in device memory with the same layout.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -19,19 +21,22 @@ struct KvStats {
 
 class KvCache {
  public:
-  KvCache(int n_layers, int64_t width, int block_size, int n_blocks);
+  KvCache(int n_layers, int64_t width, int block_size, int n_blocks, bool host_storage = true);
 
   // Makes room for `new_len` tokens of sequence `seq` (creating it if new).
   // Returns false, changing nothing, when the pool has too few free blocks.
   bool reserve(int64_t seq, int64_t new_len);
   // Drops a sequence and returns its blocks at once. Unknown ids are ignored.
   void free(int64_t seq);
+  // Returns the blocks a sequence holds beyond its length (undoes a reserve whose
+  // step failed). Unknown ids are ignored.
+  void trim(int64_t seq);
   bool has(int64_t seq) const { return seqs_.count(seq) != 0; }
   // Tokens whose entries are written (the next position to fill).
   int64_t length(int64_t seq) const;
   void set_length(int64_t seq, int64_t len);
   // Entry of one token of one layer: width() floats. Throws for an unknown sequence,
-  // a bad layer, or pos outside [0, reserved capacity).
+  // a bad layer, pos outside [0, reserved capacity), or a cache without host storage.
   float* entry(int layer, int64_t seq, int64_t pos);
   const float* entry(int layer, int64_t seq, int64_t pos) const;
 
@@ -45,6 +50,8 @@ class KvCache {
     return data_.data() + (static_cast<size_t>(block) * n_layers_ + layer) * block_size_ * width_;
   }
 
+  int n_layers() const { return n_layers_; }
+  int total_blocks() const { return total_blocks_; }
   int64_t width() const { return width_; }
   int block_size() const { return block_size_; }
   KvStats stats() const;
@@ -65,6 +72,7 @@ class KvCache {
   std::vector<int32_t> free_list_;
   std::unordered_map<int64_t, Seq> seqs_;
   int total_blocks_;
+  bool host_storage_;
 };
 
 }  // namespace ew

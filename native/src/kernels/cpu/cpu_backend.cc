@@ -1,7 +1,6 @@
 // The CPU implementation of Backend: thin forwarding to the CPU kernels.
 #include <vector>
 
-#include "engine/sampler.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/matmul.h"
@@ -39,12 +38,9 @@ class CpuBackend final : public Backend {
            float* y) override {
     mlp_cpu(x, T, gate, up, down, y);
   }
-  void grouped_experts(const float* x, int64_t T, const ExpertPool& pool, int layer, const int32_t* slots,
+  void grouped_experts(const float* x, int64_t T, const ExpertStore& pool, int layer, const int32_t* slots,
                        const float* weights, int k, float* y) override {
     grouped_experts_cpu(x, T, pool, layer, slots, weights, k, y);
-  }
-  int32_t sample(const float* logits, int64_t V, const SamplingParams& p, int64_t position) override {
-    return sample_token(logits, V, p, position);
   }
 
  private:

@@ -24,10 +24,11 @@ void mlp_cpu(const float* x, int64_t T, const TensorView& gate, const TensorView
   matmul_cpu(g.data(), T, down, y);
 }
 
-void grouped_experts_cpu(const float* x, int64_t T, const ExpertPool& pool, int layer, const int32_t* slots,
+void grouped_experts_cpu(const float* x, int64_t T, const ExpertStore& pool, int layer, const int32_t* slots,
                          const float* weights, int k, float* y) {
   const int64_t H = pool.hidden(), I = pool.width(), P = T * k;
   const DType dt = pool.dtype();
+  if (pool.device_memory()) fail("grouped experts: MoE layer ", layer, "'s experts are in device memory");
   for (int64_t i = 0; i < P; ++i)
     if (slots[i] < 0 || slots[i] >= pool.capacity())
       fail("grouped experts: slot ", slots[i], " out of range [0, ", pool.capacity(), ") in MoE layer ", layer);

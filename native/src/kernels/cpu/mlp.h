@@ -3,7 +3,7 @@
 #include <cstdint>
 
 #include "engine/tensor.h"
-#include "memory/expert_pool.h"
+#include "memory/expert_store.h"
 
 namespace ew {
 
@@ -20,7 +20,7 @@ void mlp_cpu(const float* x, int64_t T, const TensorView& gate, const TensorView
 // once over all its tokens; every pair's output lands in its own row, then
 // y[t] = sum_j weights[t*k+j] * out[t*k+j] in j order. A token's result therefore
 // depends only on its own inputs, never on which tokens share the step.
-void grouped_experts_cpu(const float* x, int64_t T, const ExpertPool& pool, int layer, const int32_t* slots,
+void grouped_experts_cpu(const float* x, int64_t T, const ExpertStore& pool, int layer, const int32_t* slots,
                          const float* weights, int k, float* y);
 
 }  // namespace ew

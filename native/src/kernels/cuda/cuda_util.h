@@ -68,6 +68,7 @@ class Scratch {
   T* take_n(size_t n) { return static_cast<T*>(take(n * sizeof(T))); }
   void reset();  // call between steps, after the stream finished using the memory
   size_t capacity() const { return buf_.bytes(); }
+  const void* base() const { return buf_.data(); }  // changes when reset() grows the arena
 
  private:
   DeviceBuffer buf_;

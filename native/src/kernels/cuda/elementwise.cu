@@ -64,6 +64,16 @@ __global__ void add_kernel(float* __restrict__ y, const float* __restrict__ x, i
     y[i] += x[i];
 }
 
+// One block row per gathered row: y[i, :D] = x[rows[i] * ld + :D].
+__global__ void gather_rows_kernel(const float* __restrict__ x, int64_t ld, const int32_t* __restrict__ rows,
+                                   int64_t D, float* __restrict__ y) {
+  const int64_t i = blockIdx.y;
+  const float* src = x + static_cast<int64_t>(rows[i]) * ld;
+  for (int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; d < D;
+       d += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i * D + d] = src[d];
+}
+
 __global__ void silu_mul_kernel(const float* g, const float* u, int64_t in_stride, float* out, int64_t T, int64_t D) {
   const int64_t n = T * D;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
@@ -137,6 +147,14 @@ void add_inplace(float* y, const float* x, int64_t n, void* stream) {
   if (n <= 0) return;
   add_kernel<<<grid_for(n, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(y, x, n);
   EW_CUDA_CHECK_LAUNCH("add_kernel");
+}
+
+void gather_rows(const float* x, int64_t ld, const int32_t* rows, int64_t n, int64_t D, float* y, void* stream) {
+  if (n <= 0 || D <= 0) return;
+  if (n > 65535) fail("cuda::gather_rows: ", n, " rows exceed the grid limit");
+  const dim3 grid(grid_for(D, 256), static_cast<unsigned>(n));
+  gather_rows_kernel<<<grid, 256, 0, static_cast<cudaStream_t>(stream)>>>(x, ld, rows, D, y);
+  EW_CUDA_CHECK_LAUNCH("gather_rows_kernel");
 }
 
 void silu_mul(const float* g, const float* u, int64_t in_stride, float* out, int64_t T, int64_t D, void* stream) {

@@ -37,6 +37,8 @@ void rope(float* x, int64_t T, int64_t n_vec, int64_t token_stride, int64_t vec_
 void embed(const int32_t* ids, int64_t T, const void* table, DType wtype, int64_t vocab, int64_t D, float* y,
            void* stream);
 void add_inplace(float* y, const float* x, int64_t n, void* stream);  // y += x
+// y[i, :D] = x[rows[i] * ld + :D] for i < n (y dense); rows in device memory, in range.
+void gather_rows(const float* x, int64_t ld, const int32_t* rows, int64_t n, int64_t D, float* y, void* stream);
 // out[t, i] = silu(g[t, i]) * u[t, i] with row strides (floats) for g/u (gate|up fused rows).
 void silu_mul(const float* g, const float* u, int64_t in_stride, float* out, int64_t T, int64_t D, void* stream);
 

@@ -105,6 +105,7 @@ RandomModel make_random_model(const ModelConfig& cfg, const std::vector<AdapterE
   m.norm = norm(H);
   m.lm_head = lin(V, H);
   m.n_adapter_rows = 1 + static_cast<int32_t>(adapters.size());
+  m.tables = RerouteTables(static_cast<int>(cfg.num_moe_layers()), m.n_adapter_rows, static_cast<int>(M));
   if (vmm_pool) {
     size_t most = 0;  // adapter experts of the fullest MoE layer
     for (int64_t l = 0; l < cfg.num_moe_layers(); ++l) {
@@ -130,19 +131,14 @@ RandomModel make_random_model(const ModelConfig& cfg, const std::vector<AdapterE
     L.o_proj = lin(H, heads * cfg.v_head_dim);
     L.dense_width = L.moe ? cfg.n_shared_experts * I : cfg.intermediate_size;
     if (L.dense_width > 0) {
-      L.gate = lin(L.dense_width, H);
-      L.up = lin(L.dense_width, H);
+      L.gate_up = lin(2 * L.dense_width, H);
       L.down = lin(H, L.dense_width);
     }
     if (L.moe) {
       L.router = lin(M, H);
-      std::vector<int32_t> table(static_cast<size_t>(m.n_adapter_rows * M));
-      for (int64_t e = 0; e < M; ++e) table[e] = static_cast<int32_t>(e);
       if (m.pool) m.pool->map_slots(moe_index, 0, static_cast<int>(M));
       int32_t next = static_cast<int32_t>(M);  // slots in use: [0, next)
       for (size_t a = 0; a < adapters.size(); ++a) {
-        int32_t* row = &table[(a + 1) * M];
-        for (int64_t e = 0; e < M; ++e) row[e] = static_cast<int32_t>(e);
         if (moe_index >= static_cast<int>(adapters[a].size()) || adapters[a][moe_index].empty()) continue;
         const auto& ids = adapters[a][moe_index];
         int32_t first = next;
@@ -153,7 +149,7 @@ RandomModel make_random_model(const ModelConfig& cfg, const std::vector<AdapterE
         }
         for (size_t j = 0; j < ids.size(); ++j) {
           if (ids[j] < 0 || ids[j] >= M) fail("make_random_model: adapter ", a, " expert ", ids[j], " out of range");
-          row[ids[j]] = first + static_cast<int32_t>(j);
+          m.tables.set(moe_index, static_cast<int>(a + 1), ids[j], first + static_cast<int32_t>(j));
         }
         next = first + static_cast<int32_t>(ids.size());
       }
@@ -173,14 +169,37 @@ RandomModel make_random_model(const ModelConfig& cfg, const std::vector<AdapterE
         L.exp_down = lin(next * H, I);
         L.experts[0] = L.exp_gate.data(), L.experts[1] = L.exp_up.data(), L.experts[2] = L.exp_down.data();
       }
-      L.reroute = DeviceBuffer(table.size() * sizeof(int32_t));
-      L.reroute.upload(table.data(), L.reroute.bytes());
       ++moe_index;
     }
     m.layers.push_back(std::move(L));
   }
   EW_CUDA_CHECK(cudaDeviceSynchronize());
   return m;
+}
+
+DeviceModel device_model(const RandomModel& m) {
+  const DType dt = m.dtype;
+  auto t = [&](const DeviceBuffer& b) { return DevTensor{b.data(), dt}; };
+  DeviceModel d;
+  d.embed = t(m.embed), d.norm = t(m.norm), d.lm_head = t(m.lm_head);
+  int moe_index = 0;
+  for (const RandomLayer& L : m.layers) {
+    DeviceLayer D;
+    D.input_norm = t(L.input_norm), D.post_norm = t(L.post_norm);
+    D.q_proj = t(L.q_proj), D.kv_a = t(L.kv_a), D.kv_a_norm = t(L.kv_a_norm), D.kv_b = t(L.kv_b);
+    D.o_proj = t(L.o_proj);
+    D.mlp_width = L.dense_width;
+    if (L.dense_width > 0) D.gate_up = t(L.gate_up), D.down = t(L.down);
+    D.moe = L.moe;
+    if (L.moe) {
+      D.moe_index = moe_index++;
+      D.router = t(L.router);
+      D.experts = MoeWeights{L.experts[0], L.experts[1], L.experts[2], dt, L.n_slots, m.cfg.hidden_size,
+                             m.cfg.moe_intermediate_size};
+    }
+    d.layers.push_back(D);
+  }
+  return d;
 }
 
 }  // namespace cuda

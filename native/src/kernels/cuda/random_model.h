@@ -2,16 +2,19 @@
 // files), so the full V2-Lite shape (~16B parameters, ~31 GB in bf16) can be benchmarked
 // without downloading weights. Routed experts of each MoE layer live in one slot-indexed
 // tensor per matrix (gate/up [cap, I, H], down [cap, H, I]) as the expert pool lays them
-// out: base experts in slots [0, M), then each adapter's tuned experts, with the per-layer
-// reroute table [1 + n_adapters, M] (row 0 the identity) on the device.
+// out: base experts in slots [0, M), then each adapter's tuned experts, with the reroute
+// tables [1 + n_adapters rows, M] per layer (row 0 the identity) that send each adapter's
+// tokens there. device_model() hands it to cuda::DeviceForward, the engine's forward pass.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <vector>
 
 #include "engine/config.h"
+#include "engine/reroute_table.h"
 #include "engine/tensor.h"
 #include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/device_forward.h"
 #include "memory/cuda/expert_pool_cuda.h"
 
 namespace ew {
@@ -30,13 +33,12 @@ using AdapterExperts = std::vector<std::vector<int32_t>>;
 struct RandomLayer {
   bool moe = false;
   DeviceBuffer input_norm, post_norm, q_proj, kv_a, kv_a_norm, kv_b, o_proj;
-  DeviceBuffer gate, up, down;             // dense MLP (layer < first_k_dense) or the shared experts
+  DeviceBuffer gate_up, down;              // dense MLP (layer < first_k_dense) or the shared experts
   DeviceBuffer router;                     // [M, H]
   const void* experts[3] = {};             // gate, up, down: slot s at + s * (I * H) elements
   DeviceBuffer exp_gate, exp_up, exp_down; // their memory without the VMM pool
-  DeviceBuffer reroute;                    // int32 [1 + n_adapters, M]
   int32_t n_slots = 0;                     // M + this layer's adapter experts
-  int64_t dense_width = 0;                 // width of gate/up (intermediate or shared)
+  int64_t dense_width = 0;                 // W: gate_up is [2W, H] (intermediate or shared width)
 };
 
 struct RandomModel {
@@ -45,6 +47,7 @@ struct RandomModel {
   DeviceBuffer embed, norm, lm_head;
   std::vector<RandomLayer> layers;
   int32_t n_adapter_rows = 1;  // reroute rows, the base row included
+  RerouteTables tables;        // per MoE layer
   size_t total_bytes = 0;      // all weights
   std::unique_ptr<ExpertPoolCuda> pool;  // the routed experts when made with vmm_pool
 };
@@ -55,6 +58,9 @@ struct RandomModel {
 // ew::Error when the device lacks the memory.
 RandomModel make_random_model(const ModelConfig& cfg, const std::vector<AdapterExperts>& adapters, uint64_t seed,
                               bool vmm_pool = false);
+
+// The model's device pointers in DeviceForward's form (the model must outlive its use).
+DeviceModel device_model(const RandomModel& m);
 
 }  // namespace cuda
 }  // namespace ew

@@ -222,11 +222,6 @@ const uint8_t* ExpertPoolCuda::base(int layer, ExpertMat m) const {
   return reinterpret_cast<const uint8_t*>(impl_->regions[layer * kExpertMats + static_cast<int>(m)].va);
 }
 
-TensorView ExpertPoolCuda::slot_view(int layer, ExpertMat m, int slot) const {
-  std::vector<int64_t> shape = m == ExpertMat::Down ? std::vector<int64_t>{H_, I_} : std::vector<int64_t>{I_, H_};
-  return TensorView{slot_data(layer, m, slot), dtype_, shape};
-}
-
 int ExpertPoolCuda::alloc_slots(int layer, int count) {
   if (layer < 0 || layer >= n_layers_ || count <= 0)
     fail("CUDA expert pool: alloc_slots(layer ", layer, ", count ", count, ") out of range");

@@ -23,11 +23,11 @@
 #include <memory>
 
 #include "engine/tensor.h"
-#include "memory/expert_pool.h"
+#include "memory/expert_store.h"
 
 namespace ew {
 
-class ExpertPoolCuda {
+class ExpertPoolCuda final : public ExpertStore {
  public:
   // Throws ew::Error when the device lacks VMM support or a driver call fails.
   ExpertPoolCuda(int device, int n_layers, int n_base, int max_adapter_slots, int64_t H, int64_t I, DType dtype);
@@ -35,31 +35,28 @@ class ExpertPoolCuda {
   ExpertPoolCuda(const ExpertPoolCuda&) = delete;
   ExpertPoolCuda& operator=(const ExpertPoolCuda&) = delete;
 
-  int n_layers() const { return n_layers_; }
-  int n_base() const { return n_base_; }
-  int capacity() const { return capacity_; }
-  DType dtype() const { return dtype_; }
-  int64_t hidden() const { return H_; }
-  int64_t width() const { return I_; }
-  size_t mat_bytes(ExpertMat m) const;
+  int n_layers() const override { return n_layers_; }
+  int n_base() const override { return n_base_; }
+  int capacity() const override { return capacity_; }
+  DType dtype() const override { return dtype_; }
+  int64_t hidden() const override { return H_; }
+  int64_t width() const override { return I_; }
+  size_t mat_bytes(ExpertMat m) const override;
 
   // Device address of slot 0 of one matrix of one layer; slot s is at + s * mat_bytes(m).
-  const uint8_t* base(int layer, ExpertMat m) const;
-  const void* slot_data(int layer, ExpertMat m, int slot) const {
-    return base(layer, m) + static_cast<size_t>(slot) * mat_bytes(m);
-  }
-  TensorView slot_view(int layer, ExpertMat m, int slot) const;  // data is a device pointer
+  const uint8_t* base(int layer, ExpertMat m) const override;
+  bool device_memory() const override { return true; }
 
-  int alloc_slots(int layer, int count);  // as ExpertPool: -1 when no free run
+  int alloc_slots(int layer, int count) override;
   // Backs and maps [first, first + count) in all three matrices; on failure rolls back
   // everything this call did and throws.
-  void map_slots(int layer, int first, int count);
+  void map_slots(int layer, int first, int count) override;
   // See the synchronisation note above. Returns the range to the free list.
-  void unmap_slots(int layer, int first, int count);
+  void unmap_slots(int layer, int first, int count) override;
   // Copies a host tensor (this pool's dtype and shape) into a mapped slot (synchronous).
-  void write_slot(int layer, ExpertMat m, int slot, const TensorView& src);
+  void write_slot(int layer, ExpertMat m, int slot, const TensorView& src) override;
 
-  ExpertPoolStats stats() const;
+  ExpertPoolStats stats() const override;
   size_t page_size() const;  // the allocation granularity
 
  private:
