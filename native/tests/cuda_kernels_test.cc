@@ -16,7 +16,7 @@
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/ops_cuda.h"
-#include "kernels/cuda/rope_tables.h"
+#include "kernels/rope_tables.h"
 #include "test.h"
 
 using namespace ew;
@@ -194,7 +194,7 @@ TEST(cuda_rmsnorm_and_rope_match_cpu_kernels) {
   std::vector<float> q = randn(T * heads * qd, rng);
   std::vector<int64_t> pos = {0, 1, 7, 4095, 50000};
   std::vector<float> cs, sn;
-  cuda::rope_cos_sin(table, pos.data(), T, cs, sn);
+  rope_cos_sin(table, pos.data(), T, cs, sn);
   DeviceBuffer dq = upload(q), dc = upload(cs), ds = upload(sn);
   cuda::rope(dq.as<float>() + 128, T, heads, heads * qd, qd, rope_dim, dc.as<float>(), ds.as<float>(), nullptr);
   std::vector<float> qref = q;

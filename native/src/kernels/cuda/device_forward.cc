@@ -4,9 +4,8 @@
 
 #include <algorithm>
 #include <cstring>
-#include <unordered_map>
 
-#include "kernels/cuda/rope_tables.h"
+#include "engine/step_metadata.h"
 #include "kernels/cuda/router_cuda.h"
 #include "util/error.h"
 
@@ -14,17 +13,7 @@ namespace ew {
 namespace cuda {
 namespace {
 
-constexpr size_t kMetaAlign = 256;
 constexpr size_t kMaxGraphs = 64;
-constexpr int64_t kMinCtxBucket = 64;
-
-size_t align_up(size_t n) { return (n + kMetaAlign - 1) & ~(kMetaAlign - 1); }
-
-int64_t ctx_bucket(int64_t n) {
-  int64_t b = kMinCtxBucket;
-  while (b < n) b *= 2;
-  return b;
-}
 
 cudaStream_t cs(void* s) { return static_cast<cudaStream_t>(s); }
 
@@ -139,87 +128,38 @@ void DeviceForward::drop_graphs() {
 }
 
 void DeviceForward::prepare(const StepTokens& st, const KvCache& kv, const RerouteTables& tables) {
-  const int64_t T = static_cast<int64_t>(st.ids.size()), n_out = static_cast<int64_t>(st.logit_rows.size());
-  if (T == 0) fail("DeviceForward: a step needs at least one token");
-  if (st.seq.size() != st.ids.size() || st.pos.size() != st.ids.size() || st.adapter_rows.size() != st.ids.size())
-    fail("DeviceForward: step token arrays differ in length");
   if (tables.n_rows() != n_rows_ || tables.n_experts() != cfg_.n_routed_experts)
     fail("DeviceForward: reroute tables of ", tables.n_rows(), " rows x ", tables.n_experts(), " experts, expected ",
          n_rows_, " x ", cfg_.n_routed_experts);
-
-  // Sequences in order of first appearance: the rows of this step's block table.
-  std::unordered_map<int64_t, int32_t> local;
-  std::vector<int64_t> seqs;
-  std::vector<int32_t> tok_seq(static_cast<size_t>(T)), tok_pos(static_cast<size_t>(T));
-  int64_t max_pos = 0;
-  for (int64_t t = 0; t < T; ++t) {
-    auto it = local.find(st.seq[t]);
-    if (it == local.end()) {
-      it = local.emplace(st.seq[t], static_cast<int32_t>(seqs.size())).first;
-      seqs.push_back(st.seq[t]);
-    }
-    tok_seq[t] = it->second;
-    tok_pos[t] = static_cast<int32_t>(st.pos[t]);
-    max_pos = std::max(max_pos, st.pos[t]);
-  }
-  Plan p;
-  p.T = T;
-  p.n_out = n_out;
-  p.n_seqs = static_cast<int64_t>(seqs.size());
-  p.decode = p.n_seqs == T;
-  // Decode shapes round the context up so one graph serves many steps.
-  p.max_ctx = p.decode ? ctx_bucket(max_pos + 1) : max_pos + 1;
-  p.max_blocks = (p.max_ctx + block_size_ - 1) / block_size_;
-
-  // Metadata: ids, seq, pos, rows, out_rows, block tables (int32), cos, sin (float).
-  rope_cos_sin(rope_, st.pos.data(), T, cos_, sin_);
-  const size_t n_i32[6] = {static_cast<size_t>(T), static_cast<size_t>(T), static_cast<size_t>(T),
-                           static_cast<size_t>(T), static_cast<size_t>(std::max<int64_t>(n_out, 1)),
-                           static_cast<size_t>(p.n_seqs * p.max_blocks)};
-  size_t off[8], total = 0;
-  for (int i = 0; i < 6; ++i) off[i] = total, total += align_up(n_i32[i] * 4);
-  off[6] = total, total += align_up(cos_.size() * 4);
-  off[7] = total, total += align_up(sin_.size() * 4);
-  p.meta_bytes = total;
-  meta_host_.assign(total, 0);
-  auto put = [&](int i, const void* src, size_t bytes) { std::memcpy(meta_host_.data() + off[i], src, bytes); };
-  put(0, st.ids.data(), T * 4);
-  put(1, tok_seq.data(), T * 4);
-  put(2, tok_pos.data(), T * 4);
-  put(3, st.adapter_rows.data(), T * 4);
-  std::vector<int32_t> out_rows(st.logit_rows.begin(), st.logit_rows.end());
-  put(4, out_rows.data(), out_rows.size() * 4);
-  auto* table = reinterpret_cast<int32_t*>(meta_host_.data() + off[5]);
-  for (size_t s = 0; s < seqs.size(); ++s) {
-    const std::vector<int32_t>& b = kv.block_table(seqs[s]);
-    const size_t n = std::min<size_t>(b.size(), static_cast<size_t>(p.max_blocks));
-    std::memcpy(table + s * p.max_blocks, b.data(), n * 4);
-  }
-  put(6, cos_.data(), cos_.size() * 4);
-  put(7, sin_.data(), sin_.size() * 4);
-
+  const StepMetadata meta = pack_step_metadata(st, kv, rope_);
+  const size_t total = meta.bytes.size();
   // The device copy lives at a fixed address (graphs read it); growing it drops them.
   if (meta_.bytes() < total) {
     drop_graphs();
     meta_ = DeviceBuffer(total + total / 2);
   }
-  if (meta_pinned_bytes_ < total) {
+  if (meta_pinned_bytes_ < meta_.bytes()) {
     if (meta_pinned_) EW_CUDA_CHECK(cudaFreeHost(meta_pinned_));
     meta_pinned_ = nullptr;
     EW_CUDA_CHECK(cudaMallocHost(&meta_pinned_, meta_.bytes()));
     meta_pinned_bytes_ = meta_.bytes();
   }
-  std::memcpy(meta_pinned_, meta_host_.data(), total);
+  std::memcpy(meta_pinned_, meta.bytes.data(), total);
   EW_CUDA_CHECK(cudaMemcpyAsync(meta_.data(), meta_pinned_, total, cudaMemcpyHostToDevice, cs(stream_.get())));
-  auto* base = static_cast<uint8_t*>(meta_.data());
-  p.ids = reinterpret_cast<const int32_t*>(base + off[0]);
-  p.seq = reinterpret_cast<const int32_t*>(base + off[1]);
-  p.pos = reinterpret_cast<const int32_t*>(base + off[2]);
-  p.rows = reinterpret_cast<const int32_t*>(base + off[3]);
-  p.out_rows = reinterpret_cast<const int32_t*>(base + off[4]);
-  p.tables = reinterpret_cast<const int32_t*>(base + off[5]);
-  p.cos = reinterpret_cast<const float*>(base + off[6]);
-  p.sin = reinterpret_cast<const float*>(base + off[7]);
+
+  Plan p;
+  p.T = meta.T, p.n_out = meta.n_out, p.n_seqs = meta.n_seqs;
+  p.max_ctx = meta.max_ctx, p.max_blocks = meta.max_blocks, p.decode = meta.decode;
+  const auto* base = static_cast<const uint8_t*>(meta_.data());
+  auto i32 = [&](StepMetadata::Section sec) { return reinterpret_cast<const int32_t*>(base + meta.offset[sec]); };
+  p.ids = i32(StepMetadata::kIds);
+  p.seq = i32(StepMetadata::kSeq);
+  p.pos = i32(StepMetadata::kPos);
+  p.rows = i32(StepMetadata::kRows);
+  p.out_rows = i32(StepMetadata::kOutRows);
+  p.tables = i32(StepMetadata::kTables);
+  p.cos = reinterpret_cast<const float*>(base + meta.offset[StepMetadata::kCos]);
+  p.sin = reinterpret_cast<const float*>(base + meta.offset[StepMetadata::kSin]);
   plan_ = p;
 
   if (tables.version() != reroute_version_ && reroute_.bytes() > 0) {

@@ -7,7 +7,7 @@
 // sampled on the host by engine/sampler.h, so a seed draws the same token on any device.
 //
 // Decode steps (one token per sequence) are captured as CUDA graphs, one per shape
-// (tokens, logit rows, context bucket), on their second occurrence (the first sizes the
+// (tokens, logit rows, context bucket: engine/step_metadata.h), on their second occurrence (the first sizes the
 // scratch arena) and replayed after the metadata copy. A scratch reallocation drops them.
 //
 // The same class drives the engine (engine.cc, weights uploaded from the checkpoint) and
@@ -89,7 +89,6 @@ class DeviceForward final : public StepRunner {
   struct Plan {  // shape of the prepared step and where its metadata lives on the device
     int64_t T = 0, n_out = 0, n_seqs = 0, max_blocks = 0, max_ctx = 0;
     bool decode = false;  // one token per sequence: graph-capturable
-    size_t meta_bytes = 0;
     const int32_t *ids = nullptr, *seq = nullptr, *pos = nullptr, *rows = nullptr, *out_rows = nullptr;
     const int32_t* tables = nullptr;
     const float *cos = nullptr, *sin = nullptr;
@@ -115,7 +114,6 @@ class DeviceForward final : public StepRunner {
   int n_rows_ = 0;
   uint64_t reroute_version_ = ~uint64_t(0);
   DeviceBuffer meta_;       // this step's metadata (fixed address: graphs read it)
-  std::vector<uint8_t> meta_host_;
   void* meta_pinned_ = nullptr;
   size_t meta_pinned_bytes_ = 0;
   Scratch scratch_;
@@ -126,7 +124,6 @@ class DeviceForward final : public StepRunner {
   Plan plan_;
   std::map<GraphKey, std::unique_ptr<Graph>> graphs_;
   std::map<GraphKey, int> seen_;  // decode shapes run eagerly once, captured the next time
-  std::vector<float> cos_, sin_;
 };
 
 }  // namespace cuda

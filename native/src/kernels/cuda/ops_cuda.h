@@ -30,7 +30,7 @@ void rmsnorm(const float* x, int64_t x_stride, const void* w, DType wtype, float
 // DeepSeek RoPE in place on n_vec vectors of rot_dim per token at x + t*token_stride +
 // i*vec_stride: pair (2j, 2j+1) rotated by frequency j (the CPU kernel's layout, see
 // kernels/cpu/rope.h). cos_rows/sin_rows: [T, rot_dim/2], the token's cos/sin with yarn
-// mscale applied, computed on the host in double (rope_cos_sin in rope_tables.h).
+// mscale applied, computed on the host in double (rope_cos_sin in kernels/rope_tables.h).
 void rope(float* x, int64_t T, int64_t n_vec, int64_t token_stride, int64_t vec_stride, int64_t rot_dim,
           const float* cos_rows, const float* sin_rows, void* stream);
 // y[t, :] = float(table[ids[t], :]); ids outside [0, vocab) give zero rows (validated on the host).

@@ -1,9 +1,8 @@
-#include "kernels/cuda/rope_tables.h"
+#include "kernels/rope_tables.h"
 
 #include <cmath>
 
 namespace ew {
-namespace cuda {
 
 void rope_cos_sin(const RopeTable& table, const int64_t* positions, int64_t T, std::vector<float>& cos_rows,
                   std::vector<float>& sin_rows) {
@@ -20,5 +19,4 @@ void rope_cos_sin(const RopeTable& table, const int64_t* positions, int64_t T, s
   }
 }
 
-}  // namespace cuda
 }  // namespace ew
