@@ -88,6 +88,7 @@ class ModelEngine final : public Engine {
       std::vector<cuda::DeviceBuffer> storage;
       cuda::DeviceModel dm = cuda::upload_model(cfg_, w_, *w_.experts, storage);
       runner_ = std::make_unique<cuda::DeviceForward>(cfg_, std::move(dm), *kv_, tables_.n_rows(), std::move(storage));
+      warm_up();
       return;
     }
 #endif
@@ -95,7 +96,8 @@ class ModelEngine final : public Engine {
   }
 
   const ModelConfig& config() const override { return cfg_; }
-  std::string device_name() const override { return runner_->device_name(); }
+  std::string device_name() const override { return runner_->device_name() + note_; }
+  void set_device_note(const std::string& note) { note_ = note; }
   DType expert_dtype() const override { return w_.experts ? w_.experts->dtype() : w_.embed.dtype; }
 
   StepResult Step(const StepBatch& batch) override {
@@ -241,6 +243,21 @@ class ModelEngine final : public Engine {
   RerouteTables tables_;  // per MoE layer; rows filled by registry_ (row 0: base, identity)
   std::unique_ptr<AdapterRegistry> registry_;
   std::unique_ptr<StepRunner> runner_;  // last: destroyed before the weights and pool it reads
+  std::string note_;
+
+  // One greedy token on a scratch sequence: shapes the device kernels do not support and
+  // kernels that cannot launch on this GPU fail here, at load, not on the first request.
+  void warm_up() {
+    constexpr int64_t kScratchSeq = INT64_MIN;
+    StepBatch b;
+    b.tokens = {0};
+    SeqChunk c;
+    c.seq_id = kScratchSeq;
+    c.n_tokens = 1;
+    b.chunks = {c};
+    Step(b);
+    FreeSequence(kScratchSeq);
+  }
 };
 
 }  // namespace
@@ -248,14 +265,25 @@ class ModelEngine final : public Engine {
 std::unique_ptr<Engine> Engine::Load(const std::string& model_dir, const EngineOptions& opts) {
   if (opts.device != "cpu" && opts.device != "auto" && opts.device != "cuda")
     fail("device '", opts.device, "': expected 'cpu', 'cuda' or 'auto'");
-  bool cuda = false;
 #ifdef EW_WITH_CUDA
   if (opts.device == "cuda" && !cuda::device_available()) fail("device 'cuda': no CUDA device is available");
-  cuda = opts.device == "cuda" || (opts.device == "auto" && cuda::device_available());
+  if (opts.device == "cuda") return std::make_unique<ModelEngine>(model_dir, opts, true);
+  std::string why;
+  if (opts.device == "auto" && cuda::device_available()) {
+    // auto: the GPU when it can serve this model, else the CPU, saying why in the device name.
+    try {
+      return std::make_unique<ModelEngine>(model_dir, opts, true);
+    } catch (const Error& e) {
+      why = std::string(" (CUDA not used: ") + e.what() + ")";
+    }
+  }
+  auto engine = std::make_unique<ModelEngine>(model_dir, opts, false);
+  engine->set_device_note(why);
+  return engine;
 #else
   if (opts.device == "cuda") fail("device 'cuda': this build has no CUDA backend");
+  return std::make_unique<ModelEngine>(model_dir, opts, false);
 #endif
-  return std::make_unique<ModelEngine>(model_dir, opts, cuda);
 }
 
 }  // namespace ew
