@@ -3,6 +3,7 @@
 #ifdef EW_WITH_CUDA
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -109,6 +110,13 @@ TEST(cuda_router_matches_cpu) {
   q.topk_group = 3;
   q.routed_scaling_factor = 16.f;
   compare_router(q, 50, 32, 4);
+  RouterParams r;  // widths that are not multiples of 32: padding lanes (the embedded model has 16)
+  for (int M : {8, 16, 50, 200}) {
+    r.n_experts = M;
+    r.top_k = std::min(M, 4);
+    r.norm_topk_prob = M == 50;
+    compare_router(r, 40, 32, 5 + M);
+  }
 }
 
 TEST(cuda_expert_pool_maps_shares_and_releases_pages) {

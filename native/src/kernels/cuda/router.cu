@@ -1,4 +1,5 @@
-// One warp per token. Lane l holds experts [l*V, l*V + V) in registers (V = M / 32):
+// One warp per token. Lane l holds experts [l*V, l*V + V) in registers (V = ceil(M / 32);
+// ids >= M are padding: zero probability, never chosen):
 // the softmax max and sum are butterfly reductions, each of the k top-k rounds is a
 // butterfly argmax (ties to the lower id, so all lanes agree and the CPU reference
 // is matched), and lane j keeps round j's winner so the k results are normalised
@@ -50,7 +51,7 @@ __global__ void route_kernel(const float* __restrict__ logits, int64_t T, int M,
   float mx = -FLT_MAX;
 #pragma unroll
   for (int i = 0; i < V; ++i) {
-    p[i] = row_logits[lane * V + i];
+    p[i] = lane * V + i < M ? row_logits[lane * V + i] : -FLT_MAX;
     mx = fmaxf(mx, p[i]);
   }
   for (int off = kWarp / 2; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, off));
@@ -63,7 +64,7 @@ __global__ void route_kernel(const float* __restrict__ logits, int64_t T, int M,
   for (int off = kWarp / 2; off > 0; off /= 2) sum += __shfl_xor_sync(kFull, sum, off);
   const float inv = 1.f / sum;
 #pragma unroll
-  for (int i = 0; i < V; ++i) p[i] *= inv;
+  for (int i = 0; i < V; ++i) p[i] = lane * V + i < M ? p[i] * inv : -FLT_MAX;  // padding: below every real p
 
   if (grouped) {
     // Lanes of one group are adjacent; its max is a butterfly over those lanes. The
@@ -140,15 +141,15 @@ void route_topk_reroute(const float* logits, int64_t T, const RouterParams& p, c
                         const int32_t* adapter_rows, int32_t* out_slots, float* out_weights, int32_t* out_ids,
                         void* stream) {
   const int M = p.n_experts;
-  const int V = M / kWarp;
-  if (M % kWarp != 0 || V < 1 || V > 8)
-    fail("CUDA router: ", M, " experts unsupported (needs 32 * v, v in 1..8)");
+  const int V = (M + kWarp - 1) / kWarp;
+  if (M < 1 || V > 8) fail("CUDA router: ", M, " experts unsupported (1 to 256)");
   if (p.top_k < 1 || p.top_k > kWarp || p.top_k > M) fail("CUDA router: top_k ", p.top_k, " out of [1, 32]");
   if (reroute.table && reroute.n_experts != M)
     fail("CUDA router: reroute table has ", reroute.n_experts, " experts per row, router has ", M);
   const bool grouped = p.method == TopkMethod::GroupLimitedGreedy && p.n_group > 1;
   if (grouped) {
-    const int per = p.n_group > 0 && M % p.n_group == 0 ? M / p.n_group : 0;
+    // Groups are whole lanes: needs M a multiple of 32 (no padding lanes).
+    const int per = p.n_group > 0 && M % p.n_group == 0 && M % kWarp == 0 ? M / p.n_group : 0;
     const int lanes = per % V == 0 ? per / V : 0;
     if (lanes == 0 || (lanes & (lanes - 1)) != 0 || p.topk_group < 1 || p.topk_group > p.n_group ||
         p.top_k > p.topk_group * per)

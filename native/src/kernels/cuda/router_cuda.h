@@ -14,7 +14,7 @@ namespace cuda {
 // this layer (null: slots are the base ids). adapter_rows: [T] (null: row 0); the caller
 // validates rows on the host (the kernel cannot throw: a row out of range yields slot -1).
 // out_ids may be null. stream: a cudaStream_t (null: the default stream).
-// Supports M = 32 * v for v in 1..8 (grouped: M / n_group a multiple of v with a
+// Supports 1 <= M <= 256 (grouped: M = 32 * v and M / n_group a multiple of v with a
 // power-of-two lane count per group) and top_k <= min(M, 32); throws ew::Error otherwise
 // or when the launch fails.
 void route_topk_reroute(const float* logits, int64_t T, const RouterParams& p, const RerouteTableView& reroute,
