@@ -164,6 +164,10 @@ export class Engine {
     return this.native.adapters();
   }
 
+  drainingRows(): ReadonlySet<number> {
+    return new Set(this.native.adapters().filter((a) => a.draining).map((a) => a.row));
+  }
+
   close(): void {
     this.closed = true;
     this.native.close();

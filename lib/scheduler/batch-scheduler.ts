@@ -2,7 +2,9 @@
 // decode token for every running sequence plus prefill chunks of new (or preempted)
 // sequences within a token budget, over any mix of adapters. Admission is bounded
 // by the engine's free KV blocks; when decode runs out of blocks, the most recently
-// admitted sequence is preempted (its KV freed, requeued first, recomputed later).
+// admitted sequence is preempted (its KV freed, requeued first, recomputed later),
+// except sequences of an adapter being removed, which cannot restart: those wait for
+// blocks, and if nothing at all can run, the youngest of them ends with 'length'.
 import type { ChunkSpec } from '../engine/engine.js';
 import type { EnginePort } from './engine-port.js';
 import { StopFilter } from './stop-filter.js';
@@ -191,21 +193,35 @@ export class BatchScheduler {
     const need = (seq: Sequence, n: number) => this.blocks(seq.kvLen + n, blockSize) - this.blocks(seq.kvLen, blockSize);
 
     // Running sequences first, in admission order: decodes (and unfinished prefills).
-    for (let i = 0; i < this.running.length && budget > 0; i++) {
+    let draining: ReadonlySet<number> | undefined;
+    const stalled: Sequence[] = [];
+    let i = 0;
+    while (i < this.running.length && budget > 0) {
       const seq = this.running[i];
       const n = Math.min(seq.tokens.length - seq.kvLen, budget);
+      let gone = false;
       while (need(seq, n) > free) {
-        const victim = this.running[this.running.length - 1];
+        draining ??= this.engine.drainingRows();
+        const victim = this.youngestPreemptible(i, draining);
+        if (!victim) break;
         if (victim === seq && this.running.length === 1) {
           // Alone and still out of blocks: the cache cannot hold it any longer.
           this.finish(seq, 'length');
+          gone = true;
           break;
         }
         free += this.preempt(victim);
-        if (victim === seq) break;
+        if (victim === seq) {
+          gone = true;
+          break;
+        }
       }
-      // Preempted or finished: it was the last running sequence, so the pass is over.
-      if (seq.finished || !this.running.includes(seq)) break;
+      if (gone) continue; // running[i] is now the next sequence
+      i++;
+      if (need(seq, n) > free) {
+        stalled.push(seq); // only sequences of draining adapters could free blocks: wait for them
+        continue;
+      }
       free -= need(seq, n);
       budget -= n;
       batch.push({ seq, n });
@@ -215,6 +231,12 @@ export class BatchScheduler {
     while (budget > 0 && this.running.length < this.maxRunning) {
       const seq = this.peekWaiting();
       if (!seq) break;
+      draining ??= this.engine.drainingRows();
+      if (draining.has(seq.params.adapterRow)) {
+        // The engine would refuse it (and with it the whole step): it cannot start any more.
+        this.fail(seq, removedError(seq.params.adapterName));
+        continue;
+      }
       const n = Math.min(seq.tokens.length, budget);
       // Keep one block spare per admission so a fresh sequence can take its first decode.
       if (need(seq, n) + 1 > free) break;
@@ -227,8 +249,31 @@ export class BatchScheduler {
       budget -= n;
       batch.push({ seq, n });
     }
+    if (batch.length === 0 && stalled.length > 0) {
+      // Nothing can run and nothing can be preempted: end the youngest stalled sequence.
+      this.finish(stalled[stalled.length - 1], 'length');
+      return this.buildBatch();
+    }
     this.updateCounts();
     return batch;
+  }
+
+  /**
+   * Fails every request of `adapterName` that has not started (queued, or preempted and
+   * waiting to restart): the adapter is being removed, so they can no longer run on it.
+   * Running ones finish on the draining row.
+   */
+  failWaiting(adapterName: string): void {
+    const waiting = [...this.resumeQueue, ...(this.queues.get(adapterName) ?? [])];
+    for (const seq of waiting) if (seq.params.adapterName === adapterName) this.fail(seq, removedError(adapterName));
+  }
+
+  /** The most recently admitted running sequence at index >= from not on a draining adapter row. */
+  private youngestPreemptible(from: number, draining: ReadonlySet<number>): Sequence | undefined {
+    for (let j = this.running.length - 1; j >= from; j--) {
+      if (!draining.has(this.running[j].params.adapterRow)) return this.running[j];
+    }
+    return undefined;
   }
 
   /** Frees a running sequence's KV and queues it first for recompute; returns the blocks freed. */
@@ -373,4 +418,8 @@ export class BatchScheduler {
   private fail(seq: Sequence, err: RequestError): void {
     if (this.detach(seq)) seq.sink.onError(err);
   }
+}
+
+function removedError(adapterName: string): RequestError {
+  return new RequestError('unknown_adapter', `adapter '${adapterName}' was removed before this request started`);
 }

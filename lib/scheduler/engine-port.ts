@@ -8,4 +8,10 @@ export interface EnginePort {
   step(chunks: readonly ChunkSpec[]): Promise<StepOutput>;
   freeSequence(seqId: number): void;
   kvStats(): KvStats;
+  /**
+   * Adapter rows being unregistered: their running sequences finish, but a sequence
+   * freed there cannot start again (the engine refuses new sequences on the row and
+   * drops the row with its last one), so the scheduler never preempts them.
+   */
+  drainingRows(): ReadonlySet<number>;
 }

@@ -34,6 +34,6 @@ export async function registerAdapter(reply: Reply, service: Service, maxBody: n
 }
 
 export async function removeAdapter(reply: Reply, service: Service, name: string): Promise<void> {
-  await service.adapters.remove(name);
+  await service.removeAdapter(name);
   reply.json(200, { name, removed: true });
 }

@@ -104,6 +104,15 @@ export class Service {
     return handle;
   }
 
+  /**
+   * Removes an adapter: requests for it that have not started fail now (its engine row
+   * drains and may then serve another adapter), running ones finish on it.
+   */
+  async removeAdapter(name: string): Promise<void> {
+    if (this.adapters.get(name)) this.scheduler.failWaiting(name);
+    await this.adapters.remove(name);
+  }
+
   /** The model name a request's `model` field resolves to: null for the base. */
   resolveModel(model: unknown): string | null {
     if (model === undefined || model === null || model === this.modelName) return null;

@@ -9,13 +9,23 @@ import { BatchScheduler } from '../../lib/scheduler/batch-scheduler.js';
 import type { EnginePort } from '../../lib/scheduler/engine-port.js';
 import type { DoneEvent, GenerationParams, RequestError, TokenEvent } from '../../lib/scheduler/request.js';
 
-/** Always samples (last token + 1) mod vocab, skipping EOS; records every step's chunks. */
+/**
+ * Always samples (last token + 1) mod vocab, skipping EOS; records every step's chunks.
+ * Like the native engine, it refuses a whole step that starts a sequence on a draining row.
+ */
 class ScriptedEngine implements EnginePort {
   readonly info = { vocabSize: 50, maxPositionEmbeddings: 128, eosTokenId: 1 } as ModelInfo;
   readonly steps: ChunkSpec[][] = [];
+  readonly draining = new Set<number>();
   private readonly lens = new Map<number, number>();
   constructor(private readonly totalBlocks = 1000) {}
+  drainingRows(): ReadonlySet<number> {
+    return this.draining;
+  }
   async step(chunks: readonly ChunkSpec[]): Promise<StepOutput> {
+    for (const c of chunks) {
+      if (!this.lens.has(c.seqId) && this.draining.has(c.adapter ?? 0)) throw new Error(`adapter row ${c.adapter} is being unregistered`);
+    }
     this.steps.push([...chunks]);
     const tokens = new Int32Array(chunks.length);
     chunks.forEach((c, i) => {
@@ -90,4 +100,77 @@ test('queue limits refuse with overloaded; bad prompts with bad_request', () => 
   assert.throws(() => s.submit(params('', [3], { maxTokens: 0 }), sink), (e: RequestError) => e.code === 'bad_request');
   assert.throws(() => s.submit(params('', [50]), sink), (e: RequestError) => e.code === 'bad_request');
   return s.close();
+});
+
+/** A sink that records the outcome instead of asserting inside the scheduler. */
+function outcome() {
+  let resolve!: (r: { done?: DoneEvent; error?: RequestError; tokens: number }) => void;
+  const result = new Promise<{ done?: DoneEvent; error?: RequestError; tokens: number }>((r) => (resolve = r));
+  let tokens = 0;
+  return {
+    result,
+    sink: {
+      onToken: () => void tokens++,
+      onDone: (done: DoneEvent) => resolve({ done, tokens }),
+      onError: (error: RequestError) => resolve({ error, tokens }),
+    },
+  };
+}
+
+test('preemption passes over sequences of a draining adapter (they could not restart)', async () => {
+  // 4 blocks of 4 tokens: two 4-token prompts decoding 8 tokens each run out at kvLen 8.
+  const engine = new ScriptedEngine(4);
+  const s = new BatchScheduler(engine);
+  const base = outcome();
+  const leaving = outcome();
+  s.submit(params('', [10, 11, 12, 13], { maxTokens: 8 }), base.sink);
+  // Admitted last, so the youngest: the one the old rule would preempt.
+  s.submit(params('leaving', [20, 21, 22, 23], { adapterRow: 1, maxTokens: 8 }), leaving.sink);
+  s.onStep(() => engine.draining.add(1)); // its adapter is removed after the first step
+  const [b, l] = await Promise.all([base.result, leaving.result]);
+  assert.equal(l.error, undefined, `the draining request failed: ${l.error?.message}`);
+  assert.equal(b.error, undefined, `the base request failed: ${b.error?.message}`);
+  assert.equal(l.done?.finishReason, 'length');
+  assert.equal(l.tokens, 8);
+  assert.equal(b.done?.finishReason, 'length');
+  assert.equal(b.tokens, 8);
+  assert.ok(s.stats.preemptions >= 1, 'the base sequence was preempted instead');
+  assert.equal(engine.kvStats().sequences, 0);
+});
+
+test('when only draining sequences hold the cache and none can grow, the youngest ends early', async () => {
+  const engine = new ScriptedEngine(4);
+  const s = new BatchScheduler(engine);
+  const first = outcome();
+  const second = outcome();
+  s.submit(params('leaving', [10, 11, 12, 13], { adapterRow: 1, maxTokens: 8 }), first.sink);
+  s.submit(params('leaving', [20, 21, 22, 23], { adapterRow: 1, maxTokens: 8 }), second.sink);
+  s.onStep(() => engine.draining.add(1));
+  const [a, b] = await Promise.all([first.result, second.result]);
+  assert.equal(a.error, undefined);
+  assert.equal(b.error, undefined);
+  // Both fill 2 blocks at kvLen 8; neither can be preempted: the younger stops, the elder finishes.
+  assert.equal(b.done?.finishReason, 'length');
+  assert.ok(b.tokens < 8, `the younger generated ${b.tokens} tokens`);
+  assert.equal(a.tokens, 8);
+  assert.equal(s.stats.preemptions, 0);
+});
+
+test('requests of a removed adapter that have not started fail alone; the step goes on', async () => {
+  const engine = new ScriptedEngine();
+  const s = new BatchScheduler(engine, { maxRunning: 1 });
+  const running = outcome();
+  const queuedA = outcome();
+  const queuedB = outcome();
+  s.submit(params('', [10], { maxTokens: 4 }), running.sink);
+  s.submit(params('gone', [20], { adapterRow: 2 }), queuedA.sink);
+  s.submit(params('stale', [30], { adapterRow: 3 }), queuedB.sink);
+  s.failWaiting('gone'); // what removal does (Service.removeAdapter)
+  engine.draining.add(3); // and a row that drains without it: admission must not start it
+  const [r, a, b] = await Promise.all([running.result, queuedA.result, queuedB.result]);
+  assert.equal(r.done?.finishReason, 'length');
+  assert.equal(r.tokens, 4);
+  assert.equal(a.error?.code, 'unknown_adapter');
+  assert.equal(b.error?.code, 'unknown_adapter');
+  assert.ok(engine.steps.every((st) => st.every((c) => c.adapter === 0)), 'no step carried a removed adapter');
 });
