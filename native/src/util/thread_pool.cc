@@ -1,9 +1,41 @@
 #include "util/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <memory>
 
 namespace ew {
+namespace {
+
+// How long a worker or a waiting caller spins before sleeping: long enough to bridge
+// the gap between two ops of one step, short enough to leave an idle engine idle.
+constexpr auto kSpin = std::chrono::microseconds(200);
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// Spins until pred() or the spin time ran out; returns pred().
+template <typename Pred>
+bool spin_until(Pred pred) {
+  const auto end = std::chrono::steady_clock::now() + kSpin;
+  for (int i = 0;; ++i) {
+    if (pred()) return true;
+    cpu_relax();
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() > end) return pred();
+  }
+}
+
+void run_part(const std::function<void(int64_t, int64_t)>& fn, int64_t n, int parts, int idx) {
+  const int64_t begin = n * idx / parts, end = n * (idx + 1) / parts;
+  if (begin < end) fn(begin, end);
+}
+
+}  // namespace
 
 ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = std::max(1u, std::thread::hardware_concurrency());
@@ -19,30 +51,22 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-static void run_part(const std::function<void(int64_t, int64_t)>& fn, int64_t n, int parts, int idx) {
-  int64_t begin = n * idx / parts, end = n * (idx + 1) / parts;
-  if (begin < end) fn(begin, end);
-}
-
 void ThreadPool::worker_loop(int index) {
   uint64_t seen = 0;
   for (;;) {
-    const std::function<void(int64_t, int64_t)>* job;
-    int64_t n;
-    int parts;
-    {
+    auto ready = [&] { return stop_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen; };
+    if (!spin_until(ready)) {
       std::unique_lock<std::mutex> lk(mu_);
-      cv_start_.wait(lk, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      job = job_;
-      n = job_n_;
-      parts = job_parts_;
+      ++sleepers_;
+      cv_start_.wait(lk, ready);
+      --sleepers_;
     }
-    if (index < parts) run_part(*job, n, parts, index);
-    {
+    if (stop_.load(std::memory_order_acquire)) return;
+    seen = generation_.load(std::memory_order_acquire);  // job_ fields were written before it
+    if (index < job_parts_) run_part(*job_, job_n_, job_parts_, index);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lk(mu_);
-      if (--pending_ == 0) cv_done_.notify_one();
+      cv_done_.notify_one();
     }
   }
 }
@@ -50,31 +74,42 @@ void ThreadPool::worker_loop(int index) {
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
-  int parts = static_cast<int>(std::min<int64_t>(size(), (n + grain - 1) / grain));
+  const int parts = static_cast<int>(std::min<int64_t>(size(), (n + grain - 1) / grain));
   if (parts <= 1 || workers_.empty()) {
     fn(0, n);
     return;
   }
   std::lock_guard<std::mutex> run_lk(run_mu_);
+  bool wake = false;
   {
     std::lock_guard<std::mutex> lk(mu_);
     job_ = &fn;
     job_n_ = n;
     job_parts_ = parts;
-    pending_ = static_cast<int>(workers_.size());
-    ++generation_;
+    pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
+    wake = sleepers_ > 0;
   }
-  cv_start_.notify_all();
+  if (wake) cv_start_.notify_all();
   run_part(fn, n, parts, 0);
-  std::unique_lock<std::mutex> lk(mu_);
-  cv_done_.wait(lk, [&] { return pending_ == 0; });
+  auto done = [&] { return pending_.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(done)) {
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_done_.wait(lk, done);
+  }
 }
 
-static std::unique_ptr<ThreadPool>& global_slot() {
+namespace {
+std::mutex global_mu;
+std::unique_ptr<ThreadPool>& global_slot() {
   static std::unique_ptr<ThreadPool> pool;
   return pool;
 }
-static std::mutex global_mu;
+std::vector<std::unique_ptr<ThreadPool>>& retired() {
+  static std::vector<std::unique_ptr<ThreadPool>> pools;
+  return pools;
+}
+}  // namespace
 
 ThreadPool& ThreadPool::global() {
   std::lock_guard<std::mutex> lk(global_mu);
@@ -85,7 +120,11 @@ ThreadPool& ThreadPool::global() {
 
 void ThreadPool::set_global_threads(int n_threads) {
   std::lock_guard<std::mutex> lk(global_mu);
-  global_slot() = std::make_unique<ThreadPool>(n_threads);
+  auto& p = global_slot();
+  if (n_threads <= 0) n_threads = std::max(1u, std::thread::hardware_concurrency());
+  if (p && p->size() == n_threads) return;
+  if (p) retired().push_back(std::move(p));
+  p = std::make_unique<ThreadPool>(n_threads);
 }
 
 }  // namespace ew

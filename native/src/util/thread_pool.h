@@ -2,7 +2,12 @@
 // [0, n) into contiguous ranges, one per worker, and runs them with the calling
 // thread taking a share; the split depends only on n and the thread count, so
 // results never depend on timing.
+//
+// A forward pass issues dozens of short loops back to back, so workers (and the
+// caller waiting for them) spin for a short while before sleeping on a condition
+// variable: a futex wake-up per loop would cost more than many of the loops.
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -25,6 +30,9 @@ class ThreadPool {
 
   // The process-wide pool used by the CPU kernels.
   static ThreadPool& global();
+  // Replaces the global pool when the size differs. The previous pool is kept alive
+  // (its threads asleep), so a loop still running on it, e.g. another engine's step,
+  // finishes safely.
   static void set_global_threads(int n_threads);
 
  private:
@@ -35,9 +43,10 @@ class ThreadPool {
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
   int64_t job_n_ = 0;
   int job_parts_ = 0;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  int sleepers_ = 0;  // workers waiting on cv_start_ (guarded by mu_)
+  std::atomic<bool> stop_{false};
   std::mutex run_mu_;  // one parallel_for at a time
 };
 
