@@ -206,6 +206,7 @@ export class BatchScheduler {
         if (!victim) break;
         if (victim === seq && this.running.length === 1) {
           // Alone and still out of blocks: the cache cannot hold it any longer.
+          free += this.blocks(seq.kvLen, blockSize);
           this.finish(seq, 'length');
           gone = true;
           break;
@@ -238,8 +239,11 @@ export class BatchScheduler {
         continue;
       }
       const n = Math.min(seq.tokens.length, budget);
-      // Keep one block spare per admission so a fresh sequence can take its first decode.
-      if (need(seq, n) + 1 > free) break;
+      // Keep one block spare per admission so a fresh sequence can take its first decode,
+      // unless nothing runs: alone, it ends with 'length' if the cache is full anyway, and
+      // demanding the spare would strand for good a prompt that fits the cache exactly.
+      const spare = this.running.length > 0 ? 1 : 0;
+      if (need(seq, n) + spare > free) break;
       this.popWaiting(seq);
       seq.seqId = this.nextSeqId;
       this.nextSeqId = this.nextSeqId >= 0x7ffffffe ? 1 : this.nextSeqId + 1;

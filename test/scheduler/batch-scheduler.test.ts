@@ -174,3 +174,31 @@ test('requests of a removed adapter that have not started fail alone; the step g
   assert.equal(b.error?.code, 'unknown_adapter');
   assert.ok(engine.steps.every((st) => st.every((c) => c.adapter === 0)), 'no step carried a removed adapter');
 });
+
+test('a prompt that fills the whole cache is admitted once nothing else runs', { timeout: 5000 }, async () => {
+  // 4 blocks of 4 tokens: 15 prompt tokens plus one generated fill them exactly.
+  const engine = new ScriptedEngine(4);
+  const s = new BatchScheduler(engine);
+  const r = outcome();
+  s.submit(params('', Array.from({ length: 15 }, (_, i) => 10 + i), { maxTokens: 2 }), r.sink);
+  const got = await r.result;
+  assert.equal(got.error, undefined);
+  assert.equal(got.done?.finishReason, 'length');
+  assert.equal(got.tokens, 2);
+});
+
+test('blocks of a sequence ended for want of cache go to waiting requests in the same pass', { timeout: 5000 }, async () => {
+  const engine = new ScriptedEngine(4);
+  const s = new BatchScheduler(engine, { maxRunning: 1 });
+  const long = outcome();
+  const queued = outcome();
+  s.submit(params('', [10], { maxTokens: 30 }), long.sink);
+  s.submit(params('', [20, 21, 22, 23], { maxTokens: 2 }), queued.sink);
+  const [l, q] = await Promise.all([long.result, queued.result]);
+  // Alone, it fills the 16 cache slots and ends there; the queued request then runs.
+  assert.equal(l.done?.finishReason, 'length');
+  assert.equal(l.tokens, 16);
+  assert.equal(q.done?.finishReason, 'length');
+  assert.equal(q.tokens, 2);
+  assert.equal(engine.kvStats().sequences, 0);
+});

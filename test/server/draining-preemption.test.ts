@@ -1,0 +1,113 @@
+// Preemption meets adapter removal, with the real engine: a KV cache too small for
+// the load forces preemption while an adapter is draining (removed with requests
+// still running on it). A sequence of a draining adapter cannot restart (the engine
+// refuses new sequences on the row, or has already dropped it), so the scheduler
+// must choose other victims, or, when only such sequences hold the cache, end one.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+
+import type { Daemon } from '../../lib/server/daemon.js';
+import type { DoneEvent, RequestError } from '../../lib/scheduler/request.js';
+import { addon } from '../helpers/engine.js';
+import { someTokens } from '../helpers/fixtures.js';
+import { ENGINE, fixture, reference, start, type Case } from './daemon-helpers.js';
+
+const native = addon();
+const skip = 'skip' in native ? native.skip : false;
+
+interface Outcome {
+  tokens: number[];
+  done?: DoneEvent;
+  error?: RequestError;
+}
+
+describe('preemption while an adapter drains', { skip }, () => {
+  const fx = fixture();
+  let daemon: Daemon;
+  before(async () => {
+    // 8 blocks of 4 tokens: two 8-token prompts generating 16 tokens each need 12 blocks.
+    daemon = await start(fx.model, { engine: { ...ENGINE, kvCacheTokens: 32 } });
+  });
+  after(() => daemon.close());
+
+  /**
+   * Runs `cases` at once through the service; the first token of request `removeAt`
+   * removes adapter 'law' (the admin route's path), so the rest runs while it drains.
+   */
+  async function runRemovingLaw(all: Case[], removeAt: number): Promise<Outcome[]> {
+    return Promise.all(
+      all.map(
+        (c, i) =>
+          new Promise<Outcome>((resolve) => {
+            const out: Outcome = { tokens: [] };
+            daemon.service.start(
+              { adapter: c.adapter, prompt: c.prompt, maxTokens: c.maxTokens, temperature: 0, topP: 1, topK: 0, seed: 0, logprobs: false, stop: [] },
+              {
+                onToken: (ev) => {
+                  if (i === removeAt && ev.index === 0) void daemon.service.removeAdapter('law');
+                  out.tokens.push(ev.token);
+                },
+                onDone: (done) => resolve({ ...out, done }),
+                onError: (error) => resolve({ ...out, error }),
+              },
+            );
+          }),
+      ),
+    );
+  }
+
+  async function refs(all: Case[]): Promise<{ tokens: number[]; finish: string }[]> {
+    const row = daemon.service.adapters.get('law')!.row!;
+    const out = [];
+    for (const c of all) out.push(await reference(daemon.engine, c, c.adapter ? row : 0));
+    return out;
+  }
+
+  test('a base request is preempted instead of the draining one; both finish as alone', async () => {
+    await daemon.service.adapters.register('law', fx.adapters[0].dir);
+    const vocab = daemon.engine.info.vocabSize;
+    // The adapter request is admitted last: the youngest, the victim the plain rule picks.
+    const all: Case[] = [
+      { adapter: null, prompt: someTokens(8, vocab, 3), maxTokens: 16 },
+      { adapter: 'law', prompt: someTokens(8, vocab, 5), maxTokens: 16 },
+    ];
+    const want = await refs(all);
+    for (const r of want) assert.equal(r.finish, 'length', 'the fixture must not stop early: the load would not fill the cache');
+    const preemptions = daemon.service.scheduler.stats.preemptions;
+    const got = await runRemovingLaw(all, 1);
+    got.forEach((g, i) => {
+      assert.equal(g.error, undefined, `request ${i} failed: ${g.error?.code} ${g.error?.message}`);
+      assert.equal(g.done?.finishReason, 'length');
+      assert.deepEqual(g.tokens, want[i].tokens, `request ${i}`);
+    });
+    assert.ok(daemon.service.scheduler.stats.preemptions > preemptions, 'the load should have forced preemption');
+    assert.equal(daemon.service.adapters.get('law'), undefined);
+    assert.deepEqual(daemon.engine.adapters(), [], 'the draining row is dropped after its last sequence');
+    const kv = daemon.engine.kvStats();
+    assert.equal(kv.freeBlocks, kv.totalBlocks);
+  });
+
+  test('when only draining sequences fill the cache, the youngest ends early and the elder completes', async () => {
+    await daemon.service.adapters.register('law', fx.adapters[0].dir);
+    const vocab = daemon.engine.info.vocabSize;
+    const all: Case[] = [
+      { adapter: 'law', prompt: someTokens(8, vocab, 8), maxTokens: 16 },
+      { adapter: 'law', prompt: someTokens(8, vocab, 9), maxTokens: 16 },
+    ];
+    const want = await refs(all);
+    for (const r of want) assert.equal(r.finish, 'length', 'the fixture must not stop early: the load would not fill the cache');
+    const preemptions = daemon.service.scheduler.stats.preemptions;
+    const [elder, younger] = await runRemovingLaw(all, 0);
+    for (const g of [elder, younger]) assert.equal(g.error, undefined, `${g.error?.code} ${g.error?.message}`);
+    assert.deepEqual(elder.tokens, want[0].tokens);
+    assert.equal(elder.done?.finishReason, 'length');
+    // Cut short where the cache ran out, but what it produced is the continuation.
+    assert.equal(younger.done?.finishReason, 'length');
+    assert.ok(younger.tokens.length < want[1].tokens.length, `the younger produced all ${younger.tokens.length} tokens`);
+    assert.deepEqual(younger.tokens, want[1].tokens.slice(0, younger.tokens.length));
+    assert.equal(daemon.service.scheduler.stats.preemptions, preemptions, 'a draining sequence was preempted');
+    assert.deepEqual(daemon.engine.adapters(), []);
+    const kv = daemon.engine.kvStats();
+    assert.equal(kv.freeBlocks, kv.totalBlocks);
+  });
+});
