@@ -3,6 +3,7 @@
 // shows up as NaN. Without a device (or without libcuda) every test prints a skip line and passes.
 #ifdef EW_WITH_CUDA
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "engine/config.h"
+#include "engine/sampler.h"
 #include "kernels/cpu/norm.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/cuda_util.h"
@@ -163,6 +165,35 @@ TEST(cuda_gemv_token_result_independent_of_batch) {
   }
 }
 
+// matmul_exact: the GEMV for T > 64 too (tokens in groups of 64 on gridDim.y): fp32-accurate
+// where matmul's tensor-core path rounds to bf16, and every token bitwise equal to its T = 1 result.
+TEST(cuda_matmul_exact_is_fp32_for_large_batches) {
+  if (!have_device()) return;
+  std::mt19937 rng(22);
+  for (int64_t K : {int64_t(512), int64_t(100)}) {  // the 16-byte path and the scalar fallback
+    const int64_t N = 40, T = 200;
+    Weights w = make_weights(N * K, DType::F32, rng, 0.05f);
+    std::vector<float> x = randn(T * K, rng);
+    DeviceBuffer dx = upload(x), dy = poisoned(T * N), d1 = poisoned(N);
+    cuda::matmul_exact(dx.as<float>(), T, w.dev.data(), DType::F32, N, K, dy.as<float>(), nullptr);
+    const auto all = download<float>(dy, T * N);
+    std::vector<double> ref(T * N);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t n = 0; n < N; ++n) {
+        double acc = 0;
+        for (int64_t k = 0; k < K; ++k) acc += double(x[t * K + k]) * w.exact[n * K + k];
+        ref[t * N + n] = acc;
+      }
+    const double err = rel_error(all, ref);
+    if (!(err < 1e-5)) test_fail(__LINE__, "matmul_exact K=", K, " rel error ", err);
+    for (int64_t t : {int64_t(0), int64_t(63), int64_t(64), int64_t(130), T - 1}) {
+      cuda::matmul(dx.as<float>() + t * K, 1, w.dev.data(), DType::F32, N, K, d1.as<float>(), nullptr);
+      const auto one = download<float>(d1, N);
+      CHECK(std::memcmp(one.data(), &all[t * N], N * 4) == 0);
+    }
+  }
+}
+
 TEST(cuda_rmsnorm_and_rope_match_cpu_kernels) {
   if (!have_device()) return;
   std::mt19937 rng(13);
@@ -233,6 +264,57 @@ TEST(cuda_embed_add_silu_mul_match_reference) {
       ref[t * D + i] = g / (1 + std::exp(-g)) * u;
     }
   CHECK(rel_error(out, ref) < 1e-4);
+}
+
+TEST(cuda_gather_rows_copies_selected_rows) {
+  if (!have_device()) return;
+  std::mt19937 rng(19);
+  // Last-token rows of a [T, ld] activation (D < ld: a prefix of each row), repeats allowed.
+  const int64_t T = 9, ld = 40, D = 33;
+  std::vector<float> x = randn(T * ld, rng);
+  std::vector<int32_t> rows = {8, 0, 3, 3, 7};
+  const int64_t n = rows.size();
+  DeviceBuffer dx = upload(x), dr = upload(rows), dy = poisoned(n * D);
+  cuda::gather_rows(dx.as<float>(), ld, dr.as<int32_t>(), n, D, dy.as<float>(), nullptr);
+  const auto y = download<float>(dy, n * D);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t d = 0; d < D; ++d) CHECK_EQ(y[i * D + d], x[rows[i] * ld + d]);
+  // More rows than gridDim.y allows (65535): the kernel strides rows over the grid.
+  const int64_t big = 70000;
+  std::vector<int32_t> many(big);
+  for (int64_t i = 0; i < big; ++i) many[i] = static_cast<int32_t>((i * 7) % T);
+  DeviceBuffer dm = upload(many), dyb = poisoned(big * 2);
+  cuda::gather_rows(dx.as<float>(), ld, dm.as<int32_t>(), big, 2, dyb.as<float>(), nullptr);
+  const auto yb = download<float>(dyb, big * 2);
+  for (int64_t i = 0; i < big; ++i) {
+    CHECK_EQ(yb[i * 2], x[many[i] * ld]);
+    CHECK_EQ(yb[i * 2 + 1], x[many[i] * ld + 1]);
+  }
+}
+
+TEST(cuda_embed_and_rope_past_the_grid_y_limit) {
+  if (!have_device()) return;
+  // T > 65535 tokens: both kernels put tokens on gridDim.y and must stride over it.
+  const int64_t T = 70000, V = 5, D = 4;
+  std::vector<float> table(V * D);
+  for (int64_t i = 0; i < V * D; ++i) table[i] = static_cast<float>(i);
+  std::vector<int32_t> ids(T);
+  for (int64_t t = 0; t < T; ++t) ids[t] = static_cast<int32_t>(t % V);
+  DeviceBuffer dt = upload(table), di = upload(ids), dy = poisoned(T * D);
+  cuda::embed(di.as<int32_t>(), T, dt.data(), DType::F32, V, D, dy.as<float>(), nullptr);
+  const auto y = download<float>(dy, T * D);
+  for (int64_t t = 0; t < T; t += 997) CHECK_EQ(y[t * D + 3], table[ids[t] * D + 3]);
+  CHECK_EQ(y[(T - 1) * D], table[ids[T - 1] * D]);
+  // RoPE with cos = 0, sin = 1 on every token: (x0, x1) -> (-x1, x0).
+  std::vector<float> cs(T, 0.f), sn(T, 1.f), x(T * 2);
+  for (int64_t i = 0; i < T * 2; ++i) x[i] = static_cast<float>(i % 1000) + 1.f;
+  DeviceBuffer dx = upload(x), dc = upload(cs), ds = upload(sn);
+  cuda::rope(dx.as<float>(), T, 1, 2, 2, 2, dc.as<float>(), ds.as<float>(), nullptr);
+  const auto r = download<float>(dx, T * 2);
+  for (int64_t t : {int64_t(0), int64_t(65535), T - 1}) {
+    CHECK_EQ(r[t * 2], -x[t * 2 + 1]);
+    CHECK_EQ(r[t * 2 + 1], x[t * 2]);
+  }
 }
 
 TEST(cuda_moe_align_groups_every_entry_once) {
@@ -394,6 +476,104 @@ TEST(cuda_mla_attention_matches_plain_formulation) {
     }
   const double err = rel_error(got, ref);
   if (!(err < 1e-3)) test_fail(__LINE__, "mla_attention rel error ", err);
+}
+
+// Long contexts: with few (token, head group) blocks the core kernel splits each token's
+// positions over blocks and a reduce kernel merges the splits; context lengths around the
+// 64-position chunk and the 128-position minimum split, against the plain formulation.
+TEST(cuda_mla_attention_position_splits_match_plain_formulation) {
+  if (!have_device()) return;
+  std::mt19937 rng(21);
+  const int heads = 18, nope = 32, rope = 16, vd = 24, R = 64, width = R + rope, bs = 16, len = 1000;
+  const int n_blocks = (len + bs - 1) / bs;
+  Weights wkvb = make_weights(static_cast<size_t>(heads) * (nope + vd) * R, DType::BF16, rng, 0.2f);
+  std::vector<int32_t> table(n_blocks);
+  for (int b = 0; b < n_blocks; ++b) table[b] = n_blocks - 1 - b;  // blocks in reverse physical order
+  std::vector<float> latent = randn(static_cast<size_t>(len) * width, rng);
+  std::vector<int32_t> wseq(len, 0), wpos(len);
+  std::iota(wpos.begin(), wpos.end(), 0);
+  DeviceBuffer dcache = poisoned(static_cast<size_t>(n_blocks) * bs * width), dtab = upload(table);
+  cuda::LatentCacheView cv{dcache.as<float>(), bs * width, bs, width, dtab.as<int32_t>(), n_blocks};
+  DeviceBuffer dlat = upload(latent), dws = upload(wseq), dwp = upload(wpos);
+  cuda::kv_write(cv, dlat.as<float>(), len, dws.as<int32_t>(), dwp.as<int32_t>(), nullptr);
+  // k_nope and v of every (position, head), expanded once in double.
+  std::vector<double> kn(static_cast<size_t>(len) * heads * nope), vv(static_cast<size_t>(len) * heads * vd);
+  for (int p = 0; p < len; ++p)
+    for (int h = 0; h < heads; ++h)
+      for (int d = 0; d < nope + vd; ++d) {
+        double acc = 0;
+        for (int c = 0; c < R; ++c) acc += double(wkvb.exact[(h * (nope + vd) + d) * R + c]) * latent[p * width + c];
+        if (d < nope) kn[(p * heads + h) * nope + d] = acc;
+        else vv[(p * heads + h) * vd + d - nope] = acc;
+      }
+  const float scale = 0.1f;
+  cuda::MlaShape shape{heads, nope, rope, vd, R, scale};
+  auto run_and_check = [&](const std::vector<int32_t>& qpos, int64_t max_ctx, bool want_split) {
+    const int64_t T = qpos.size();
+    CHECK_EQ(cuda::mla_position_splits(T, shape, max_ctx) > 1, want_split);
+    std::vector<int32_t> qseq(T, 0);
+    std::vector<float> q = randn(T * heads * (nope + rope), rng);
+    DeviceBuffer dq = upload(q), dqs = upload(qseq), dqp = upload(qpos), dout = poisoned(T * heads * vd);
+    DeviceBuffer ws(cuda::mla_workspace_bytes(T, shape, max_ctx));
+    ws.fill_bytes(0xFF);
+    cuda::mla_attention(dq.as<float>(), T, cv, dqs.as<int32_t>(), dqp.as<int32_t>(), wkvb.dev.data(), DType::BF16,
+                        shape, max_ctx, dout.as<float>(), ws.data(), nullptr);
+    const auto got = download<float>(dout, T * heads * vd);
+    std::vector<double> ref(T * heads * vd, 0.0);
+    for (int64_t t = 0; t < T; ++t)
+      for (int h = 0; h < heads; ++h) {
+        const float* qv = &q[(t * heads + h) * (nope + rope)];
+        const int n = qpos[t] + 1;
+        std::vector<double> sc(n);
+        double mx = -1e300, sum = 0;
+        for (int p = 0; p < n; ++p) {
+          double sp = 0;
+          for (int d = 0; d < nope; ++d) sp += qv[d] * kn[(p * heads + h) * nope + d];
+          for (int d = 0; d < rope; ++d) sp += double(qv[nope + d]) * latent[p * width + R + d];
+          sc[p] = sp * scale;
+          mx = std::max(mx, sc[p]);
+        }
+        for (int p = 0; p < n; ++p) sum += sc[p] = std::exp(sc[p] - mx);
+        for (int p = 0; p < n; ++p)
+          for (int d = 0; d < vd; ++d) ref[(t * heads + h) * vd + d] += sc[p] / sum * vv[(p * heads + h) * vd + d];
+      }
+    const double err = rel_error(got, ref);
+    if (!(err < 1e-3)) test_fail(__LINE__, "mla_attention T=", T, " max_ctx=", max_ctx, " rel error ", err);
+  };
+  const std::vector<int32_t> lengths_minus_1 = {0, 62, 63, 64, 127, 128, 300, 999};
+  run_and_check(lengths_minus_1, len, true);       // 16 blocks: 7 splits of >= 143 positions
+  run_and_check({999}, 4096, true);                // batch-1 decode: 32 splits, most past the context
+  run_and_check({64}, 4096, true);                 // a short context under many splits: one holds it all
+  std::vector<int32_t> many(70);                   // 140 blocks: no split
+  for (auto& p : many) p = static_cast<int32_t>(rng() % len);
+  many[0] = 0, many[1] = len - 1;
+  run_and_check(many, len, false);
+}
+
+// Rows of -inf and rows with NaNs still give an id in range, the one the CPU sampler picks
+// (all -inf: 0; a NaN not at id 0 is never chosen), also when V < the block size.
+TEST(cuda_argmax_degenerate_rows_match_cpu_sampler) {
+  if (!have_device()) return;
+  std::mt19937 rng(20);
+  for (int64_t V : {int64_t(7), int64_t(100), int64_t(3000)}) {
+    const int64_t rows = 5;
+    std::vector<float> logits = randn(rows * V, rng);
+    for (int64_t i = 0; i < V; ++i) logits[i] = -INFINITY;            // row 0: all -inf
+    logits[1 * V + V / 2] = NAN;                                       // row 1: a NaN mid-row
+    logits[1 * V + V - 1] = 100.f;
+    for (int64_t i = 0; i < V; ++i) logits[2 * V + i] = -FLT_MAX;      // row 2: all -FLT_MAX
+    logits[3 * V + 1] = NAN, logits[3 * V + V - 1] = NAN;              // row 3: NaNs, max elsewhere
+    logits[4 * V + 0] = NAN, logits[4 * V + V - 1] = 100.f;            // row 4: NaN at id 0 sticks
+    DeviceBuffer dl = upload(logits), did(rows * 4);
+    did.fill_bytes(0xFF);
+    cuda::argmax_rows(dl.as<float>(), rows, V, did.as<int32_t>(), nullptr, nullptr);
+    const auto ids = download<int32_t>(did, rows);
+    SamplingParams greedy;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int32_t want = sample_token(&logits[r * V], V, greedy, 0);
+      if (ids[r] != want) test_fail(__LINE__, "argmax V=", V, " row ", r, ": got ", ids[r], ", CPU sampler ", want);
+    }
+  }
 }
 
 TEST(cuda_argmax_ties_to_lower_id_and_logprob) {

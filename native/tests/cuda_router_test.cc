@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -44,13 +45,17 @@ std::vector<T> to_host(const T* p, size_t n) {
   return v;
 }
 
-void compare_router(RouterParams p, int64_t T, int64_t H, uint32_t seed) {
+// tied: the second half of the router rows repeats the first, so every expert e ties with
+// e + M/2 (exactly: same logits bit for bit) and the top-k must take the lower id first.
+void compare_router(RouterParams p, int64_t T, int64_t H, uint32_t seed, bool tied = false) {
   const int M = p.n_experts, k = p.top_k, rows = 5;
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
   std::vector<float> x(T * H), w(M * H);
   for (auto& v : x) v = nd(rng);
   for (auto& v : w) v = nd(rng) * 0.3f;
+  if (tied)
+    for (int e = M / 2; e < M; ++e) std::copy_n(&w[(e - M / 2) * H], H, &w[e * H]);
   TensorView W{w.data(), DType::F32, {M, H}};
   RerouteTables tables(1, rows, M);
   for (int r = 1; r < rows; ++r)
@@ -98,6 +103,7 @@ TEST(cuda_router_matches_cpu) {
   compare_router(p, 300, 64, 1);
   p.norm_topk_prob = true;
   compare_router(p, 33, 64, 2);
+  compare_router(p, 40, 64, 9, /*tied=*/true);  // ties across lanes: e and e + 32
   p.method = TopkMethod::GroupLimitedGreedy;
   p.n_group = 8;
   p.topk_group = 3;
@@ -116,6 +122,50 @@ TEST(cuda_router_matches_cpu) {
     r.top_k = std::min(M, 4);
     r.norm_topk_prob = M == 50;
     compare_router(r, 40, 32, 5 + M);
+  }
+}
+
+// Logits the softmax turns into NaN everywhere (a NaN, a +inf, only -inf): the CPU router
+// then keeps ids 0..k-1 with NaN weights; the kernel must agree (and never leave [0, M)).
+TEST(cuda_router_nan_rows_match_cpu_rule) {
+  const int M = 64, k = 6, T = 3;
+  {  // the rule itself, on the CPU router (runs without a device): a NaN input gives NaN logits
+    const int64_t H = 4;
+    std::vector<float> x = {1.f, NAN, 2.f, 3.f}, w(M * H, 0.25f), cw(k), scratch(M);
+    std::vector<int32_t> cs(k);
+    RouterParams p;
+    p.n_experts = M;
+    p.top_k = k;
+    route_tokens_cpu(x.data(), 1, H, TensorView{w.data(), DType::F32, {M, H}}, p, RerouteTableView{}, nullptr,
+                     cs.data(), cw.data(), nullptr, scratch.data());
+    for (int j = 0; j < k; ++j) {
+      CHECK_EQ(cs[j], j);
+      CHECK(std::isnan(cw[j]));
+    }
+  }
+  if (!have_device()) return;
+  std::vector<float> logits(T * M, 0.5f);
+  logits[0 * M + 40] = NAN;
+  logits[1 * M + 7] = INFINITY;
+  for (int e = 0; e < M; ++e) logits[2 * M + e] = -INFINITY;
+  for (bool norm : {false, true}) {
+    RouterParams p;
+    p.n_experts = M;
+    p.top_k = k;
+    p.norm_topk_prob = norm;
+    float* d_logits = to_device(logits);
+    int32_t* d_slots = to_device(std::vector<int32_t>(T * k, -7));
+    float* d_w = to_device(std::vector<float>(T * k, 0.f));
+    cuda::route_topk_reroute(d_logits, T, p, RerouteTableView{}, nullptr, d_slots, d_w, nullptr, nullptr);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess);
+    const auto gs = to_host(d_slots, T * k);
+    const auto gw = to_host(d_w, T * k);
+    for (void* ptr : {static_cast<void*>(d_logits), static_cast<void*>(d_slots), static_cast<void*>(d_w)}) cudaFree(ptr);
+    for (int t = 0; t < T; ++t)
+      for (int j = 0; j < k; ++j) {
+        CHECK_EQ(gs[t * k + j], j);
+        CHECK(std::isnan(gw[t * k + j]));
+      }
   }
 }
 

@@ -74,9 +74,13 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
   }
   return *this;
 }
+// upload and fill_bytes run on the legacy default stream, which does not order with the
+// non-blocking streams the kernels use, and cudaMemcpy from pageable memory (like cudaMemset)
+// may return before the data has landed: wait for it, so any stream sees it afterwards.
 void DeviceBuffer::upload(const void* host, size_t bytes, size_t offset) {
   if (offset + bytes > n_) fail("DeviceBuffer::upload: ", bytes, " bytes at ", offset, " past ", n_);
   EW_CUDA_CHECK(cudaMemcpy(static_cast<char*>(p_) + offset, host, bytes, cudaMemcpyHostToDevice));
+  EW_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
 }
 void DeviceBuffer::download(void* host, size_t bytes, size_t offset) const {
   if (offset + bytes > n_) fail("DeviceBuffer::download: ", bytes, " bytes at ", offset, " past ", n_);
@@ -84,7 +88,9 @@ void DeviceBuffer::download(void* host, size_t bytes, size_t offset) const {
 }
 
 void DeviceBuffer::fill_bytes(uint8_t value) {
-  if (n_) EW_CUDA_CHECK(cudaMemset(p_, value, n_));
+  if (!n_) return;
+  EW_CUDA_CHECK(cudaMemset(p_, value, n_));
+  EW_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
 }
 
 void* Scratch::take(size_t bytes) {

@@ -49,6 +49,9 @@ class DeviceBuffer {
   template <typename T>
   T* as() const { return static_cast<T*>(p_); }
   size_t bytes() const { return n_; }
+  // Blocking, on the legacy default stream; done when they return, so kernels on any stream
+  // launched afterwards see the data. download does not wait for other streams: synchronise
+  // the stream that wrote the buffer first.
   void upload(const void* host, size_t bytes, size_t offset = 0);
   void download(void* host, size_t bytes, size_t offset = 0) const;
   void fill_bytes(uint8_t value);  // e.g. 0xFF: every fp32 element becomes NaN

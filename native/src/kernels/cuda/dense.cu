@@ -19,14 +19,20 @@ namespace {
 constexpr int kGemvWarps = 8;
 constexpr int kGemvMaxTokens = 64;
 
+// blockIdx.y takes tokens [64 * blockIdx.y, 64 * blockIdx.y + 64): larger T (matmul_exact,
+// or devices without bf16 tensor cores) runs in parallel with the same per-token order.
 template <typename W, int TT>
 __global__ void __launch_bounds__(kGemvWarps * 32)
-    gemv_kernel(const float* __restrict__ x, int T, const W* __restrict__ w, int64_t N, int64_t K,
+    gemv_kernel(const float* __restrict__ x, int T_all, const W* __restrict__ w, int64_t N, int64_t K,
                 float* __restrict__ y, bool accumulate, bool vec) {
   const int lane = threadIdx.x % 32;
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kGemvWarps + threadIdx.x / 32;
   if (n >= N) return;
   const W* row = w + n * K;
+  const int t_begin = static_cast<int>(blockIdx.y) * kGemvMaxTokens;
+  const int T = min(T_all - t_begin, kGemvMaxTokens);
+  x += static_cast<int64_t>(t_begin) * K;
+  y += static_cast<int64_t>(t_begin) * N;
   for (int t0 = 0; t0 < T; t0 += TT) {
     float acc[TT];
 #pragma unroll
@@ -40,7 +46,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
         for (int i = 0; i < TT; ++i) {
           if (t0 + i < T) {
             float xv[8];
-            load8_act(x + (t0 + i) * K + k, xv);
+            load8_act(x + static_cast<int64_t>(t0 + i) * K + k, xv);
 #pragma unroll
             for (int e = 0; e < 8; ++e) acc[i] = fmaf(wv[e], xv[e], acc[i]);
           }
@@ -51,14 +57,14 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
         const float wv = to_f32(row[k]);
 #pragma unroll
         for (int i = 0; i < TT; ++i)
-          if (t0 + i < T) acc[i] = fmaf(wv, x[(t0 + i) * K + k], acc[i]);
+          if (t0 + i < T) acc[i] = fmaf(wv, x[static_cast<int64_t>(t0 + i) * K + k], acc[i]);
       }
     }
 #pragma unroll
     for (int i = 0; i < TT; ++i) {
       const float s = warp_sum(acc[i]);
       if (lane == 0 && t0 + i < T) {
-        float* out = y + (t0 + i) * N + n;
+        float* out = y + static_cast<int64_t>(t0 + i) * N + n;
         *out = accumulate ? *out + s : s;
       }
     }
@@ -134,9 +140,11 @@ bool tensor_cores_bf16() {
 
 template <typename W>
 void launch_matmul(const float* x, int64_t T, const W* w, int64_t N, int64_t K, float* y, cudaStream_t s,
-                   bool accumulate) {
-  if (T <= kGemvMaxTokens || !tensor_cores_bf16()) {
-    const dim3 grid(static_cast<unsigned>((N + kGemvWarps - 1) / kGemvWarps));
+                   bool accumulate, bool exact) {
+  if (exact || T <= kGemvMaxTokens || !tensor_cores_bf16()) {
+    const int64_t token_blocks = (T + kGemvMaxTokens - 1) / kGemvMaxTokens;
+    if (token_blocks > 65535) fail("cuda::matmul: ", T, " tokens exceed the GEMV grid (", 65535 * kGemvMaxTokens, ")");
+    const dim3 grid(static_cast<unsigned>((N + kGemvWarps - 1) / kGemvWarps), static_cast<unsigned>(token_blocks));
     const int t = static_cast<int>(T);
     // 16-byte weight loads and 32-byte activation loads need K % 8 == 0 and 16-byte aligned bases.
     const bool vec = K % 8 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
@@ -154,19 +162,29 @@ void launch_matmul(const float* x, int64_t T, const W* w, int64_t N, int64_t K, 
   }
 }
 
-}  // namespace
-
-void matmul(const float* x, int64_t T, const void* W, DType wtype, int64_t N, int64_t K, float* y, void* stream,
-            bool accumulate) {
+void dispatch_matmul(const float* x, int64_t T, const void* W, DType wtype, int64_t N, int64_t K, float* y,
+                     void* stream, bool accumulate, bool exact) {
   if (T < 0 || N <= 0 || K <= 0) fail("cuda::matmul: bad shape T=", T, " N=", N, " K=", K);
   if (T == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
   switch (wtype) {
-    case DType::BF16: return launch_matmul(x, T, static_cast<const __nv_bfloat16*>(W), N, K, y, s, accumulate);
-    case DType::F16: return launch_matmul(x, T, static_cast<const __half*>(W), N, K, y, s, accumulate);
-    case DType::F32: return launch_matmul(x, T, static_cast<const float*>(W), N, K, y, s, accumulate);
+    case DType::BF16: return launch_matmul(x, T, static_cast<const __nv_bfloat16*>(W), N, K, y, s, accumulate, exact);
+    case DType::F16: return launch_matmul(x, T, static_cast<const __half*>(W), N, K, y, s, accumulate, exact);
+    case DType::F32: return launch_matmul(x, T, static_cast<const float*>(W), N, K, y, s, accumulate, exact);
   }
   fail("cuda::matmul: unknown weight dtype");
+}
+
+}  // namespace
+
+void matmul(const float* x, int64_t T, const void* W, DType wtype, int64_t N, int64_t K, float* y, void* stream,
+            bool accumulate) {
+  dispatch_matmul(x, T, W, wtype, N, K, y, stream, accumulate, /*exact=*/false);
+}
+
+void matmul_exact(const float* x, int64_t T, const void* W, DType wtype, int64_t N, int64_t K, float* y,
+                  void* stream, bool accumulate) {
+  dispatch_matmul(x, T, W, wtype, N, K, y, stream, accumulate, /*exact=*/true);
 }
 
 }  // namespace cuda

@@ -226,7 +226,9 @@ void DeviceForward::ffn(const DeviceLayer& L, float* xn, float* x, int32_t* reco
   if (L.moe) {
     const int64_t M = cfg_.n_routed_experts, k = router_.top_k;
     float* rlogits = scratch_.take_n<float>(T * M);
-    matmul(xn, T, L.router.p, L.router.dt, M, H, rlogits, s);
+    // fp32 at every batch size: bf16-rounded activations (the tensor-core path) could
+    // flip a near-tie in the top-k, and with it whole experts.
+    matmul_exact(xn, T, L.router.p, L.router.dt, M, H, rlogits, s);
     int32_t* slots = scratch_.take_n<int32_t>(T * k);
     float* weights = scratch_.take_n<float>(T * k);
     const RerouteTableView tv{reroute_.as<int32_t>() + static_cast<int64_t>(L.moe_index) * n_rows_ * M, n_rows_,

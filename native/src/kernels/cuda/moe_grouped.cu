@@ -22,8 +22,11 @@ constexpr int kAlignThreads = 1024;
 constexpr int kRowWarps = 8;
 constexpr int kMaxAlignSlots = 5000;  // two int arrays of this size in 48 KB of shared memory
 
-__global__ void align_kernel(const int32_t* __restrict__ slots, int n, int S, int B, int max_padded,
-                             int32_t* __restrict__ sorted, int32_t* __restrict__ block_slot, int32_t* n_blocks) {
+// Launched with exactly kAlignThreads threads (the scan assumes 32 full warps); the bound
+// also keeps ptxas under the 64 registers a 1024-thread block allows.
+__global__ void __launch_bounds__(kAlignThreads)
+    align_kernel(const int32_t* __restrict__ slots, int n, int S, int B, int max_padded,
+                 int32_t* __restrict__ sorted, int32_t* __restrict__ block_slot, int32_t* n_blocks) {
   extern __shared__ int32_t sh[];
   int32_t* count = sh;          // [S], then reused as the scatter cursor
   int32_t* offset = sh + S;     // [S + 1]

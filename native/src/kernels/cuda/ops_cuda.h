@@ -21,6 +21,12 @@ namespace cuda {
 // accumulate: y += instead of y =. Fast path: K % 8 == 0 and 16-byte aligned x and W.
 void matmul(const float* x, int64_t T, const void* W, DType wtype, int64_t N, int64_t K, float* y, void* stream,
             bool accumulate = false);
+// The GEMV path (fp32 activations, fp32 accumulation) for every T, tokens in groups of 64
+// over the grid: a token's result is bitwise the same alone or in any batch, and equals
+// matmul's for T <= 64. For projections whose rounding decides something discrete, e.g.
+// the router logits (bf16-rounded activations in matmul's T > 64 path can flip a top-k).
+void matmul_exact(const float* x, int64_t T, const void* W, DType wtype, int64_t N, int64_t K, float* y,
+                  void* stream, bool accumulate = false);
 
 // ---- elementwise ----
 // y[t, :D] = w * x / sqrt(mean(x^2) + eps) per row; rows at the given strides (in floats),
@@ -84,6 +90,10 @@ struct MlaShape {
   float softmax_scale = 0.f;
 };
 size_t mla_workspace_bytes(int64_t T, const MlaShape& s, int64_t max_ctx);
+// How many blocks mla_attention splits each token's positions over (1: no split): > 1 only
+// when T * ceil(n_heads / 16) blocks would leave SMs idle and max_ctx >= 256. Exposed for
+// tests and benchmarks; a function of the arguments only (no device query).
+int mla_position_splits(int64_t T, const MlaShape& s, int64_t max_ctx);
 // Absorbed MLA for T query tokens (decode and prefill alike): token t attends causally to
 // cache positions [0, tok_pos[t]] of its sequence (its own entry written by kv_write first).
 // q: [T, n_heads, nope + rope] (rope part rotated); w_kvb: [n_heads * (nope + v_dim), kv_rank];

@@ -37,6 +37,52 @@ __device__ __forceinline__ Best warp_argmax(Best b, int width) {
   return b;
 }
 
+// Group-limited selection (when grouped), then k argmax rounds; lane j ends with round j's
+// (weight, id). Every lane of the warp must call it (full-warp shuffles).
+template <int V>
+__device__ __forceinline__ void select_topk(float (&p)[V], int lane, int M, int k, bool grouped, int n_group,
+                                            int topk_group, float* my_w, int* my_id) {
+  if (grouped) {
+    // Lanes of one group are adjacent; its max is a butterfly over those lanes. The
+    // topk_group best groups are found by argmax rounds over the lanes' group maxima
+    // (ties to the lower group: its lanes and ids are lower).
+    const int lanes_per_group = (M / n_group) / V;
+    float gmax = p[0];
+#pragma unroll
+    for (int i = 1; i < V; ++i) gmax = fmaxf(gmax, p[i]);
+    for (int off = lanes_per_group / 2; off > 0; off /= 2) gmax = fmaxf(gmax, __shfl_xor_sync(kFull, gmax, off));
+    const int my_group = lane / lanes_per_group;
+    bool keep = false;
+    float cand = gmax;
+    for (int r = 0; r < topk_group; ++r) {
+      Best b = warp_argmax({cand, my_group}, kWarp);
+      if (b.id == my_group) {
+        keep = true;
+        cand = -FLT_MAX;
+      }
+    }
+    if (!keep)
+#pragma unroll
+      for (int i = 0; i < V; ++i) p[i] = 0.f;
+  }
+  for (int j = 0; j < k; ++j) {
+    Best local{p[0], lane * V};
+#pragma unroll
+    for (int i = 1; i < V; ++i)
+      if (p[i] > local.v) local = {p[i], lane * V + i};
+    const Best b = warp_argmax(local, kWarp);
+    if (lane == j) {
+      *my_w = b.v;
+      *my_id = b.id;
+    }
+    if (b.id / V == lane) {
+#pragma unroll
+      for (int i = 0; i < V; ++i)
+        if (lane * V + i == b.id) p[i] = -FLT_MAX;  // taken: never chosen again
+    }
+  }
+}
+
 template <int V>
 __global__ void route_kernel(const float* __restrict__ logits, int64_t T, int M, int k, bool grouped, int n_group,
                              int topk_group, bool normalise, float scale, const int32_t* __restrict__ table,
@@ -66,53 +112,23 @@ __global__ void route_kernel(const float* __restrict__ logits, int64_t T, int M,
 #pragma unroll
   for (int i = 0; i < V; ++i) p[i] = lane * V + i < M ? p[i] * inv : -FLT_MAX;  // padding: below every real p
 
-  if (grouped) {
-    // Lanes of one group are adjacent; its max is a butterfly over those lanes. The
-    // topk_group best groups are found by argmax rounds over the lanes' group maxima
-    // (ties to the lower group: its lanes and ids are lower).
-    const int lanes_per_group = (M / n_group) / V;
-    float gmax = p[0];
-#pragma unroll
-    for (int i = 1; i < V; ++i) gmax = fmaxf(gmax, p[i]);
-    for (int off = lanes_per_group / 2; off > 0; off /= 2) gmax = fmaxf(gmax, __shfl_xor_sync(kFull, gmax, off));
-    const int my_group = lane / lanes_per_group;
-    bool keep = false;
-    float cand = gmax;
-    for (int r = 0; r < topk_group; ++r) {
-      Best b = warp_argmax({cand, my_group}, kWarp);
-      if (b.id == my_group) {
-        keep = true;
-        cand = -FLT_MAX;
-      }
-    }
-    if (!keep)
-#pragma unroll
-      for (int i = 0; i < V; ++i) p[i] = 0.f;
-  }
-
   float my_w = 0.f;
   int my_id = 0;
-  for (int j = 0; j < k; ++j) {
-    Best local{p[0], lane * V};
-#pragma unroll
-    for (int i = 1; i < V; ++i)
-      if (p[i] > local.v) local = {p[i], lane * V + i};
-    const Best b = warp_argmax(local, kWarp);
-    if (lane == j) {
-      my_w = b.v;
-      my_id = b.id;
-    }
-    if (b.id / V == lane) {
-#pragma unroll
-      for (int i = 0; i < V; ++i)
-        if (lane * V + i == b.id) p[i] = -FLT_MAX;  // taken: never chosen again
-    }
+  if (!(sum > 0.f)) {
+    // A NaN or +inf logit (sum NaN) or only -inf logits (sum 0): the CPU router's softmax
+    // gives NaN everywhere and it keeps ids 0..k-1 with NaN weights. The comparisons in
+    // select_topk would let lanes disagree on NaN and could pick a padding id past the
+    // reroute table. sum is the same on every lane (a butterfly), so this branch is uniform.
+    my_id = lane;
+    my_w = __int_as_float(0x7fc00000);  // quiet NaN
+  } else {
+    select_topk<V>(p, lane, M, k, grouped, n_group, topk_group, &my_w, &my_id);
   }
 
   float denom = 1.f;
   if (normalise) {
-    float s = lane < k ? my_w : 0.f;
-    for (int off = kWarp / 2; off > 0; off /= 2) s += __shfl_xor_sync(kFull, s, off);
+    float s = 0.f;  // summed in j order, as the CPU router does (a butterfly would round differently)
+    for (int j = 0; j < k; ++j) s += __shfl_sync(kFull, my_w, j);
     denom = s + 1e-20f;
   }
   if (lane < k) {

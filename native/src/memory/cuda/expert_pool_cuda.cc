@@ -276,36 +276,40 @@ void ExpertPoolCuda::unmap_slots(int layer, int first, int count) {
   Impl& im = *impl_;
   if (layer < 0 || layer >= n_layers_ || first < 0 || count <= 0 || first + count > capacity_)
     fail("CUDA expert pool: unmap_slots(layer ", layer, ", ", first, ", ", count, ") out of range");
-  bool mapped = true;
-  for (int s = first; s < first + count; ++s) mapped &= im.slot_state[layer][s] == 2;
+  // Only mapped slots hold page references (a failed registration may unmap a range
+  // that was allocated but never mapped).
   bool driver_ok = true;
-  if (mapped) {
-    for (int m = 0; m < kExpertMats; ++m) {
-      Impl::Region& r = im.regions[layer * kExpertMats + m];
-      std::vector<PageRun> freed;
-      for (int s = first; s < first + count; ++s) r.refs.release(im.slot_pages(r, s), &freed);
-      for (const PageRun& run : freed)
-        for (size_t p = run.first; p < run.first + run.count; ++p) {
-          const int h = r.page_handle[p];
-          r.page_handle[p] = -1;
-          if (--im.handles[h].live_pages == 0) driver_ok &= im.drop_handle(h);
-        }
-    }
-    im.mapped_slots -= count;
+  int n_mapped = 0;
+  for (int s = first; s < first + count; ++s) n_mapped += im.slot_state[layer][s] == 2;
+  for (int m = 0; m < kExpertMats && n_mapped > 0; ++m) {
+    Impl::Region& r = im.regions[layer * kExpertMats + m];
+    std::vector<PageRun> freed;
+    for (int s = first; s < first + count; ++s)
+      if (im.slot_state[layer][s] == 2) r.refs.release(im.slot_pages(r, s), &freed);
+    for (const PageRun& run : freed)
+      for (size_t p = run.first; p < run.first + run.count; ++p) {
+        const int h = r.page_handle[p];
+        r.page_handle[p] = -1;
+        if (--im.handles[h].live_pages == 0) driver_ok &= im.drop_handle(h);
+      }
   }
+  im.mapped_slots -= n_mapped;
   for (int s = first; s < first + count; ++s) im.slot_state[layer][s] = 0;
   if (!driver_ok) fail("CUDA expert pool: the driver refused to unmap or release pages of layer ", layer);
 }
 
 void ExpertPoolCuda::write_slot(int layer, ExpertMat m, int slot, const TensorView& src) {
-  const TensorView dst = slot_view(layer, m, slot);
-  if (slot < 0 || slot >= capacity_ || impl_->slot_state[layer][slot] != 2)
+  if (layer < 0 || layer >= n_layers_ || slot < 0 || slot >= capacity_ || impl_->slot_state[layer][slot] != 2)
     fail("CUDA expert pool: write to unmapped slot ", slot, " of layer ", layer);
+  const TensorView dst = slot_view(layer, m, slot);
   if (src.dtype != dtype_ || src.shape != dst.shape)
     fail("CUDA expert pool: slot write of ", dtype_name(src.dtype), " ", shape_str(src.shape), ", expected ",
          dtype_name(dtype_), " ", shape_str(dst.shape));
-  const cudaError_t err =
-      cudaMemcpy(const_cast<void*>(dst.data), src.data, dst.nbytes(), cudaMemcpyHostToDevice);
+  // From pageable memory cudaMemcpy may return before the DMA lands, and the legacy
+  // stream does not order with the engine's compute stream: wait for it, so the slot is
+  // complete before the reroute table can point at it.
+  cudaError_t err = cudaMemcpy(const_cast<void*>(dst.data), src.data, dst.nbytes(), cudaMemcpyHostToDevice);
+  if (err == cudaSuccess) err = cudaStreamSynchronize(cudaStreamLegacy);
   if (err != cudaSuccess) fail("CUDA expert pool: copy into slot ", slot, " failed: ", cudaGetErrorString(err));
 }
 
