@@ -1,5 +1,6 @@
 // CPU kernels against straightforward double-precision references.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -8,7 +9,9 @@
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/mla_attention.h"
+#include "kernels/cpu/mlp.h"
 #include "kernels/cpu/norm.h"
+#include "kernels/cpu/parallel_chunks.h"
 #include "kernels/cpu/rope.h"
 #include "memory/kv_cache.h"
 #include "test.h"
@@ -101,6 +104,70 @@ TEST(matmul_token_rows_are_bit_identical_alone_or_in_a_batch) {
       matmul_cpu_path(p, x.data() + 2 * K, 5, w.bytes.data(), dt, N, K, part.data());
       CHECK(same_bits(part.data(), batch.data() + 2 * N, 5 * N));
     }
+  }
+}
+
+TEST(matmul_long_rows_and_token_blocks_are_batch_independent) {
+  // K = 1053: two 512-wide k segments of the multi-token tiles, three leftover 8-blocks
+  // and a 5-element tail; T = 67 crosses a 64-token block; N = 10 leaves rows outside
+  // the 4-row tiles.
+  const int64_t T = 67, N = 10, K = 1053;
+  const auto x = random_floats(T * K, 13);
+  for (DType dt : kDtypes) {
+    const StoredWeight w = make_weight(random_floats(N * K, 14), dt);
+    const auto ref = matmul_ref(x, T, w.values, N, K);
+    for (CpuPath p : paths()) {
+      std::vector<float> batch(T * N), one(N);
+      matmul_cpu_path(p, x.data(), T, w.bytes.data(), dt, N, K, batch.data());
+      CHECK(rel_err(batch, ref) < 1e-5);
+      for (int64_t t : {0, 2, 63, 64, 66}) {
+        matmul_cpu_path(p, x.data() + t * K, 1, w.bytes.data(), dt, N, K, one.data());
+        CHECK(same_bits(one.data(), batch.data() + t * N, N));
+      }
+    }
+  }
+}
+
+TEST(parallel_chunks_covers_every_index_once) {
+  ThreadPool::set_global_threads(3);
+  for (int64_t n : {1, 7, 64, 1000})
+    for (int64_t chunk : {1, 3, 64, 5000}) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      parallel_chunks(n, chunk, [&](int64_t b, int64_t e) {
+        CHECK(e - b <= chunk);
+        for (int64_t i = b; i < e; ++i) ++hits[i];
+      });
+      for (int64_t i = 0; i < n; ++i)
+        if (hits[i] != 1) CHECK_EQ(hits[i].load(), 1);
+    }
+  ThreadPool::set_global_threads(0);
+}
+
+TEST(mlp_matches_reference_and_is_batch_independent) {
+  const int64_t T = 5, H = 40, I = 24;
+  const auto x = random_floats(T * H, 15);
+  const StoredWeight gate = make_weight(random_floats(I * H, 16), DType::BF16);
+  const StoredWeight up = make_weight(random_floats(I * H, 17), DType::BF16);
+  const StoredWeight down = make_weight(random_floats(H * I, 18), DType::BF16);
+  std::vector<float> y(T * H), one(H);
+  mlp_cpu(x.data(), T, gate.view({I, H}), up.view({I, H}), down.view({H, I}), y.data());
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<double> h(I);
+    for (int64_t i = 0; i < I; ++i) {
+      double g = 0, u = 0;
+      for (int64_t k = 0; k < H; ++k) {
+        g += static_cast<double>(x[t * H + k]) * gate.values[i * H + k];
+        u += static_cast<double>(x[t * H + k]) * up.values[i * H + k];
+      }
+      h[i] = g / (1 + std::exp(-g)) * u;
+    }
+    for (int64_t n = 0; n < H; ++n) {
+      double r = 0;
+      for (int64_t i = 0; i < I; ++i) r += h[i] * down.values[n * I + i];
+      CHECK_NEAR(y[t * H + n], r, 1e-4);
+    }
+    mlp_cpu(x.data() + t * H, 1, gate.view({I, H}), up.view({I, H}), down.view({H, I}), one.data());
+    CHECK(same_bits(one.data(), y.data() + t * H, H));
   }
 }
 

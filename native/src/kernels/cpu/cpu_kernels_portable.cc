@@ -1,6 +1,6 @@
 // Portable C++ versions of the CPU inner loops (cpu_kernels.h). Eight lane
-// accumulators per dot product mirror the AVX2 layout; no reassociation happens
-// (no -ffast-math), so the order is the written one.
+// accumulators per dot product (the layout of the AVX2 dot_f32); no reassociation
+// happens (no -ffast-math), so the order is the written one.
 #include <cstring>
 #include <vector>
 

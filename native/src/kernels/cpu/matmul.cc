@@ -1,5 +1,5 @@
 // matmul.h on the CPU: picks the AVX2 or portable inner loops once per process and
-// splits the output rows (or columns) over the global thread pool. Splitting only
+// shares the output rows (or columns) among the global pool's threads. Sharing only
 // decides who computes an element, never how, so results are thread-count independent.
 #include "kernels/cpu/matmul.h"
 
@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/parallel_chunks.h"
 #include "util/error.h"
 #include "util/thread_pool.h"
 
@@ -62,12 +63,8 @@ void matmul_cpu_path(CpuPath path, const float* x, int64_t T, const void* W, DTy
     std::memset(y, 0, static_cast<size_t>(T * N) * sizeof(float));
     return;
   }
-  // Units of 8 rows, the decode tile, so no tile is cut by a thread boundary.
-  const int64_t units = (N + 7) / 8;
-  ThreadPool::global().parallel_for(
-      units,
-      [&](int64_t b, int64_t e) { matmul_rows(path, x, T, W, dtype, K, b * 8, std::min(N, e * 8), y, N); },
-      grain_for(8 * K * T));
+  parallel_chunks(N, rows_per_chunk(N, K * static_cast<int64_t>(dtype_size(dtype)), T),
+                  [&](int64_t b, int64_t e) { matmul_rows(path, x, T, W, dtype, K, b, e, y, N); });
 }
 
 void matmul_cpu_raw(const float* x, int64_t T, const void* W, DType dtype, int64_t N, int64_t K, float* y) {

@@ -1,10 +1,9 @@
 // AVX2/FMA/F16C versions of the CPU inner loops (cpu_kernels.h). Compiled with
 // -mavx2 -mfma -mf16c; only reached after cpu_path() saw those features.
 //
-// Every (row, token) dot product uses one 8-lane accumulator over k in blocks of 8,
-// a fixed horizontal sum, then the tail in ascending k. A tile of R rows x TT tokens
-// holds R*TT such accumulators, so tiles only change how often a weight vector is
-// reused (once loaded, for TT tokens), never any element's result.
+// Every (row, token) dot product has the same reduction order whatever the batch or
+// tile (row_tile below), so tiles only change how often a weight vector is reused
+// (once loaded, for TT tokens), never any element's result.
 //
 // This file is compiled with AVX2 code generation, so it must not instantiate any
 // inline or template function that other files also use (the linker could keep
@@ -52,50 +51,128 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// R rows starting at n0 against TT tokens starting at x.
+// One weight row against TT tokens. Per (row, token) four 8-lane accumulators: the
+// 8-wide block b of k goes into accumulator b % 4 (four independent fma chains, enough
+// to keep a single row streaming), then (a0 + a1) + (a2 + a3), a fixed horizontal sum
+// and the k % 8 tail in ascending k. One row at a time, read front to back with a
+// software prefetch ahead, keeps one memory stream per thread: several interleaved row
+// streams were markedly slower on a bandwidth-bound GEMV.
+constexpr int64_t kPrefetchBytes = 1024;
+
+template <DType DT, int TT>
+inline void row_tile(const float* x, int64_t K, const void* W, int64_t n, float* y, int64_t ldy) {
+  constexpr int64_t esz = DT == DType::F32 ? 4 : 2;
+  const int64_t row = n * K;
+  const char* wbytes = static_cast<const char*>(W) + row * esz;
+  __m256 a0[TT], a1[TT], a2[TT], a3[TT];
+  for (int t = 0; t < TT; ++t) a0[t] = a1[t] = a2[t] = a3[t] = _mm256_setzero_ps();
+  const int64_t K32 = K & ~int64_t{31}, K8 = K & ~int64_t{7};
+  int64_t k = 0;
+  for (; k < K32; k += 32) {
+    _mm_prefetch(wbytes + k * esz + kPrefetchBytes, _MM_HINT_T0);
+    if constexpr (esz == 4) _mm_prefetch(wbytes + k * esz + kPrefetchBytes + 64, _MM_HINT_T0);
+    const __m256 w0 = load8<DT>(W, row + k), w1 = load8<DT>(W, row + k + 8);
+    const __m256 w2 = load8<DT>(W, row + k + 16), w3 = load8<DT>(W, row + k + 24);
+    for (int t = 0; t < TT; ++t) {
+      const float* xt = x + t * K + k;
+      a0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xt), a0[t]);
+      a1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xt + 8), a1[t]);
+      a2[t] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xt + 16), a2[t]);
+      a3[t] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xt + 24), a3[t]);
+    }
+  }
+  // Up to three more 8-blocks, continuing the block -> accumulator cycle.
+  if (k < K8) {
+    const __m256 w = load8<DT>(W, row + k);
+    for (int t = 0; t < TT; ++t) a0[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + t * K + k), a0[t]);
+    k += 8;
+  }
+  if (k < K8) {
+    const __m256 w = load8<DT>(W, row + k);
+    for (int t = 0; t < TT; ++t) a1[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + t * K + k), a1[t]);
+    k += 8;
+  }
+  if (k < K8) {
+    const __m256 w = load8<DT>(W, row + k);
+    for (int t = 0; t < TT; ++t) a2[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + t * K + k), a2[t]);
+    k += 8;
+  }
+  for (int t = 0; t < TT; ++t) {
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0[t], a1[t]), _mm256_add_ps(a2[t], a3[t])));
+    for (int64_t j = K8; j < K; ++j) s = fma1(x[t * K + j], load1<DT>(W, row + j), s);
+    y[t * ldy + n] = s;
+  }
+}
+
+// The same sums as row_tile for R rows x TT tokens (several tokens: prefill), where
+// four accumulators per element would not fit in registers: accumulator chain j
+// (blocks j, j + 4, ..., then the j-th leftover block) of all R*TT elements is run in
+// its own pass over a k segment, its partial sums parked in memory in between, and the
+// chains combined as row_tile does. A segment's R rows and TT token rows stay in L1
+// across the four passes.
 template <DType DT, int R, int TT>
-inline void tile(const float* x, int64_t K, const void* W, int64_t n0, float* y, int64_t ldy) {
-  __m256 acc[R][TT];
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < TT; ++t) acc[r][t] = _mm256_setzero_ps();
-  const int64_t K8 = K & ~int64_t{7};
-  for (int64_t k = 0; k < K8; k += 8) {
-    __m256 xv[TT];
-    for (int t = 0; t < TT; ++t) xv[t] = _mm256_loadu_ps(x + t * K + k);
-    for (int r = 0; r < R; ++r) {
-      const __m256 w = load8<DT>(W, (n0 + r) * K + k);
-      for (int t = 0; t < TT; ++t) acc[r][t] = _mm256_fmadd_ps(w, xv[t], acc[r][t]);
+inline void chain_tile(const float* x, int64_t K, const void* W, int64_t n0, float* y, int64_t ldy) {
+  constexpr int64_t kSegment = 1024;  // k per sweep: 4 weight rows + 3 token rows stay in L1
+  const int64_t K32 = K & ~int64_t{31}, K8 = K & ~int64_t{7};
+  __m256 part[4][R][TT];
+  for (int j = 0; j < 4; ++j)
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < TT; ++t) part[j][r][t] = _mm256_setzero_ps();
+  for (int64_t ks = 0; ks < K32 || ks == 0; ks += kSegment) {
+    const int64_t ke = min64(K32, ks + kSegment);
+    const bool last = ke == K32;
+    for (int j = 0; j < 4; ++j) {
+      __m256 acc[R][TT];
+      for (int r = 0; r < R; ++r)
+        for (int t = 0; t < TT; ++t) acc[r][t] = part[j][r][t];
+      auto block = [&](int64_t k) {
+        __m256 xv[TT];
+        for (int t = 0; t < TT; ++t) xv[t] = _mm256_loadu_ps(x + t * K + k);
+        for (int r = 0; r < R; ++r) {
+          const __m256 w = load8<DT>(W, (n0 + r) * K + k);
+          for (int t = 0; t < TT; ++t) acc[r][t] = _mm256_fmadd_ps(w, xv[t], acc[r][t]);
+        }
+      };
+      for (int64_t k = ks + 8 * j; k < ke; k += 32) block(k);
+      if (last && K32 + 8 * j < K8) block(K32 + 8 * j);
+      for (int r = 0; r < R; ++r)
+        for (int t = 0; t < TT; ++t) part[j][r][t] = acc[r][t];
     }
   }
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < TT; ++t) {
-      float s = hsum(acc[r][t]);
-      for (int64_t k = K8; k < K; ++k) s = fma1(x[t * K + k], load1<DT>(W, (n0 + r) * K + k), s);
+      float s = hsum(_mm256_add_ps(_mm256_add_ps(part[0][r][t], part[1][r][t]),
+                                   _mm256_add_ps(part[2][r][t], part[3][r][t])));
+      for (int64_t j = K8; j < K; ++j) s = fma1(x[t * K + j], load1<DT>(W, (n0 + r) * K + j), s);
       y[t * ldy + n0 + r] = s;
     }
 }
 
-// Tokens in blocks that stay in cache; within a block, 8-row tiles for a single
-// token (decode: eight weight streams in flight) and 4x3 / 4x2 tiles otherwise.
+// Rows [n0, n1) for all T tokens. One token (decode): row by row. Several: tokens in
+// cache-sized blocks, 4-row x 3-token chain tiles, leftovers row by row.
 template <DType DT>
 void rows_impl(const float* x, int64_t T, const void* W, int64_t K, int64_t n0, int64_t n1, float* y,
                int64_t ldy) {
+  if (T == 1) {
+    for (int64_t n = n0; n < n1; ++n) row_tile<DT, 1>(x, K, W, n, y, ldy);
+    return;
+  }
   constexpr int64_t kTokenBlock = 64;
   for (int64_t tb = 0; tb < T; tb += kTokenBlock) {
     const int64_t te = min64(T, tb + kTokenBlock);
-    const float* xb = x + tb * K;
-    float* yb = y + tb * ldy;
     int64_t n = n0;
-    if (te - tb == 1)
-      for (; n + 8 <= n1; n += 8) tile<DT, 8, 1>(xb, K, W, n, yb, ldy);
     for (; n + 4 <= n1; n += 4) {
       int64_t t = tb;
-      for (; te - t >= 3 && te - t != 4; t += 3) tile<DT, 4, 3>(x + t * K, K, W, n, y + t * ldy, ldy);
-      for (; te - t >= 2; t += 2) tile<DT, 4, 2>(x + t * K, K, W, n, y + t * ldy, ldy);
-      if (t < te) tile<DT, 4, 1>(x + t * K, K, W, n, y + t * ldy, ldy);
+      for (; te - t >= 3; t += 3) chain_tile<DT, 4, 3>(x + t * K, K, W, n, y + t * ldy, ldy);
+      if (te - t == 2) chain_tile<DT, 4, 2>(x + t * K, K, W, n, y + t * ldy, ldy);
+      if (te - t == 1) chain_tile<DT, 4, 1>(x + t * K, K, W, n, y + t * ldy, ldy);
     }
-    for (; n < n1; ++n)
-      for (int64_t t = tb; t < te; ++t) tile<DT, 1, 1>(x + t * K, K, W, n, y + t * ldy, ldy);
+    for (; n < n1; ++n) {
+      int64_t t = tb;
+      for (; te - t >= 3; t += 3) row_tile<DT, 3>(x + t * K, K, W, n, y + t * ldy, ldy);
+      if (te - t == 2) row_tile<DT, 2>(x + t * K, K, W, n, y + t * ldy, ldy);
+      if (te - t == 1) row_tile<DT, 1>(x + t * K, K, W, n, y + t * ldy, ldy);
+    }
   }
 }
 
