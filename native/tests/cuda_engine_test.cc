@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "engine_fixtures.h"
 #include "kernels/cuda/cuda_util.h"
 #include "model_fixtures.h"
 #include "test.h"
@@ -30,16 +31,7 @@ bool have_device() {
   return false;
 }
 
-EngineOptions options(const char* device) {
-  EngineOptions o;
-  o.device = device;
-  o.n_threads = 2;
-  o.kv_block_size = 4;
-  o.kv_cache_tokens = 512;
-  o.max_adapter_slots = 16;
-  o.max_adapters = 4;
-  return o;
-}
+EngineOptions options(const char* device) { return engine_options(device, 512, 16, 4); }
 
 // max |a - b| / max |b| over rows of V; infinity when a has a non-finite value.
 double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
@@ -62,20 +54,6 @@ bool near_tie(const float* row, int64_t V) {
     else if (row[v] > second) second = row[v];
   }
   return top - second < 2 * kTol * scale;
-}
-
-SeqChunk chunk(int64_t seq, int32_t row, int32_t n) {
-  SeqChunk c;
-  c.seq_id = seq;
-  c.adapter = row;
-  c.n_tokens = n;
-  return c;
-}
-
-std::vector<int32_t> prompt(int n, int salt) {
-  std::vector<int32_t> p;
-  for (int i = 0; i < n; ++i) p.push_back(2 + (i * 13 + salt * 7) % 60);
-  return p;
 }
 
 void expect_close(double err, int line, const std::string& what) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "engine_fixtures.h"
 #include "model_fixtures.h"
 #include "test.h"
 
@@ -19,22 +20,7 @@ namespace {
 
 using Selection = std::vector<std::pair<int64_t, std::vector<int64_t>>>;
 
-EngineOptions options(int adapter_slots, int adapters) {
-  EngineOptions o;
-  o.device = "cpu";
-  o.n_threads = 2;
-  o.kv_block_size = 4;
-  o.kv_cache_tokens = 256;
-  o.max_adapter_slots = adapter_slots;
-  o.max_adapters = adapters;
-  return o;
-}
-
-std::vector<int32_t> prompt(int n, int salt) {
-  std::vector<int32_t> p;
-  for (int i = 0; i < n; ++i) p.push_back(2 + (i * 13 + salt * 7) % 60);
-  return p;
-}
+EngineOptions options(int adapter_slots, int adapters) { return engine_options("cpu", 256, adapter_slots, adapters); }
 
 // One sequence's run: the prompt as one chunk, then n_decode greedy tokens, each fed
 // back. Returns every position's logits, concatenated.
@@ -42,14 +28,6 @@ struct Run {
   std::vector<float> logits;
   std::vector<int32_t> inputs;  // every token fed, prompt then decoded
 };
-
-SeqChunk chunk(int64_t seq, int32_t row, int32_t n) {
-  SeqChunk c;
-  c.seq_id = seq;
-  c.adapter = row;
-  c.n_tokens = n;
-  return c;
-}
 
 Run run_alone(Engine& eng, int64_t seq, int32_t row, const std::vector<int32_t>& p, int n_decode) {
   Run r;

@@ -7,16 +7,20 @@
 
 namespace ew {
 
-ForwardPass::ForwardPass(const ModelConfig& cfg, const ModelWeights& w, Backend& backend)
-    : cfg_(cfg), w_(w), be_(backend), rope_(make_rope_table(cfg)) {
-  router_.n_experts = static_cast<int32_t>(cfg.n_routed_experts);
-  router_.top_k = static_cast<int32_t>(cfg.num_experts_per_tok);
-  router_.method = cfg.topk_method;
-  router_.n_group = static_cast<int32_t>(cfg.n_group);
-  router_.topk_group = static_cast<int32_t>(cfg.topk_group);
-  router_.norm_topk_prob = cfg.norm_topk_prob;
-  router_.routed_scaling_factor = static_cast<float>(cfg.routed_scaling_factor);
+RouterParams router_params(const ModelConfig& cfg) {
+  RouterParams p;
+  p.n_experts = static_cast<int32_t>(cfg.n_routed_experts);
+  p.top_k = static_cast<int32_t>(cfg.num_experts_per_tok);
+  p.method = cfg.topk_method;
+  p.n_group = static_cast<int32_t>(cfg.n_group);
+  p.topk_group = static_cast<int32_t>(cfg.topk_group);
+  p.norm_topk_prob = cfg.norm_topk_prob;
+  p.routed_scaling_factor = static_cast<float>(cfg.routed_scaling_factor);
+  return p;
 }
+
+ForwardPass::ForwardPass(const ModelConfig& cfg, const ModelWeights& w, Backend& backend)
+    : cfg_(cfg), w_(w), be_(backend), rope_(make_rope_table(cfg)), router_(router_params(cfg)) {}
 
 void ForwardPass::attention(int layer, const std::vector<float>& xn, const StepTokens& st, KvCache& kv,
                             float* out) {

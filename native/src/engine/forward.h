@@ -22,6 +22,9 @@ struct StepTokens {
   std::vector<int64_t> logit_rows;    // tokens whose logits are wanted, in output order
 };
 
+// The config's routing rule (softmax top-k, groups, weight normalisation) for the router kernels.
+RouterParams router_params(const ModelConfig& cfg);
+
 class ForwardPass {
  public:
   ForwardPass(const ModelConfig& cfg, const ModelWeights& w, Backend& backend);

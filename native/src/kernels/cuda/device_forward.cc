@@ -92,18 +92,12 @@ DeviceModel upload_model(const ModelConfig& cfg, const ModelWeights& w, const Ex
 
 DeviceForward::DeviceForward(const ModelConfig& cfg, DeviceModel model, const KvCache& kv, int n_reroute_rows,
                              std::vector<DeviceBuffer> storage)
-    : cfg_(cfg), m_(std::move(model)), storage_(std::move(storage)), rope_(make_rope_table(cfg)) {
+    : cfg_(cfg), m_(std::move(model)), storage_(std::move(storage)), rope_(make_rope_table(cfg)),
+      router_(router_params(cfg)) {
   if (static_cast<int64_t>(m_.layers.size()) != cfg.num_hidden_layers)
     fail("DeviceForward: ", m_.layers.size(), " layers for a config of ", cfg.num_hidden_layers);
   if (kv.width() != cfg.kv_cache_width() || kv.n_layers() != cfg.num_hidden_layers)
     fail("DeviceForward: KV cache geometry does not match the config");
-  router_.n_experts = static_cast<int32_t>(cfg.n_routed_experts);
-  router_.top_k = static_cast<int32_t>(cfg.num_experts_per_tok);
-  router_.method = cfg.topk_method;
-  router_.n_group = static_cast<int32_t>(cfg.n_group);
-  router_.topk_group = static_cast<int32_t>(cfg.topk_group);
-  router_.norm_topk_prob = cfg.norm_topk_prob;
-  router_.routed_scaling_factor = static_cast<float>(cfg.routed_scaling_factor);
   n_layers_ = kv.n_layers();
   block_size_ = kv.block_size();
   width_ = kv.width();
