@@ -19,14 +19,18 @@ inline void cpu_relax() {
 #endif
 }
 
-// Spins until pred() or the spin time ran out; returns pred().
+// Spins until pred() or the spin time ran out; returns pred(). Yields now and then so a
+// spinning thread gives its core to any other runnable thread (the daemon's event loop).
 template <typename Pred>
 bool spin_until(Pred pred) {
   const auto end = std::chrono::steady_clock::now() + kSpin;
   for (int i = 0;; ++i) {
     if (pred()) return true;
     cpu_relax();
-    if ((i & 63) == 63 && std::chrono::steady_clock::now() > end) return pred();
+    if ((i & 63) == 63) {
+      if (std::chrono::steady_clock::now() > end) return pred();
+      std::this_thread::yield();
+    }
   }
 }
 
