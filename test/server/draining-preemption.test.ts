@@ -111,3 +111,57 @@ describe('preemption while an adapter drains', { skip }, () => {
     assert.equal(kv.freeBlocks, kv.totalBlocks);
   });
 });
+
+describe('requests queued for an adapter that is removed', { skip }, () => {
+  const fx = fixture();
+  let daemon: Daemon;
+  before(async () => {
+    daemon = await start(fx.model, { scheduler: { maxRunning: 1 } }); // one runs, the rest queue
+  });
+  after(() => daemon.close());
+
+  test('fail with unknown_adapter, even when the freed row is re-registered for another adapter at once', async () => {
+    const vocab = daemon.engine.info.vocabSize;
+    await daemon.service.adapters.register('law', fx.adapters[0].dir);
+    const lawRow = daemon.service.adapters.get('law')!.row!;
+    // A base request that runs its full length (no early EOS), so its first token comes mid-way.
+    let running: Case | undefined;
+    let want: { tokens: number[]; finish: string } | undefined;
+    for (let salt = 21; !running || want!.finish !== 'length'; salt++) {
+      running = { adapter: null, prompt: someTokens(6, vocab, salt), maxTokens: 8 };
+      want = await reference(daemon.engine, running, 0);
+    }
+    const params = (c: Case) => ({ adapter: c.adapter, prompt: c.prompt, maxTokens: c.maxTokens, temperature: 0, topP: 1, topK: 0, seed: 0, logprobs: false, stop: [] });
+    let swapped: Promise<void> | undefined;
+    const run = (c: Case, onFirst?: () => void) =>
+      new Promise<Outcome>((resolve) => {
+        const out: Outcome = { tokens: [] };
+        daemon.service.start(params(c), {
+          onToken: (ev) => {
+            if (ev.index === 0 && onFirst) onFirst();
+            out.tokens.push(ev.token);
+          },
+          onDone: (done) => resolve({ ...out, done }),
+          onError: (error) => resolve({ ...out, error }),
+        });
+      });
+    const first = run(running!, () => {
+      // While 'law' requests wait: remove it and register another adapter, which takes the freed row.
+      swapped = daemon.service.removeAdapter('law').then(async () => {
+        await daemon.service.adapters.register('math', fx.adapters[1].dir);
+      });
+    });
+    const queued = [run({ adapter: 'law', prompt: someTokens(5, vocab, 22), maxTokens: 4 }), run({ adapter: 'law', prompt: someTokens(7, vocab, 23), maxTokens: 4 })];
+    const [r0, ...rest] = await Promise.all([first, ...queued]);
+    assert.ok(swapped, 'the running request produced no token');
+    await swapped;
+    assert.equal(daemon.service.adapters.get('math')?.row, lawRow, 'the new adapter reuses the freed row');
+    assert.deepEqual(r0.tokens, want!.tokens);
+    for (const r of rest) {
+      assert.equal(r.error?.code, 'unknown_adapter', `a queued request ran (${r.tokens.length} tokens) on a row that now holds another adapter`);
+      assert.deepEqual(r.tokens, []);
+    }
+    const kv = daemon.engine.kvStats();
+    assert.equal(kv.freeBlocks, kv.totalBlocks);
+  });
+});
