@@ -86,7 +86,7 @@ class ModelEngine final : public Engine {
     if (cuda) {
       if (!w_.experts) fail(dir, ": the CUDA backend serves MoE models; this one has no routed experts");
       std::vector<cuda::DeviceBuffer> storage;
-      cuda::DeviceModel dm = cuda::upload_model(cfg_, w_, *w_.experts, storage);
+      cuda::DeviceModel dm = cuda::upload_model(w_, *w_.experts, storage);
       runner_ = std::make_unique<cuda::DeviceForward>(cfg_, std::move(dm), *kv_, tables_.n_rows(), std::move(storage));
       warm_up();
       return;

@@ -29,7 +29,7 @@ struct DeviceForward::Graph {
   }
 };
 
-DeviceModel upload_model(const ModelConfig& cfg, const ModelWeights& w, const ExpertStore& pool,
+DeviceModel upload_model(const ModelWeights& w, const ExpertStore& pool,
                          std::vector<DeviceBuffer>& storage) {
   if (!pool.device_memory()) fail("upload_model: the routed experts must live in device memory (ExpertPoolCuda)");
   auto up = [&](const TensorView& t) -> DevTensor {
@@ -86,7 +86,6 @@ DeviceModel upload_model(const ModelConfig& cfg, const ModelWeights& w, const Ex
     }
     d.layers.push_back(D);
   }
-  (void)cfg;
   return d;
 }
 
@@ -100,8 +99,7 @@ DeviceForward::DeviceForward(const ModelConfig& cfg, DeviceModel model, const Kv
     fail("DeviceForward: KV cache geometry does not match the config");
   n_layers_ = kv.n_layers();
   block_size_ = kv.block_size();
-  width_ = kv.width();
-  layer_floats_ = static_cast<int64_t>(block_size_) * width_;
+  layer_floats_ = static_cast<int64_t>(block_size_) * kv.width();
   cache_ = DeviceBuffer(static_cast<size_t>(kv.total_blocks()) * n_layers_ * layer_floats_ * sizeof(float));
   cache_.fill_bytes(0);
   n_rows_ = n_reroute_rows;
@@ -115,6 +113,14 @@ DeviceForward::~DeviceForward() {
 }
 
 std::string DeviceForward::device_name() const { return "cuda: " + device_description(); }
+
+void DeviceForward::reset_scratch() {
+  scratch_.reset();
+  if (scratch_.base() != scratch_base_) {  // reallocated: captured addresses are stale
+    graphs_.clear();
+    scratch_base_ = scratch_.base();
+  }
+}
 
 void DeviceForward::drop_graphs() {
   graphs_.clear();
@@ -274,13 +280,6 @@ void DeviceForward::enqueue(bool use_graph) {
   const Plan& p = plan_;
   if (p.T == 0) fail("DeviceForward::enqueue: no step prepared");
   const GraphKey key{p.T, p.n_out, p.max_ctx};
-  auto fresh_scratch = [&] {
-    scratch_.reset();
-    if (scratch_.base() != scratch_base_) {  // reallocated: captured addresses are stale
-      graphs_.clear();
-      scratch_base_ = scratch_.base();
-    }
-  };
   if (use_graph && p.decode) {
     auto it = graphs_.find(key);
     if (it != graphs_.end()) {
@@ -291,7 +290,7 @@ void DeviceForward::enqueue(bool use_graph) {
     }
     int& seen = seen_[key];
     if (seen++ >= 1) {  // the first run sized the scratch: capture now
-      fresh_scratch();
+      reset_scratch();
       if (graphs_.size() >= kMaxGraphs) graphs_.clear();
       auto g = std::make_unique<Graph>();
       cudaGraph_t graph = nullptr;
@@ -316,7 +315,7 @@ void DeviceForward::enqueue(bool use_graph) {
       seen = -(1 << 30);  // this shape does not capture: always eager
     }
   }
-  fresh_scratch();
+  reset_scratch();
   forward(nullptr);
 }
 
@@ -361,8 +360,7 @@ std::vector<int> DeviceForward::distinct_slots() {
   std::vector<int> out;
   if (n_moe == 0) return out;
   DeviceBuffer rec(static_cast<size_t>(n_moe * per) * 4);
-  scratch_.reset();
-  if (scratch_.base() != scratch_base_) graphs_.clear(), scratch_base_ = scratch_.base();
+  reset_scratch();
   forward(rec.as<int32_t>());
   stream_.sync();
   std::vector<int32_t> slots(static_cast<size_t>(n_moe * per));

@@ -57,7 +57,7 @@ struct DeviceModel {
 
 // Copies the checkpoint's non-expert weights to the device (gate and up fused) and
 // points the MoE layers at `pool` (device memory). `storage` keeps the copies alive.
-DeviceModel upload_model(const ModelConfig& cfg, const ModelWeights& w, const ExpertStore& pool,
+DeviceModel upload_model(const ModelWeights& w, const ExpertStore& pool,
                          std::vector<DeviceBuffer>& storage);
 
 class DeviceForward final : public StepRunner {
@@ -99,6 +99,7 @@ class DeviceForward final : public StepRunner {
   void forward(int32_t* record_slots);  // enqueues every kernel of the prepared step
   void attention(const DeviceLayer& L, int layer, float* xn, float* x);
   void ffn(const DeviceLayer& L, float* xn, float* x, int32_t* record_slots);
+  void reset_scratch();  // between steps; a reallocated arena drops the graphs
   void drop_graphs();
 
   ModelConfig cfg_;
@@ -108,7 +109,7 @@ class DeviceForward final : public StepRunner {
   RouterParams router_;
   Stream stream_;
   int n_layers_ = 0, block_size_ = 0;
-  int64_t width_ = 0, layer_floats_ = 0;
+  int64_t layer_floats_ = 0;  // one layer of one block: block_size * width
   DeviceBuffer cache_;      // [blocks][layers][block_size][width] floats
   DeviceBuffer reroute_;    // [moe layer][row][expert] int32
   int n_rows_ = 0;
