@@ -11,7 +11,6 @@
 #include "kernels/cpu/mla_attention.h"
 #include "kernels/cpu/mlp.h"
 #include "kernels/cpu/norm.h"
-#include "kernels/cpu/parallel_chunks.h"
 #include "kernels/cpu/rope.h"
 #include "memory/kv_cache.h"
 #include "test.h"
@@ -126,21 +125,6 @@ TEST(matmul_long_rows_and_token_blocks_are_batch_independent) {
       }
     }
   }
-}
-
-TEST(parallel_chunks_covers_every_index_once) {
-  ThreadPool::set_global_threads(3);
-  for (int64_t n : {1, 7, 64, 1000})
-    for (int64_t chunk : {1, 3, 64, 5000}) {
-      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
-      parallel_chunks(n, chunk, [&](int64_t b, int64_t e) {
-        CHECK(e - b <= chunk);
-        for (int64_t i = b; i < e; ++i) ++hits[i];
-      });
-      for (int64_t i = 0; i < n; ++i)
-        if (hits[i] != 1) CHECK_EQ(hits[i].load(), 1);
-    }
-  ThreadPool::set_global_threads(0);
 }
 
 TEST(mlp_matches_reference_and_is_batch_independent) {

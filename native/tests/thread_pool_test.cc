@@ -39,3 +39,17 @@ TEST(thread_pool_global_resize_while_another_thread_runs_loops) {
   CHECK_EQ(total.load(), int64_t{400 * 100});
   ThreadPool::set_global_threads(0);
 }
+
+TEST(thread_pool_parallel_chunks_covers_every_index_once) {
+  ThreadPool pool(3);
+  for (int64_t n : {1, 7, 64, 1000})
+    for (int64_t chunk : {1, 3, 64, 5000}) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      pool.parallel_chunks(n, chunk, [&](int64_t b, int64_t e) {
+        CHECK(e - b <= chunk);
+        for (int64_t i = b; i < e; ++i) ++hits[i];
+      });
+      for (int64_t i = 0; i < n; ++i)
+        if (hits[i] != 1) CHECK_EQ(hits[i].load(), 1);
+    }
+}

@@ -58,7 +58,9 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::worker_loop(int index) {
   uint64_t seen = 0;
   for (;;) {
-    auto ready = [&] { return stop_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen; };
+    auto ready = [&] {
+      return stop_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen;
+    };
     if (!spin_until(ready)) {
       std::unique_lock<std::mutex> lk(mu_);
       ++sleepers_;
@@ -101,6 +103,22 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     std::unique_lock<std::mutex> lk(mu_);
     cv_done_.wait(lk, done);
   }
+}
+
+void ThreadPool::parallel_chunks(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  chunk = std::max<int64_t>(1, chunk);
+  const int64_t n_chunks = (n + chunk - 1) / chunk;
+  const int parts = static_cast<int>(std::min<int64_t>(size(), n_chunks));
+  if (parts <= 1) {
+    fn(0, n);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  parallel_for(parts, [&](int64_t, int64_t) {
+    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < n_chunks;)
+      fn(c * chunk, std::min(n, (c + 1) * chunk));
+  });
 }
 
 namespace {

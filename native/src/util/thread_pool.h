@@ -27,6 +27,11 @@ class ThreadPool {
   int size() const { return static_cast<int>(workers_.size()) + 1; }
   // fn(begin, end) over disjoint ranges covering [0, n); chunks of at least `grain`.
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain = 1);
+  // fn(b, e) over consecutive chunks [b, e) of `chunk` items covering [0, n), which the
+  // threads claim one at a time: a thread that starts late (its core busy elsewhere)
+  // takes fewer chunks instead of holding up the loop with a fixed share. Timing decides
+  // only who computes a chunk, never what it computes.
+  void parallel_chunks(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn);
 
   // The process-wide pool used by the CPU kernels.
   static ThreadPool& global();

@@ -28,6 +28,12 @@ float dot_f32(CpuPath path, const float* a, const float* b, int64_t n);
 // y[i] += a * x[i]
 void axpy_f32(CpuPath path, float a, const float* x, float* y, int64_t n);
 
+// Rows per ThreadPool::parallel_chunks chunk for a loop over `rows` weight rows of
+// `row_bytes` each, applied to `tokens` tokens: large enough to amortise claiming a
+// chunk, small enough that the threads finish together (a few chunks per thread, at
+// most ~128 KB of weights).
+int64_t rows_per_chunk(int64_t rows, int64_t row_bytes, int64_t tokens);
+
 namespace portable {
 void matmul_rows(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t n0, int64_t n1,
                  float* y, int64_t ldy);

@@ -8,7 +8,6 @@
 #include <cstring>
 
 #include "kernels/cpu/cpu_kernels.h"
-#include "kernels/cpu/parallel_chunks.h"
 #include "util/error.h"
 #include "util/thread_pool.h"
 
@@ -50,6 +49,19 @@ void axpy_f32(CpuPath path, float a, const float* x, float* y, int64_t n) {
   EW_DISPATCH(path, axpy_f32, a, x, y, n);
 }
 
+int64_t rows_per_chunk(int64_t rows, int64_t row_bytes, int64_t tokens) {
+  constexpr int64_t kMaxBytes = 128 << 10, kMinBytes = 16 << 10;
+  constexpr int64_t kMaxMacs = 2 << 20;  // ~0.1 ms of compute-bound work (prefill)
+  const int64_t threads = ThreadPool::global().size();
+  // Work per row in bytes x tokens: about one multiply-add per weight byte (bf16).
+  const int64_t bytes = std::max<int64_t>(1, row_bytes), macs = bytes * std::max<int64_t>(1, tokens);
+  int64_t r = std::min({kMaxBytes / bytes, kMaxMacs / macs, (rows + 4 * threads - 1) / (4 * threads)});
+  r = std::max(r, std::min(kMinBytes / bytes, kMaxMacs / macs));
+  // Several tokens run 4-row tiles (matmul_avx2.cc): keep whole tiles in a chunk.
+  if (tokens > 1) r = std::max<int64_t>(16, (r + 3) / 4 * 4);
+  return std::max<int64_t>(1, r);
+}
+
 // Enough work per task that waking a thread pays off (about 64K multiply-adds).
 static int64_t grain_for(int64_t unit_work) {
   const int64_t g = (int64_t{1} << 16) / (unit_work > 0 ? unit_work : 1);
@@ -63,8 +75,8 @@ void matmul_cpu_path(CpuPath path, const float* x, int64_t T, const void* W, DTy
     std::memset(y, 0, static_cast<size_t>(T * N) * sizeof(float));
     return;
   }
-  parallel_chunks(N, rows_per_chunk(N, K * static_cast<int64_t>(dtype_size(dtype)), T),
-                  [&](int64_t b, int64_t e) { matmul_rows(path, x, T, W, dtype, K, b, e, y, N); });
+  ThreadPool::global().parallel_chunks(N, rows_per_chunk(N, K * static_cast<int64_t>(dtype_size(dtype)), T),
+                                       [&](int64_t b, int64_t e) { matmul_rows(path, x, T, W, dtype, K, b, e, y, N); });
 }
 
 void matmul_cpu_raw(const float* x, int64_t T, const void* W, DType dtype, int64_t N, int64_t K, float* y) {

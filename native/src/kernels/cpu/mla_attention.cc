@@ -6,8 +6,8 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
-#include "kernels/cpu/parallel_chunks.h"
 #include "util/error.h"
+#include "util/thread_pool.h"
 
 namespace ew {
 
@@ -50,7 +50,7 @@ void mla_attention_cpu(const MlaAttentionArgs& a) {
   // pool, not three. The matmul kernels give each token the same result in any block.
   constexpr int64_t kTokenBlock = 16;
   const int64_t n_blocks = (T + kTokenBlock - 1) / kTokenBlock;
-  parallel_chunks(Hh * n_blocks, 1, [&](int64_t ub, int64_t ue) {
+  ThreadPool::global().parallel_chunks(Hh * n_blocks, 1, [&](int64_t ub, int64_t ue) {
     std::vector<float> qn(static_cast<size_t>(kTokenBlock * nope)), q_lat(static_cast<size_t>(kTokenBlock * R));
     std::vector<float> o_lat(q_lat.size()), vh(static_cast<size_t>(kTokenBlock * V)), score;
     for (int64_t u = ub; u < ue; ++u) {

@@ -6,8 +6,8 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
-#include "kernels/cpu/parallel_chunks.h"
 #include "util/error.h"
+#include "util/thread_pool.h"
 
 namespace ew {
 namespace {
@@ -37,8 +37,9 @@ void run_ffn_groups(const std::vector<FfnGroup>& groups, DType dt, int64_t H, in
   int64_t tokens = 0;
   for (const FfnGroup& g : groups) tokens += g.n;
   const int64_t avg_tokens = (tokens + G - 1) / G;
+  ThreadPool& threads = ThreadPool::global();
 
-  parallel_chunks(G * I, rows_per_chunk(G * I, 2 * H * esz, avg_tokens), [&](int64_t b, int64_t e) {
+  threads.parallel_chunks(G * I, rows_per_chunk(G * I, 2 * H * esz, avg_tokens), [&](int64_t b, int64_t e) {
     for (int64_t gi = b / I; gi < G && gi * I < e; ++gi) {
       const FfnGroup& g = groups[gi];
       const int64_t r0 = std::max(b, gi * I) - gi * I, r1 = std::min(e, (gi + 1) * I) - gi * I;
@@ -47,7 +48,7 @@ void run_ffn_groups(const std::vector<FfnGroup>& groups, DType dt, int64_t H, in
       for (int64_t t = 0; t < g.n; ++t) silu_mul_cpu(g.h + t * I + r0, g.u + t * I + r0, r1 - r0);
     }
   });
-  parallel_chunks(G * H, rows_per_chunk(G * H, I * esz, avg_tokens), [&](int64_t b, int64_t e) {
+  threads.parallel_chunks(G * H, rows_per_chunk(G * H, I * esz, avg_tokens), [&](int64_t b, int64_t e) {
     for (int64_t gi = b / H; gi < G && gi * H < e; ++gi) {
       const FfnGroup& g = groups[gi];
       const int64_t r0 = std::max(b, gi * H) - gi * H, r1 = std::min(e, (gi + 1) * H) - gi * H;
@@ -104,7 +105,8 @@ void grouped_experts_cpu(const float* x, int64_t T, const ExpertStore& pool, int
   run_ffn_groups(groups, dt, H, I);
 
   // y[t] = sum_j weights[t*k+j] * out[t*k+j], in j order.
-  parallel_chunks(T, std::max<int64_t>(1, (int64_t{1} << 15) / (k * H)), [&](int64_t tb, int64_t te) {
+  const int64_t tokens_per_chunk = std::max<int64_t>(1, (int64_t{1} << 15) / (k * H));
+  ThreadPool::global().parallel_chunks(T, tokens_per_chunk, [&](int64_t tb, int64_t te) {
     for (int64_t t = tb; t < te; ++t) {
       float* yt = y + t * H;
       std::memset(yt, 0, static_cast<size_t>(H) * sizeof(float));
