@@ -61,10 +61,16 @@ export interface StepRequest {
 }
 
 export interface StepOutput {
-  /** Per chunk: sampled token, or -1 where sample was 0. */
+  /** Per chunk: sampled token, or -1 where sample was 0 or the chunk failed. */
   tokens: Int32Array;
   logprobs: Float32Array;
   logits?: Float32Array;
+  /**
+   * Present only when a chunk failed alone (a value of its own the engine refused:
+   * a token outside the vocabulary, a draining adapter row, no room in the cache...):
+   * per chunk its message, or null where it ran. Its sequence is left as it was.
+   */
+  errors?: (string | null)[];
 }
 
 export interface KvStats {
@@ -106,13 +112,18 @@ export interface NativeAdapterInfo {
  * - kvStats()/expertStats() while a step runs report the state just before it.
  * - close() while a step runs: the step completes, then the engine is freed.
  * - Adapter calls are safe while a step runs (the engine's AdapterRegistry locks):
- *   registerAdapter() loads on a worker thread, unregisterAdapter() drains the row.
+ *   registerAdapter() loads on a thread of its own (never one steps need),
+ *   unregisterAdapter() is deferred like freeSequence().
  * Bad arguments reject (async calls) or throw (sync calls) TypeError/RangeError naming
  * the field; engine failures become Errors with the engine's message. Nothing crashes.
  */
 export interface NativeEngine {
   info(): ModelInfo;
-  /** Runs on a worker thread; one step at a time (a second call while one runs rejects). */
+  /**
+   * Runs on a worker thread; one step at a time (a second call while one runs rejects).
+   * Rejects only for a malformed request (wrong types or lengths) or a failed forward
+   * pass; a chunk whose own values cannot run fails alone (StepOutput.errors).
+   */
   step(req: StepRequest): Promise<StepOutput>;
   freeSequence(seqId: number): void;
   /** -1 when the engine holds no such sequence. */
@@ -121,7 +132,11 @@ export interface NativeEngine {
   expertStats(): ExpertStats;
   /** Validates and loads an ESFT adapter directory; nothing changes when it is refused. */
   registerAdapter(dir: string): Promise<NativeAdapterInfo>;
-  /** New sequences on the row are refused at once; its memory is freed after its last sequence. */
+  /**
+   * New sequences on the row are refused (from the next step on: a step already running
+   * was built with the row active, so the removal applies when it ends; adapters() shows
+   * the row draining at once); its memory is freed after its last sequence.
+   */
   unregisterAdapter(row: number): void;
   /** Registered rows (draining ones included), by row. */
   adapters(): NativeAdapterInfo[];

@@ -1,13 +1,19 @@
 // Continuous batching: one engine step in flight at a time; each step carries one
 // decode token for every running sequence plus prefill chunks of new (or preempted)
-// sequences within a token budget, over any mix of adapters. Admission is bounded
-// by the engine's free KV blocks; when decode runs out of blocks, the most recently
-// admitted sequence is preempted (its KV freed, requeued first, recomputed later),
+// sequences within a token budget, over any mix of adapters and clients. Which
+// waiting request comes next is the WaitingQueue's policy (fair across clients, then
+// adapters). Admission is bounded by the engine's free KV blocks and by maxRunning;
+// when decode runs out of blocks, the most recently admitted sequence is preempted
+// (its KV freed, requeued at the front of its client's queue, recomputed later),
 // except sequences of an adapter being removed, which cannot restart: those wait for
 // blocks, and if nothing at all can run, the youngest of them ends with 'length'.
+// Fair share: when a client below its share of the running sequences (maxRunning over
+// the clients with work) waits for room that another client above its share holds,
+// the latter's youngest sequence is preempted to make it.
 import type { ChunkSpec } from '../engine/engine.js';
 import type { EnginePort } from './engine-port.js';
 import { StopFilter } from './stop-filter.js';
+import { WaitingQueue } from './waiting-queue.js';
 import {
   RequestError,
   type FinishReason,
@@ -19,6 +25,11 @@ import {
 export interface SchedulerOptions {
   /** Most tokens (decode + prefill) per step. */
   tokenBudget?: number;
+  /**
+   * Most prompt tokens one running sequence prefills per step while others wait
+   * (default a quarter of tokenBudget), so a long prompt never holds back admission.
+   */
+  longPrefillTokens?: number;
   /** Most requests waiting for admission; beyond it submit() refuses with `overloaded`. */
   maxWaiting?: number;
   /** Most sequences running at once. */
@@ -42,6 +53,8 @@ export type StepObserver = (ms: number, sequences: number, tokens: number) => vo
 
 class Sequence {
   seqId = -1;
+  readonly client: string;
+  readonly adapter: string;
   /** Tokens in the engine's KV cache. */
   kvLen = 0;
   generated = 0;
@@ -56,6 +69,8 @@ class Sequence {
     readonly text: TextStream | undefined,
     maxPositions: number,
   ) {
+    this.client = params.client;
+    this.adapter = params.adapterName;
     this.tokens = [...params.promptIds];
     this.stop = new StopFilter(params.stop);
     this.limit = Math.min(params.maxTokens, maxPositions - params.promptIds.length);
@@ -68,18 +83,14 @@ export interface RequestHandle {
 
 export class BatchScheduler {
   private readonly tokenBudget: number;
+  private readonly longPrefillTokens: number;
   private readonly maxWaiting: number;
   private readonly maxRunning: number;
   private readonly maxPositions: number;
-  /** Preempted sequences: admitted before any new request. */
-  private readonly resumeQueue: Sequence[] = [];
-  /** New requests per adapter name, served round-robin. */
-  private readonly queues = new Map<string, Sequence[]>();
-  private rrOrder: string[] = [];
-  private rrNext = 0;
-  private waitingCount = 0;
+  private readonly waiting = new WaitingQueue<Sequence>();
   /** In admission order (last = most recent). */
   private running: Sequence[] = [];
+  private readonly runningByClient = new Map<string, number>();
   private nextSeqId = 1;
   private looping = false;
   private closed = false;
@@ -92,6 +103,7 @@ export class BatchScheduler {
     private readonly options: SchedulerOptions = {},
   ) {
     this.tokenBudget = options.tokenBudget ?? 512;
+    this.longPrefillTokens = Math.max(1, options.longPrefillTokens ?? Math.ceil(this.tokenBudget / 4));
     this.maxWaiting = options.maxWaiting ?? 1024;
     this.maxRunning = options.maxRunning ?? 256;
     this.maxPositions = engine.info.maxPositionEmbeddings;
@@ -105,18 +117,10 @@ export class BatchScheduler {
   submit(params: GenerationParams, sink: GenerationSink): RequestHandle {
     if (this.closed) throw new RequestError('shutting_down', 'the server is shutting down');
     this.validate(params);
-    if (this.waitingCount >= this.maxWaiting) {
-      throw new RequestError('overloaded', `${this.waitingCount} requests are already waiting (limit ${this.maxWaiting}); retry later`);
-    }
+    if (this.waiting.size >= this.maxWaiting) this.makeQueueRoom(params.client);
     const seq = new Sequence(params, sink, this.options.textStream?.(params.promptIds), this.maxPositions);
-    let q = this.queues.get(params.adapterName);
-    if (!q) {
-      q = [];
-      this.queues.set(params.adapterName, q);
-      this.rrOrder.push(params.adapterName);
-    }
-    q.push(seq);
-    this.waitingCount++;
+    this.waiting.push(seq);
+    this.updateCounts();
     this.kick();
     return { cancel: () => this.finish(seq, 'cancelled') };
   }
@@ -139,10 +143,29 @@ export class BatchScheduler {
     }
   }
 
+  /**
+   * The queue is full: the client holding the most waiting requests gives up its newest
+   * one for `client` when it holds at least two more; otherwise `client` is refused.
+   * So one client filling the queue cannot lock the others out of it.
+   */
+  private makeQueueRoom(client: string): void {
+    let hog = '';
+    let most = -1;
+    for (const c of this.waiting.clientNames()) {
+      const n = this.waiting.countOf(c);
+      if (n > most) [hog, most] = [c, n];
+    }
+    const victim = hog !== client && most >= this.waiting.countOf(client) + 2 ? this.waiting.newestOf(hog) : undefined;
+    if (!victim) {
+      throw new RequestError('overloaded', `${this.waiting.size} requests are already waiting (limit ${this.maxWaiting}); retry later`);
+    }
+    this.fail(victim, new RequestError('overloaded', `the queue is full (${this.maxWaiting}) and this client holds the most waiting requests; retry later`));
+  }
+
   /** Stops admitting, cancels everything and resolves once no step is in flight. */
   async close(): Promise<void> {
     this.closed = true;
-    for (const seq of [...this.resumeQueue, ...[...this.queues.values()].flat(), ...this.running]) this.finish(seq, 'cancelled');
+    for (const seq of [...this.waiting, ...this.running]) this.finish(seq, 'cancelled');
     await this.idle();
   }
 
@@ -177,7 +200,7 @@ export class BatchScheduler {
   }
 
   private updateCounts(): void {
-    this.stats.waiting = this.waitingCount + this.resumeQueue.length;
+    this.stats.waiting = this.waiting.size;
     this.stats.running = this.running.length;
   }
 
@@ -187,22 +210,24 @@ export class BatchScheduler {
 
   private buildBatch(): { seq: Sequence; n: number }[] {
     const { blockSize, freeBlocks } = this.engine.kvStats();
-    let free = freeBlocks;
     let budget = this.tokenBudget;
     const batch: { seq: Sequence; n: number }[] = [];
     const need = (seq: Sequence, n: number) => this.blocks(seq.kvLen + n, blockSize) - this.blocks(seq.kvLen, blockSize);
-
-    // Running sequences first, in admission order: decodes (and unfinished prefills).
     let draining: ReadonlySet<number> | undefined;
+    const drainingRows = () => (draining ??= this.engine.drainingRows());
+    let free = freeBlocks + this.makeFairRoom(freeBlocks, blockSize, drainingRows);
+
+    // Running sequences first, in admission order: decodes (and unfinished prefills,
+    // in chunks of at most longPrefillTokens while requests wait).
     const stalled: Sequence[] = [];
     let i = 0;
     while (i < this.running.length && budget > 0) {
       const seq = this.running[i];
-      const n = Math.min(seq.tokens.length - seq.kvLen, budget);
+      const left = seq.tokens.length - seq.kvLen;
+      const n = Math.min(left, budget, left > 1 && this.waiting.size > 0 ? this.longPrefillTokens : left);
       let gone = false;
       while (need(seq, n) > free) {
-        draining ??= this.engine.drainingRows();
-        const victim = this.youngestPreemptible(i, draining);
+        const victim = this.youngestPreemptible(i, drainingRows());
         if (!victim) break;
         if (victim === seq && this.running.length === 1) {
           // Alone and still out of blocks: the cache cannot hold it any longer.
@@ -228,13 +253,15 @@ export class BatchScheduler {
       batch.push({ seq, n });
     }
 
-    // Admit waiting sequences while budget, blocks and slots last.
+    // Admit waiting sequences while budget, blocks and slots last. A client whose next
+    // request does not fit is passed over for this step only (it keeps its turn), so
+    // one large recompute does not hold back every other client's small request.
+    const passed = new Set<string>();
     while (budget > 0 && this.running.length < this.maxRunning) {
-      const seq = this.peekWaiting();
+      const seq = this.nextToAdmit(passed);
       if (!seq) break;
-      draining ??= this.engine.drainingRows();
-      if (draining.has(seq.params.adapterRow)) {
-        // The engine would refuse it (and with it the whole step): it cannot start any more.
+      if (drainingRows().has(seq.params.adapterRow)) {
+        // The engine would refuse it: it cannot start any more.
         this.fail(seq, removedError(seq.params.adapterName));
         continue;
       }
@@ -243,12 +270,15 @@ export class BatchScheduler {
       // unless nothing runs: alone, it ends with 'length' if the cache is full anyway, and
       // demanding the spare would strand for good a prompt that fits the cache exactly.
       const spare = this.running.length > 0 ? 1 : 0;
-      if (need(seq, n) + spare > free) break;
-      this.popWaiting(seq);
+      if (need(seq, n) + spare > free) {
+        passed.add(seq.client);
+        continue;
+      }
+      this.waiting.pop(seq);
       seq.seqId = this.nextSeqId;
       this.nextSeqId = this.nextSeqId >= 0x7ffffffe ? 1 : this.nextSeqId + 1;
       seq.kvLen = 0;
-      this.running.push(seq);
+      this.addRunning(seq);
       free -= need(seq, n);
       budget -= n;
       batch.push({ seq, n });
@@ -262,14 +292,90 @@ export class BatchScheduler {
     return batch;
   }
 
+  /** Clients with work (running or waiting). */
+  private activeClients(): number {
+    const clients = new Set(this.runningByClient.keys());
+    for (const c of this.waiting.clientNames()) clients.add(c);
+    return Math.max(1, clients.size);
+  }
+
+  /** Running sequences each client may hold while others wait: maxRunning over the clients with work. */
+  private share(): number {
+    return Math.max(1, Math.floor(this.maxRunning / this.activeClients()));
+  }
+
+  private runningOf(client: string): number {
+    return this.runningByClient.get(client) ?? 0;
+  }
+
+  /** A client below its share first; else whoever's turn it is; never one in `passed`. */
+  private nextToAdmit(passed: ReadonlySet<string>): Sequence | undefined {
+    const share = this.share();
+    return this.waiting.peek((c) => !passed.has(c) && this.runningOf(c) < share) ?? this.waiting.peek((c) => !passed.has(c));
+  }
+
+  /**
+   * Makes room for the first waiting client below its fair share (of running slots and
+   * of KV blocks: the totals over the clients with work) when its next request does not
+   * fit, by preempting the youngest sequences of the client furthest above its share of
+   * what is short. Returns the blocks freed.
+   */
+  private makeFairRoom(freeBlocks: number, blockSize: number, drainingRows: () => ReadonlySet<number>): number {
+    const { totalBlocks } = this.engine.kvStats();
+    let freed = 0;
+    for (;;) {
+      const clients = this.activeClients();
+      const slotShare = Math.max(1, Math.floor(this.maxRunning / clients));
+      const blockShare = Math.max(1, Math.floor(totalBlocks / clients));
+      const blocksOf = new Map<string, number>();
+      let growth = 0; // blocks the running decodes take this step
+      for (const r of this.running) {
+        blocksOf.set(r.client, (blocksOf.get(r.client) ?? 0) + this.blocks(r.kvLen, blockSize));
+        growth += this.blocks(r.kvLen + 1, blockSize) - this.blocks(r.kvLen, blockSize);
+      }
+      const cand = this.waiting.peek((c) => this.runningOf(c) < slotShare && (blocksOf.get(c) ?? 0) < blockShare);
+      if (!cand) return freed;
+      const candBlocks = this.blocks(Math.min(cand.tokens.length, this.tokenBudget), blockSize) + (this.running.length > 0 ? 1 : 0);
+      const slotsShort = this.running.length >= this.maxRunning;
+      const blocksShort = growth + candBlocks > freeBlocks + freed;
+      if (!slotsShort && !blocksShort) return freed;
+      const excess = (client: string) =>
+        Math.max(slotsShort ? this.runningOf(client) - slotShare : 0, blocksShort ? (blocksOf.get(client) ?? 0) - blockShare : 0);
+      let victim: Sequence | undefined;
+      let most = 0;
+      for (let j = this.running.length - 1; j >= 0; j--) {
+        const r = this.running[j];
+        if (r.client === cand.client || drainingRows().has(r.params.adapterRow)) continue;
+        const e = excess(r.client);
+        if (e > most) [victim, most] = [r, e];
+      }
+      if (!victim) return freed;
+      freed += this.preempt(victim);
+    }
+  }
+
+  private addRunning(seq: Sequence): void {
+    this.running.push(seq);
+    this.runningByClient.set(seq.client, this.runningOf(seq.client) + 1);
+  }
+
+  private removeRunning(seq: Sequence): boolean {
+    const r = this.running.indexOf(seq);
+    if (r === -1) return false;
+    this.running.splice(r, 1);
+    const n = this.runningOf(seq.client) - 1;
+    if (n > 0) this.runningByClient.set(seq.client, n);
+    else this.runningByClient.delete(seq.client);
+    return true;
+  }
+
   /**
    * Fails every request of `adapterName` that has not started (queued, or preempted and
    * waiting to restart): the adapter is being removed, so they can no longer run on it.
    * Running ones finish on the draining row.
    */
   failWaiting(adapterName: string): void {
-    const waiting = [...this.resumeQueue, ...(this.queues.get(adapterName) ?? [])];
-    for (const seq of waiting) if (seq.params.adapterName === adapterName) this.fail(seq, removedError(adapterName));
+    for (const seq of this.waiting) if (seq.adapter === adapterName) this.fail(seq, removedError(adapterName));
   }
 
   /** The most recently admitted running sequence at index >= from not on a draining adapter row. */
@@ -280,51 +386,16 @@ export class BatchScheduler {
     return undefined;
   }
 
-  /** Frees a running sequence's KV and queues it first for recompute; returns the blocks freed. */
+  /** Frees a running sequence's KV and queues it first (in its client's queue) for recompute; returns the blocks freed. */
   private preempt(seq: Sequence): number {
     const { blockSize } = this.engine.kvStats();
     const freed = this.blocks(seq.kvLen, blockSize);
     this.engine.freeSequence(seq.seqId);
-    this.running.splice(this.running.indexOf(seq), 1);
+    this.removeRunning(seq);
     seq.kvLen = 0;
-    this.resumeQueue.unshift(seq);
+    this.waiting.pushResumed(seq);
     this.stats.preemptions++;
     return freed;
-  }
-
-  private peekWaiting(): Sequence | undefined {
-    if (this.resumeQueue.length > 0) return this.resumeQueue[0];
-    for (let k = 0; k < this.rrOrder.length; k++) {
-      const name = this.rrOrder[(this.rrNext + k) % this.rrOrder.length];
-      const q = this.queues.get(name)!;
-      if (q.length > 0) {
-        this.rrNext = (this.rrNext + k) % this.rrOrder.length;
-        return q[0];
-      }
-    }
-    return undefined;
-  }
-
-  private popWaiting(seq: Sequence): void {
-    if (this.resumeQueue[0] === seq) {
-      this.resumeQueue.shift();
-      return;
-    }
-    const name = seq.params.adapterName;
-    this.queues.get(name)!.shift();
-    this.waitingCount--;
-    this.rrNext = (this.rrNext + 1) % this.rrOrder.length;
-    this.pruneQueue(name);
-  }
-
-  private pruneQueue(name: string): void {
-    const q = this.queues.get(name);
-    if (!q || q.length > 0) return;
-    const at = this.rrOrder.indexOf(name);
-    this.queues.delete(name);
-    this.rrOrder.splice(at, 1);
-    if (this.rrNext > at) this.rrNext--;
-    if (this.rrOrder.length === 0 || this.rrNext >= this.rrOrder.length) this.rrNext = 0;
   }
 
   private async runStep(batch: { seq: Sequence; n: number }[]): Promise<void> {
@@ -362,6 +433,12 @@ export class BatchScheduler {
 
     batch.forEach(({ seq, n }, i) => {
       if (seq.finished) return; // cancelled while the step ran
+      const err = out.errors?.[i];
+      if (err) {
+        // The engine refused this chunk alone (the rest of the step ran).
+        this.fail(seq, chunkError(err));
+        return;
+      }
       seq.kvLen += n;
       if (chunks[i].sample) this.accept(seq, out.tokens[i], out.logprobs[i]);
     });
@@ -392,23 +469,8 @@ export class BatchScheduler {
   private detach(seq: Sequence): boolean {
     if (seq.finished) return false;
     seq.finished = true;
-    const r = this.running.indexOf(seq);
-    if (r !== -1) {
-      this.running.splice(r, 1);
-      this.engine.freeSequence(seq.seqId);
-    } else {
-      const at = this.resumeQueue.indexOf(seq);
-      if (at !== -1) this.resumeQueue.splice(at, 1);
-      else {
-        const q = this.queues.get(seq.params.adapterName);
-        const k = q ? q.indexOf(seq) : -1;
-        if (k !== -1) {
-          q!.splice(k, 1);
-          this.waitingCount--;
-          this.pruneQueue(seq.params.adapterName);
-        }
-      }
-    }
+    if (this.removeRunning(seq)) this.engine.freeSequence(seq.seqId);
+    else this.waiting.remove(seq);
     this.updateCounts();
     return true;
   }
@@ -422,6 +484,12 @@ export class BatchScheduler {
   private fail(seq: Sequence, err: RequestError): void {
     if (this.detach(seq)) seq.sink.onError(err);
   }
+}
+
+/** A chunk the engine refused: its adapter row went away, or a value the checks before it missed. */
+function chunkError(message: string): RequestError {
+  if (/being unregistered|holds no adapter/.test(message)) return new RequestError('unknown_adapter', `the adapter was removed: ${message}`);
+  return new RequestError('internal', `the engine refused this request: ${message}`);
 }
 
 function removedError(adapterName: string): RequestError {

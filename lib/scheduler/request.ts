@@ -18,6 +18,8 @@ export interface GenerationParams {
   adapterRow: number;
   /** For fairness and metrics: the adapter's name, or '' for the base model. */
   adapterName: string;
+  /** For fairness: who asked (a WebSocket connection, an HTTP peer address). */
+  client: string;
   maxTokens: number;
   temperature: number;
   topP: number;

@@ -29,7 +29,7 @@ export async function registerAdapter(reply: Reply, service: Service, maxBody: n
   if (typeof body.name !== 'string' || typeof body.path !== 'string') {
     throw new AdapterError(400, 'bad_request', 'the body must be {"name": "...", "path": "/abs/adapter/dir"}');
   }
-  const { entry, created } = await service.adapters.register(body.name, body.path, body.pinned === true);
+  const { entry, created } = await service.registerAdapter(body.name, body.path, body.pinned === true);
   reply.json(created ? 201 : 200, adapterJson(entry));
 }
 

@@ -37,7 +37,7 @@ export async function handleCompletion(reply: Reply, service: Service, maxBody: 
     const tokens: number[] = [];
     const logprobs: number[] = [];
     const running = service.start(
-      { ...sampling, prompt, adapter },
+      { ...sampling, prompt, adapter, client: reply.client },
       {
         onToken: (ev) => {
           text += ev.text;
@@ -93,7 +93,7 @@ export async function handleCompletion(reply: Reply, service: Service, maxBody: 
     res.cork(() => res.end());
   };
   const running = service.start(
-    { ...sampling, prompt, adapter },
+    { ...sampling, prompt, adapter, client: reply.client },
     {
       onToken: (ev) => write({ id, object: 'text_completion', created, model, choices: [choice(ev.text, null, ev.logprob, ev.token)] }),
       onDone: (ev) => {

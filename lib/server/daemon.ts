@@ -2,12 +2,14 @@
 import { basename, resolve } from 'node:path';
 
 import { AdapterRegistry, type RegistryOptions } from '../adapters/adapter-registry.js';
+import { AdapterStateFile } from '../adapters/adapter-state.js';
 import { Engine, type EngineOptions } from '../engine/engine.js';
 import { BatchScheduler, type SchedulerOptions } from '../scheduler/batch-scheduler.js';
 import { IncrementalDetokenizer } from '../tokenizer/detokenizer.js';
+import { PromptEncoder } from '../tokenizer/prompt-encoder.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { Metrics } from './metrics.js';
-import { startServer, type RunningServer, type ServerOptions } from './server.js';
+import { DEFAULT_MAX_BODY_BYTES, startServer, type RunningServer, type ServerOptions } from './server.js';
 import { Service } from './service.js';
 
 export interface DaemonOptions {
@@ -17,6 +19,10 @@ export interface DaemonOptions {
   scheduler?: Omit<SchedulerOptions, 'textStream'>;
   registry?: RegistryOptions;
   server?: ServerOptions;
+  /** Keeps adapters registered at run time in <stateDir>/adapters.json and restores them at start. */
+  stateDir?: string;
+  /** Longest text prompt in UTF-8 bytes (default: 16 per token of the context, within the body limit). */
+  maxPromptBytes?: number;
   /** Told each startup stage (loading, registering), for a progress line. */
   onProgress?: (event: string, detail: Record<string, unknown>) => void;
 }
@@ -29,13 +35,18 @@ export interface Daemon {
   close(): Promise<void>;
 }
 
+/** Few tokenizers make a token of more than 16 bytes on average: a longer prompt cannot fit the context. */
+const BYTES_PER_TOKEN_BOUND = 16;
+
 export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const progress = opts.onProgress ?? (() => {});
   const modelDir = resolve(opts.modelDir);
   progress('model_loading', { model: modelDir });
   const tokenizer = await TextTokenizer.load(modelDir);
+  const state = opts.stateDir === undefined ? undefined : await AdapterStateFile.open(resolve(opts.stateDir));
   const engine = await Engine.load(modelDir, opts.engine ?? {});
   progress('model_loaded', { model: modelDir, device: engine.info.device, vocab: engine.info.vocabSize });
+  const encoder = tokenizer ? new PromptEncoder(tokenizer, modelDir) : null;
   try {
     const scheduler = new BatchScheduler(engine, {
       ...opts.scheduler,
@@ -44,11 +55,27 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     const registry = new AdapterRegistry(engine, opts.registry);
     for (const a of opts.adapters ?? []) {
       const { entry } = await registry.register(a.name, a.dir);
-      progress('adapter_registered', { adapter: a.name, dir: entry.dir, experts: entry.experts, bytes: entry.bytes, residency: entry.state });
+      progress('adapter_registered', { adapter: a.name, dir: entry.dir, experts: entry.experts, bytes: entry.bytes, residency: entry.state, source: 'command line' });
+    }
+    for (const a of state?.list() ?? []) {
+      const given = registry.get(a.name);
+      if (given) {
+        if (given.dir !== resolve(a.dir)) progress('adapter_state_ignored', { adapter: a.name, dir: a.dir, reason: `the command line registers it from ${given.dir}` });
+        continue;
+      }
+      try {
+        const { entry } = await registry.register(a.name, a.dir, a.pinned);
+        progress('adapter_registered', { adapter: a.name, dir: entry.dir, experts: entry.experts, bytes: entry.bytes, residency: entry.state, source: 'state' });
+      } catch (err) {
+        // Kept in the state (a volume may come back); DELETE /v1/adapters/NAME drops it.
+        progress('adapter_restore_failed', { adapter: a.name, dir: a.dir, error: (err as Error).message });
+      }
     }
     const metrics = new Metrics();
     scheduler.onStep((ms, seqs) => metrics.observeStep(ms / 1000, seqs));
-    const service = new Service(engine.info, basename(modelDir), scheduler, registry, tokenizer, metrics);
+    const maxBody = opts.server?.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+    const maxPromptBytes = opts.maxPromptBytes ?? Math.min(maxBody, Math.max(64 << 10, engine.info.maxPositionEmbeddings * BYTES_PER_TOKEN_BOUND));
+    const service = new Service(engine.info, basename(modelDir), scheduler, registry, encoder, metrics, { maxPromptBytes, ...(state ? { state } : {}) });
     const server = await startServer(service, engine, opts.server);
     let closing: Promise<void> | undefined;
     return {
@@ -58,10 +85,12 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       close: () =>
         (closing ??= (async () => {
           await server.close();
+          await encoder?.close();
           engine.close();
         })()),
     };
   } catch (err) {
+    await encoder?.close();
     engine.close();
     throw err;
   }

@@ -1,5 +1,8 @@
 // Validates the sampling/limit fields shared by the WebSocket `generate` frame and
-// POST /v1/completions; every refusal names the field and the allowed range.
+// POST /v1/completions; every refusal names the field and the allowed range. Values
+// must survive the trip to the engine's float32/int32 fields unchanged in meaning
+// (1e308 is finite here but infinite there), so one request's odd value is its own
+// 400 and never reaches a step.
 import { RequestError } from '../scheduler/request.js';
 
 export interface SamplingInput {
@@ -16,17 +19,28 @@ function bad(message: string): never {
   throw new RequestError('bad_request', message);
 }
 
+/** A short, safe rendering of a client's value for an error message (any depth, any size). */
+export function describeValue(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v);
+  if (typeof v === 'number' || typeof v === 'boolean' || v === null) return String(v);
+  if (Array.isArray(v)) return `an array of ${v.length}`;
+  return typeof v === 'object' ? 'an object' : typeof v;
+}
+
 function num(obj: Record<string, unknown>, key: string, fallback: number, ok: (n: number) => boolean, range: string): number {
   const v = obj[key];
   if (v === undefined || v === null) return fallback;
-  if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) bad(`"${key}" must be ${range}, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) bad(`"${key}" must be ${range}, got ${describeValue(v)}`);
   return v;
 }
 
+const FLOAT32_MAX = 3.4028234663852886e38;
+
 export function parseSampling(obj: Record<string, unknown>, defaultMaxTokens: number): SamplingInput {
   const maxTokens = num(obj, 'max_tokens', defaultMaxTokens, (n) => Number.isInteger(n) && n >= 1, 'an integer >= 1');
-  const temperature = num(obj, 'temperature', 1, (n) => n >= 0, 'a number >= 0 (0 is greedy)');
-  const topP = num(obj, 'top_p', 1, (n) => n > 0 && n <= 1, 'a number in (0, 1]');
+  const temperature = num(obj, 'temperature', 1, (n) => n >= 0 && n <= FLOAT32_MAX, 'a number in [0, 3.4e38] (0 is greedy)');
+  // top_p reaches the engine as a float32: a positive value that rounds to 0 there would be 0.
+  const topP = num(obj, 'top_p', 1, (n) => Math.fround(n) > 0 && n <= 1, 'a number in (0, 1] (at least 1.4e-45)');
   const topK = num(obj, 'top_k', 0, (n) => Number.isInteger(n) && n >= 0 && n <= 0x7fffffff, 'an integer >= 0 (0: off)');
   const seed = num(obj, 'seed', 0, (n) => Number.isSafeInteger(n) && n >= 0, 'an integer in [0, 2^53)');
   let stop: string[] = [];

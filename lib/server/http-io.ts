@@ -5,8 +5,11 @@ import type { HttpResponse } from 'uWebSockets.js';
 export class Reply {
   aborted = false;
   private onAbort: (() => void)[] = [];
+  /** Who asked, for fair scheduling: the peer's address (read now: uWS forbids it after an await). */
+  readonly client: string;
 
   constructor(readonly res: HttpResponse) {
+    this.client = `http:${Buffer.from(res.getRemoteAddressAsText()).toString()}`;
     res.onAborted(() => {
       this.aborted = true;
       for (const f of this.onAbort) f();

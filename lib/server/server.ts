@@ -1,26 +1,37 @@
 // The daemon's network face: uWebSockets.js app with the WebSocket stream and the
-// HTTP routes of shared/docs/api.md, bound to 127.0.0.1 unless told otherwise.
+// HTTP routes of docs/api.md, bound to 127.0.0.1 unless told otherwise. The port is
+// taken exclusively (a second daemon on it fails to start instead of sharing it), and
+// on a non-loopback address without an admin token the admin routes are closed.
 import uWS from 'uWebSockets.js';
 import type { us_listen_socket, WebSocket } from 'uWebSockets.js';
 
 import { AdapterError } from '../adapters/expert-cfg.js';
 import { RequestError } from '../scheduler/request.js';
-import { adapterJson, authorized, listAdapters, registerAdapter, removeAdapter } from './admin-routes.js';
+import { authorized, listAdapters, registerAdapter, removeAdapter } from './admin-routes.js';
 import { handleCompletion, httpStatus } from './completions.js';
+import { FdGuard } from './fd-guard.js';
 import { BodyError, Reply } from './http-io.js';
 import type { Service } from './service.js';
 import type { EnginePort } from '../scheduler/engine-port.js';
 import { mountStream } from './ws-stream.js';
+
+export const DEFAULT_MAX_BODY_BYTES = 1 << 20;
 
 export interface ServerOptions {
   host?: string;
   /** 0: any free port. */
   port?: number;
   adminToken?: string;
+  /** Open the admin routes without a token on a non-loopback address (off: they answer 403). */
+  allowOpenAdmin?: boolean;
   maxBodyBytes?: number;
   /** Per connection (WebSocket) or response (SSE): unsent bytes before the client is cut off. */
   maxBufferedBytes?: number;
   maxRequestsPerConnection?: number;
+  /** Most WebSocket connections at once; more are refused with 503. */
+  maxConnections?: number;
+  /** Told of events worth a log line (admin closed, listening paused for want of descriptors). */
+  onEvent?: (event: string, detail: Record<string, unknown>) => void;
 }
 
 export interface RunningServer {
@@ -37,13 +48,30 @@ function fail(reply: Reply, err: unknown): void {
   else reply.error(500, 'internal', (err as Error)?.message ?? String(err));
 }
 
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
 export function startServer(service: Service, engine: EnginePort, options: ServerOptions = {}): Promise<RunningServer> {
   const host = options.host ?? '127.0.0.1';
-  const maxBody = options.maxBodyBytes ?? 1 << 20;
-  const maxBuffered = options.maxBufferedBytes ?? 4 << 20;
+  const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+  const maxBuffered = options.maxBufferedBytes ?? 1 << 20;
+  const onEvent = options.onEvent ?? (() => {});
+  const adminClosed = !options.adminToken && !isLoopback(host) && !options.allowOpenAdmin;
+  if (adminClosed) {
+    onEvent('admin_routes_closed', {
+      host,
+      reason: 'listening beyond loopback without --admin-token: anyone on the network could add and remove adapters; set --admin-token T (or --allow-open-admin to accept that)',
+    });
+  }
   const app = uWS.App();
   const sockets = new Set<WebSocket<never>>();
-  mountStream(app, service, { maxBufferedBytes: maxBuffered, maxRequestsPerConnection: options.maxRequestsPerConnection ?? 256, maxFrameBytes: maxBody }, sockets as Set<WebSocket<never>>);
+  mountStream(
+    app,
+    service,
+    { maxBufferedBytes: maxBuffered, maxRequestsPerConnection: options.maxRequestsPerConnection ?? 256, maxFrameBytes: maxBody, maxConnections: options.maxConnections ?? 4096 },
+    sockets as Set<WebSocket<never>>,
+  );
 
   const route = (handler: (reply: Reply) => void | Promise<void>) => (res: uWS.HttpResponse) => {
     const reply = new Reply(res);
@@ -59,6 +87,9 @@ export function startServer(service: Service, engine: EnginePort, options: Serve
     const ok = authorized(req, options.adminToken);
     const param = req.getParameter(0) ?? '';
     route((reply) => {
+      if (adminClosed) {
+        return reply.error(403, 'forbidden', 'the admin routes are closed: this server listens beyond loopback without --admin-token; restart it with --admin-token T (or --allow-open-admin)');
+      }
       if (!ok) return reply.error(401, 'unauthorized', 'this endpoint needs "Authorization: Bearer TOKEN" (the --admin-token of the server)', { 'WWW-Authenticate': 'Bearer' });
       return handler(reply, param);
     })(res);
@@ -67,38 +98,59 @@ export function startServer(service: Service, engine: EnginePort, options: Serve
   app.get('/health', route((reply) => reply.json(200, { status: 'ok', engine: 'expertweave', device: service.info.device, model: service.modelName, model_type: service.info.modelType })));
   app.get('/v1/models', route((reply) => {
     const created = 0;
+    // Public: names and residency only; where an adapter lives on disk is for admins (GET /v1/adapters).
     const data = [
       { id: service.modelName, object: 'model', created, owned_by: 'expertweave' },
-      ...service.adapters.list().map((e) => ({ id: e.name, object: 'model', created, owned_by: 'expertweave', parent: service.modelName, adapter: adapterJson(e) })),
+      ...service.adapters.list().map((e) => ({ id: e.name, object: 'model', created, owned_by: 'expertweave', parent: service.modelName, adapter: { residency: e.state, experts: e.experts } })),
     ];
     reply.json(200, { object: 'list', data });
   }));
   app.post('/v1/completions', route((reply) => handleCompletion(reply, service, maxBody, maxBuffered)));
   app.get('/v1/adapters', admin((reply) => listAdapters(reply, service)));
   app.post('/v1/adapters', admin((reply) => registerAdapter(reply, service, maxBody)));
-  app.del('/v1/adapters/:name', admin((reply, name) => removeAdapter(reply, service, decodeURIComponent(name))));
+  app.del('/v1/adapters/:name', admin((reply, raw) => {
+    let name: string;
+    try {
+      name = decodeURIComponent(raw);
+    } catch {
+      throw new AdapterError(400, 'bad_request', 'the adapter name in the path is not valid percent-encoding');
+    }
+    return removeAdapter(reply, service, name);
+  }));
   app.get('/metrics', route((reply) => reply.send(200, service.metrics.render(engine, service.scheduler, service.adapters), 'text/plain; version=0.0.4')));
   app.any('/*', route((reply) => reply.error(404, 'not_found', 'no such endpoint; see /v1/completions, /v1/stream, /v1/models, /v1/adapters, /health, /metrics')));
 
-  return new Promise((resolve, reject) => {
-    app.listen(host, options.port ?? 8080, (listen: us_listen_socket | false) => {
-      if (!listen) {
-        reject(new Error(`cannot listen on ${host}:${options.port ?? 8080} (in use or not permitted)`));
-        return;
-      }
-      let closed = false;
-      resolve({
-        host,
-        port: uWS.us_socket_local_port(listen as unknown as uWS.us_socket),
-        close: async () => {
-          if (closed) return;
-          closed = true;
-          uWS.us_listen_socket_close(listen);
-          service.cancelAll();
-          await service.scheduler.close();
-          for (const ws of [...sockets]) ws.end(1001, 'server shutting down');
-        },
-      });
+  const EXCLUSIVE = 1; // LIBUS_LISTEN_EXCLUSIVE_PORT: no SO_REUSEPORT, so a taken port is an error
+  const listenOn = (port: number) =>
+    new Promise<us_listen_socket | false>((resolve) => {
+      // uWS.js takes (host, port, options, cb); its typings know (port, options, cb) only.
+      (app.listen as unknown as (h: string, p: number, o: number, cb: (s: us_listen_socket | false) => void) => void)(host, port, EXCLUSIVE, resolve);
     });
+  return listenOn(options.port ?? 8080).then((first) => {
+    if (!first) throw new Error(`cannot listen on ${host}:${options.port ?? 8080}: address in use or not permitted`);
+    let listen: us_listen_socket | false = first;
+    const port = uWS.us_socket_local_port(first as unknown as uWS.us_socket);
+    const guard = new FdGuard({
+      pause: () => {
+        if (listen) uWS.us_listen_socket_close(listen);
+        listen = false;
+      },
+      resume: async () => (listen = await listenOn(port)) !== false,
+      onEvent: (event, detail) => onEvent(event, { ...detail, port }),
+    });
+    let closed = false;
+    return {
+      host,
+      port,
+      close: async () => {
+        if (closed) return;
+        closed = true;
+        guard.stop();
+        if (listen) uWS.us_listen_socket_close(listen);
+        service.cancelAll();
+        await service.scheduler.close();
+        for (const ws of [...sockets]) ws.end(1001, 'server shutting down');
+      },
+    };
   });
 }

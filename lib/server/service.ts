@@ -1,11 +1,13 @@
 // What both transports call: resolves a request's model (base or adapter), encodes
-// its prompt, holds the adapter resident while it runs, and feeds the scheduler.
+// its prompt (off the event loop when long, refused before any work when over the
+// byte limit), holds the adapter resident while it runs, and feeds the scheduler.
 import type { ModelInfo } from '../engine/binding.js';
 import { AdapterError } from '../adapters/expert-cfg.js';
-import type { AdapterRegistry } from '../adapters/adapter-registry.js';
+import type { AdapterEntry, AdapterRegistry } from '../adapters/adapter-registry.js';
+import type { AdapterStateFile } from '../adapters/adapter-state.js';
 import type { BatchScheduler } from '../scheduler/batch-scheduler.js';
 import { RequestError, type DoneEvent, type GenerationSink, type TokenEvent } from '../scheduler/request.js';
-import type { TextTokenizer } from '../tokenizer/tokenizer.js';
+import type { PromptEncoder } from '../tokenizer/prompt-encoder.js';
 import type { SamplingInput } from './generate-params.js';
 import type { Metrics } from './metrics.js';
 
@@ -13,6 +15,15 @@ export interface ServiceRequest extends SamplingInput {
   /** Adapter name; null: the base model. */
   adapter: string | null;
   prompt: string | number[];
+  /** Who asked, for fairness (see GenerationParams.client). */
+  client: string;
+}
+
+export interface ServiceOptions {
+  /** Longest text prompt in UTF-8 bytes; longer ones are refused before tokenization. */
+  maxPromptBytes: number;
+  /** Where adapters registered at run time are kept across restarts (absent: not kept). */
+  state?: AdapterStateFile;
 }
 
 export interface Running {
@@ -27,8 +38,9 @@ export class Service {
     readonly modelName: string,
     readonly scheduler: BatchScheduler,
     readonly adapters: AdapterRegistry,
-    readonly tokenizer: TextTokenizer | null,
+    readonly encoder: PromptEncoder | null,
     readonly metrics: Metrics,
+    readonly options: ServiceOptions,
   ) {}
 
   /**
@@ -75,11 +87,7 @@ export class Service {
     void (async () => {
       await Promise.resolve(); // report asynchronously, after start() has returned
       try {
-        let promptIds: number[];
-        if (typeof req.prompt === 'string') {
-          if (!this.tokenizer) throw new RequestError('bad_request', 'the model has no tokenizer.json; send the prompt as an array of token ids');
-          promptIds = this.tokenizer.encode(req.prompt);
-        } else promptIds = req.prompt;
+        const promptIds = await this.encode(req.prompt);
         let row = 0;
         if (req.adapter !== null) {
           if (!this.adapters.get(req.adapter)) {
@@ -104,13 +112,39 @@ export class Service {
     return handle;
   }
 
+  private async encode(prompt: string | number[]): Promise<number[]> {
+    if (typeof prompt !== 'string') return prompt;
+    if (!this.encoder) throw new RequestError('bad_request', 'the model has no tokenizer.json; send the prompt as an array of token ids');
+    // A UTF-16 unit is at most 3 UTF-8 bytes: most prompts pass without counting.
+    const limit = this.options.maxPromptBytes;
+    if (prompt.length * 3 > limit && Buffer.byteLength(prompt) > limit) {
+      throw new RequestError('bad_request', `the prompt is ${Buffer.byteLength(prompt)} bytes of text; at most ${limit} are accepted (the model's context could not hold more)`);
+    }
+    try {
+      return await this.encoder.encode(prompt);
+    } catch (err) {
+      throw new RequestError('internal', `the prompt could not be tokenized: ${(err as Error).message}`);
+    }
+  }
+
+  /** Registers an adapter at run time (see AdapterRegistry.register); kept across restarts when a state dir is set. */
+  async registerAdapter(name: string, dir: string, pinned = false): Promise<{ entry: AdapterEntry; created: boolean }> {
+    const r = await this.adapters.register(name, dir, pinned);
+    if (r.created) await this.options.state?.put({ name, dir: r.entry.dir, pinned });
+    return r;
+  }
+
   /**
    * Removes an adapter: requests for it that have not started fail now (its engine row
-   * drains and may then serve another adapter), running ones finish on it.
+   * drains and may then serve another adapter), running ones finish on it. A name only
+   * the state file still holds (it failed to load at start) is dropped from it.
    */
   async removeAdapter(name: string): Promise<void> {
+    const state = this.options.state;
+    if (!this.adapters.get(name) && state?.has(name)) return state.delete(name);
     if (this.adapters.get(name)) this.scheduler.failWaiting(name);
     await this.adapters.remove(name);
+    await state?.delete(name);
   }
 
   /** The model name a request's `model` field resolves to: null for the base. */

@@ -1,8 +1,13 @@
 // WebSocket /v1/stream: many concurrent requests per connection, told apart by id.
-// Backpressure policy: each connection may have at most `maxBufferedBytes` unsent;
-// past that the client is not reading its stream, so the connection is closed
-// (code 1008) and its requests are cancelled, freeing their KV blocks. Memory per
-// connection is thereby bounded and a slow reader never stalls the batch of others.
+// Each connection is one client for fair scheduling. Backpressure policy: each
+// connection may have at most `maxBufferedBytes` unsent; a frame that would go past
+// it is not sent: the connection ends with 1008 after the frames already queued
+// (whole frames only, so a client that does read late sees a clean close) and its
+// requests are cancelled, freeing their KV blocks. Memory per connection is bounded
+// and a slow reader never stalls the batch of others. Frames over maxFrameBytes end
+// the connection with 1009 (up to twice that size; beyond, uWebSockets.js itself
+// drops the connection, as it does for text frames that are not UTF-8: its close
+// code there is 1006 and cannot be changed from JavaScript).
 import type { TemplatedApp, WebSocket } from 'uWebSockets.js';
 
 import { RequestError } from '../scheduler/request.js';
@@ -14,35 +19,54 @@ export interface StreamOptions {
   /** Most concurrent requests per connection. */
   maxRequestsPerConnection: number;
   maxFrameBytes: number;
+  /** Most connections at once; an upgrade beyond is answered 503. */
+  maxConnections: number;
 }
 
 interface Conn {
+  client: string;
   requests: Map<string, Running>;
   closed: boolean;
 }
 
 const decoder = new TextDecoder();
+let connections = 0;
 
 export function mountStream(app: TemplatedApp, service: Service, opts: StreamOptions, sockets: Set<WebSocket<Conn>>): void {
+  const cutOff = (ws: WebSocket<Conn>, code: number, reason: string) => {
+    const conn = ws.getUserData();
+    if (conn.closed) return;
+    conn.closed = true;
+    ws.end(code, reason); // the close handler cancels the connection's requests
+  };
   const send = (ws: WebSocket<Conn>, msg: object) => {
     const conn = ws.getUserData();
     if (conn.closed) return;
-    ws.send(JSON.stringify(msg), false);
-    if (ws.getBufferedAmount() > opts.maxBufferedBytes) {
-      conn.closed = true;
-      ws.end(1008, 'client is not reading its stream (send buffer over limit)');
+    const text = JSON.stringify(msg);
+    if (ws.getBufferedAmount() + text.length > opts.maxBufferedBytes) {
+      cutOff(ws, 1008, 'client is not reading its stream (send buffer over limit)');
+      return;
     }
+    ws.send(text, false);
   };
   const error = (ws: WebSocket<Conn>, id: string | null, err: RequestError) =>
     send(ws, { type: 'error', id, code: err.code, message: err.message });
 
   app.ws<Conn>('/v1/stream', {
-    maxPayloadLength: opts.maxFrameBytes,
-    maxBackpressure: opts.maxBufferedBytes * 2,
-    idleTimeout: 0,
+    // Twice the limit, so a frame past it is still read and refused with 1009 (uWS closes beyond).
+    maxPayloadLength: opts.maxFrameBytes * 2,
+    // Above our own budget: uWS never drops a frame (which would leave a hole in a stream).
+    maxBackpressure: opts.maxBufferedBytes * 2 + (1 << 16),
+    // Pings every ~2 minutes; a peer that stops answering is dropped.
+    idleTimeout: 120,
+    sendPingsAutomatically: true,
     upgrade: (res, req, context) => {
+      if (sockets.size >= opts.maxConnections) {
+        res.writeStatus('503 Service Unavailable').end(`too many connections (limit ${opts.maxConnections}); retry later`);
+        return;
+      }
       res.upgrade<Conn>(
-        { requests: new Map(), closed: false },
+        { client: `ws:${++connections}`, requests: new Map(), closed: false },
         req.getHeader('sec-websocket-key'),
         req.getHeader('sec-websocket-protocol'),
         req.getHeader('sec-websocket-extensions'),
@@ -56,6 +80,10 @@ export function mountStream(app: TemplatedApp, service: Service, opts: StreamOpt
       let frame: Record<string, unknown>;
       let id: string | null = null;
       try {
+        if (message.byteLength > opts.maxFrameBytes) {
+          cutOff(ws, 1009, `frame of ${message.byteLength} bytes; the limit is ${opts.maxFrameBytes}`);
+          return;
+        }
         if (isBinary) throw new RequestError('bad_request', 'send JSON text frames, not binary');
         let parsed: unknown;
         try {
@@ -83,7 +111,7 @@ export function mountStream(app: TemplatedApp, service: Service, opts: StreamOpt
         const sampling = parseSampling(frame, 16);
         const rid = id;
         const running = service.start(
-          { ...sampling, prompt, adapter: typeof adapter === 'string' ? adapter : null },
+          { ...sampling, prompt, adapter: typeof adapter === 'string' ? adapter : null, client: conn.client },
           {
             onToken: (ev) => send(ws, { type: 'token', id: rid, index: ev.index, token: ev.token, text: ev.text, ...(ev.logprob !== undefined ? { logprob: ev.logprob } : {}) }),
             onDone: (ev) => {

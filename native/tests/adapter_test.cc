@@ -1,4 +1,6 @@
 // load_adapter: what a valid ESFT adapter yields, and every refusal with its message.
+#include <sys/stat.h>
+
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -7,6 +9,7 @@
 #include "engine/adapter.h"
 #include "esft_selections.h"
 #include "test.h"
+#include "util/error.h"
 
 using namespace ew;
 using namespace ewtest;
@@ -168,4 +171,44 @@ TEST(adapter_refuses_bad_tensors) {
     std::filesystem::resize_file(file, std::filesystem::file_size(file) - 100);
     CHECK_THROWS_WITH(load_adapter(dir, cfg, DType::BF16), "adapter.safetensors");
   }
+}
+
+// A client names the adapter directory: its files must be regular and small, and the
+// loader must neither block on a FIFO, read a device without end, nor quote contents.
+TEST(adapter_reads_only_small_regular_files) {
+  ScratchDir tmp("adapter-files");
+  const ModelConfig cfg = cfg4();
+  std::vector<StTensor> tensors;
+  add_expert(&tensors, cfg, 1, 2, 9, DType::BF16, true);
+
+  const std::string fifo = tmp.sub("fifo");
+  CHECK_EQ(::mkfifo((fifo + "/expert_cfg.json").c_str(), 0600), 0);
+  write_safetensors(fifo + "/x.safetensors", tensors);
+  CHECK_THROWS_WITH(load_adapter(fifo, cfg, DType::BF16), "expert_cfg.json: not a regular file");
+
+  const std::string dev = tmp.sub("dev");
+  std::filesystem::create_symlink("/dev/zero", dev + "/expert_cfg.json");
+  write_safetensors(dev + "/x.safetensors", tensors);
+  CHECK_THROWS_WITH(load_adapter(dev, cfg, DType::BF16), "expert_cfg.json: not a regular file");
+
+  const std::string big = tmp.sub("big");
+  write_text(big + "/expert_cfg.json", "{\"experts\": {}, \"pad\": \"" + std::string(2 << 20, 'x') + "\"}");
+  write_safetensors(big + "/x.safetensors", tensors);
+  CHECK_THROWS_WITH(load_adapter(big, cfg, DType::BF16), "more than the 1048576 such a file may have");
+
+  const std::string secret = tmp.sub("secret");
+  write_text(secret + "/expert_cfg.json", "root:x:0:0:root:/root:/bin/bash\n");
+  write_safetensors(secret + "/x.safetensors", tensors);
+  try {
+    load_adapter(secret, cfg, DType::BF16);
+    CHECK(false);
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("root:") == std::string::npos);
+    CHECK(std::string(e.what()).find("invalid JSON") != std::string::npos);
+  }
+
+  const std::string shard = tmp.sub("shard");
+  write_text(shard + "/expert_cfg.json", expert_cfg_json({{1, {2}}}));
+  CHECK_EQ(::mkfifo((shard + "/x.safetensors").c_str(), 0600), 0);
+  CHECK_THROWS_WITH(load_adapter(shard, cfg, DType::BF16), "x.safetensors: not a regular file");
 }

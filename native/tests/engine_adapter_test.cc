@@ -192,7 +192,10 @@ TEST(engine_adapter_churn_leaves_running_sequences_unchanged) {
   StepBatch n;
   n.tokens = {5};
   n.chunks = {chunk(12, a, 1)};
-  CHECK_THROWS_WITH(eng->Step(n), "being unregistered");
+  const StepResult refused = eng->Step(n);
+  CHECK(refused.errors.at(0).find("being unregistered") != std::string::npos);
+  CHECK_EQ(refused.tokens.at(0), -1);
+  CHECK_EQ(eng->SequenceLength(12), int64_t{-1});
   CHECK_EQ(eng->adapters().size(), size_t{2});  // A (draining) and C
   eng->FreeSequence(10);
   eng->FreeSequence(11);

@@ -450,7 +450,7 @@ TEST(forward_adapter_row_equals_the_merged_model_bitwise) {
   CHECK(!bits_equal(via_base.data(), via_merged.data(), via_merged.size()));
 }
 
-TEST(forward_step_validation_changes_nothing_on_error) {
+TEST(forward_step_layout_errors_change_nothing) {
   TinyModel m;
   ewtest::st::TempDir dir;
   m.write(dir.path(), m.tensors(500));
@@ -460,7 +460,6 @@ TEST(forward_step_validation_changes_nothing_on_error) {
   ok.chunks = {chunk(1, 3)};
   e->Step(ok);
   const KvStats before = e->kv_stats();
-
   auto expect = [&](StepBatch b, const char* msg) {
     CHECK_THROWS_WITH(e->Step(b), msg);
     CHECK_EQ(e->SequenceLength(1), int64_t{3});
@@ -468,35 +467,64 @@ TEST(forward_step_validation_changes_nothing_on_error) {
     CHECK_EQ(e->kv_stats().free_blocks, before.free_blocks);
   };
   StepBatch b;
-  b.tokens = {1, 64};
-  b.chunks = {chunk(1, 1), chunk(2, 1)};
-  expect(b, "outside the vocabulary");
   b.tokens = {1, 2};
-  b.chunks = {chunk(2, 1), chunk(2, 1)};
-  expect(b, "more than once");
-  b.chunks = {chunk(2, 1), chunk(1, 1, 1)};
-  expect(b, "adapter row");
   b.chunks = {chunk(2, 1), chunk(1, 2)};
   expect(b, "tokens but");
   b.chunks = {chunk(2, 2), chunk(1, 0)};
   expect(b, "n_tokens");
-  // Sequence 2 fits (1 block) but then sequence 1 needs 4 blocks: nothing may remain of 2.
-  b.tokens = some_tokens(14, 7);
-  b.chunks = {chunk(2, 1), chunk(1, 13)};
-  expect(b, "KV cache full");
-  // Sequence 1 grows by 2 blocks first, then sequence 2 does not fit: 1 gives them back.
-  b.tokens = some_tokens(11, 8);
-  b.chunks = {chunk(1, 6), chunk(2, 5)};
-  expect(b, "KV cache full");
-  StepBatch big;
-  big.tokens = std::vector<int32_t>(254, 1);
-  big.chunks = {chunk(1, 254)};
-  expect(big, "max_position_embeddings");
-  StepBatch next;  // the engine still works after every refusal
-  next.tokens = {4};
-  next.chunks = {chunk(1, 1)};
-  e->Step(next);
-  CHECK_EQ(e->SequenceLength(1), int64_t{4});
+}
+
+// A chunk whose own values cannot run fails alone: its error names why, its sequence
+// stays as it was, and the chunk beside it runs exactly as it would alone.
+TEST(forward_step_bad_chunk_fails_alone) {
+  TinyModel m;
+  ewtest::st::TempDir dir;
+  m.write(dir.path(), m.tensors(500));
+  const std::vector<int32_t> good_tokens = some_tokens(3, 9);
+  // What sequence 5 gives alone: its greedy token and logits, and the cache it takes.
+  auto alone = load(dir.path(), 0, 16);
+  StepBatch solo;
+  solo.tokens = good_tokens;
+  solo.chunks = {chunk(5, 3)};
+  solo.return_logits = true;
+  const StepResult want = alone->Step(solo);
+
+  auto expect = [&](std::vector<int32_t> bad_tokens, SeqChunk bad, const char* msg, int64_t bad_len_before) {
+    auto e = load(dir.path(), 0, 16);  // 4 blocks of 4 tokens
+    StepBatch pre;
+    pre.tokens = some_tokens(3, 6);
+    pre.chunks = {chunk(1, 3)};
+    e->Step(pre);  // sequence 1: 3 tokens, 1 block
+    StepBatch b;
+    b.tokens = good_tokens;
+    b.tokens.insert(b.tokens.end(), bad_tokens.begin(), bad_tokens.end());
+    b.chunks = {chunk(5, 3), bad};
+    b.return_logits = true;
+    const StepResult got = e->Step(b);
+    CHECK_EQ(got.errors.size(), size_t{2});
+    CHECK(got.errors[0].empty());
+    if (got.errors[1].find(msg) == std::string::npos) {
+      std::fprintf(stderr, "     error '%s' does not name '%s'\n", got.errors[1].c_str(), msg);
+      CHECK(false);
+    }
+    CHECK_EQ(got.tokens[1], -1);
+    CHECK_EQ(got.tokens[0], want.tokens[0]);
+    CHECK(bits_equal(got.logits.data(), want.logits.data(), want.logits.size()));
+    CHECK_EQ(e->SequenceLength(5), int64_t{3});
+    CHECK_EQ(e->SequenceLength(bad.seq_id), bad_len_before);
+    CHECK_EQ(e->kv_stats().free_blocks, 2);  // sequence 1 and sequence 5 hold one block each
+  };
+  expect({1, 64}, chunk(2, 2), "outside the vocabulary", -1);
+  expect({1}, chunk(5, 1), "more than once", 3);
+  expect({1}, chunk(1, 1, 1), "adapter row", 3);
+  expect(some_tokens(13, 7), chunk(1, 13), "KV cache full", 3);  // would need 4 blocks, 2 are free
+  expect(std::vector<int32_t>(254, 1), chunk(1, 254), "max_position_embeddings", 3);  // 3 + 254 > 256
+  SeqChunk hot = chunk(2, 1);
+  hot.sampling.temperature = std::numeric_limits<float>::infinity();
+  expect({1}, hot, "temperature", -1);
+  SeqChunk narrow = chunk(2, 1);
+  narrow.sampling.top_p = 0.f;
+  expect({1}, narrow, "top_p", -1);
 }
 
 TEST(forward_load_refuses_cuda_without_backend_or_device) {

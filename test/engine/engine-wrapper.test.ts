@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import type { StepRequest } from '../../lib/engine/binding.js';
-import { Engine, packStepRequest } from '../../lib/engine/engine.js';
+import { Engine, packStepRequest, type ChunkSpec } from '../../lib/engine/engine.js';
 import { CPU_ENGINE, addon } from '../helpers/engine.js';
 import { presetModel } from '../helpers/fixtures.js';
 import { tempDir } from '../helpers/tmp.js';
@@ -111,20 +111,40 @@ describe('Engine over the addon (tiny random model)', { skip }, () => {
       [{ ...good, adapters: new Int32Array(2) }, /adapters must be an Int32Array of length 1 \(got an Int32Array of length 2\)/, 'TypeError'],
       [{ ...good, tokens: Int32Array.of(1) }, /tokens must be an Int32Array of length 2/, 'TypeError'],
       [{ ...good, sample: new Int32Array(1) }, /sample must be a Uint8Array of length 1/, 'TypeError'],
-      [{ ...good, seeds: Float64Array.of(-1) }, /seeds\[0\] must be an integer in \[0, 2\^53\]/, 'RangeError'],
       [{ ...good, nTokens: Int32Array.of(0), tokens: new Int32Array(0) }, /nTokens\[0\] must be >= 1/, 'RangeError'],
-      [{ ...good, topP: Float32Array.of(0) }, /topP\[0\] must be in \(0, 1\]/, 'RangeError'],
       [{ ...good, returnLogits: 'yes' }, /returnLogits must be a boolean/, 'TypeError'],
     ];
     for (const [req, message, name] of bad) {
       await assert.rejects(engine.stepPacked(req as StepRequest), { name, message }, JSON.stringify(req));
     }
-    // Out-of-vocabulary ids are the engine's to refuse: an Error, not a crash.
-    await assert.rejects(engine.step([{ seqId: 41, tokens: [engine.info.vocabSize + 5] }]), Error);
-    assert.equal(engine.sequenceLength(41), -1);
     const out = await engine.stepPacked(good);
     assert.equal(out.tokens.length, 1);
+    assert.equal(out.errors, undefined);
     engine.freeSequence(40);
+  });
+
+  test('a chunk whose own values cannot run fails alone; the chunks beside it run as alone', async () => {
+    const alone = await engine.step([{ seqId: 42, tokens: PROMPT }], true);
+    engine.freeSequence(42);
+    const bad: [Partial<ChunkSpec>, RegExp][] = [
+      [{ tokens: [engine.info.vocabSize + 5] }, /outside the vocabulary/],
+      [{ seed: -1 }, /seeds\[1\] must be an integer in \[0, 2\^53\]/],
+      [{ topP: 0 }, /top_p 0 must be in \(0, 1\]/],
+      [{ temperature: Infinity }, /temperature inf must be a finite number/],
+      [{ adapter: 7 }, /adapter row 7/],
+    ];
+    for (const [spec, message] of bad) {
+      const out = await engine.step([{ seqId: 42, tokens: PROMPT }, { seqId: 43, tokens: [5], ...spec }], true);
+      assert.ok(out.errors, JSON.stringify(spec));
+      assert.equal(out.errors[0], null);
+      assert.match(out.errors[1]!, message);
+      assert.equal(out.tokens[1], -1);
+      assert.equal(out.tokens[0], alone.tokens[0]);
+      assert.deepEqual(out.logits!.subarray(0, alone.logits!.length), alone.logits);
+      assert.equal(engine.sequenceLength(42), PROMPT.length);
+      assert.equal(engine.sequenceLength(43), -1);
+      engine.freeSequence(42);
+    }
   });
 
   test('a second step while one runs is rejected; the first completes', async () => {

@@ -3,51 +3,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import type { KvStats, ModelInfo, StepOutput } from '../../lib/engine/binding.js';
-import type { ChunkSpec } from '../../lib/engine/engine.js';
 import { BatchScheduler } from '../../lib/scheduler/batch-scheduler.js';
-import type { EnginePort } from '../../lib/scheduler/engine-port.js';
-import type { DoneEvent, GenerationParams, RequestError, TokenEvent } from '../../lib/scheduler/request.js';
-
-/**
- * Always samples (last token + 1) mod vocab, skipping EOS; records every step's chunks.
- * Like the native engine, it refuses a whole step that starts a sequence on a draining row.
- */
-class ScriptedEngine implements EnginePort {
-  readonly info = { vocabSize: 50, maxPositionEmbeddings: 128, eosTokenId: 1 } as ModelInfo;
-  readonly steps: ChunkSpec[][] = [];
-  readonly draining = new Set<number>();
-  private readonly lens = new Map<number, number>();
-  constructor(private readonly totalBlocks = 1000) {}
-  drainingRows(): ReadonlySet<number> {
-    return this.draining;
-  }
-  async step(chunks: readonly ChunkSpec[]): Promise<StepOutput> {
-    for (const c of chunks) {
-      if (!this.lens.has(c.seqId) && this.draining.has(c.adapter ?? 0)) throw new Error(`adapter row ${c.adapter} is being unregistered`);
-    }
-    this.steps.push([...chunks]);
-    const tokens = new Int32Array(chunks.length);
-    chunks.forEach((c, i) => {
-      this.lens.set(c.seqId, (this.lens.get(c.seqId) ?? 0) + c.tokens.length);
-      const next = (c.tokens[c.tokens.length - 1] + 1) % 50;
-      tokens[i] = c.sample === false ? -1 : next === 1 ? 2 : next;
-    });
-    return { tokens, logprobs: new Float32Array(chunks.length) };
-  }
-  freeSequence(seqId: number): void {
-    this.lens.delete(seqId);
-  }
-  kvStats(): KvStats {
-    let used = 0;
-    for (const l of this.lens.values()) used += Math.ceil(l / 4);
-    return { blockSize: 4, totalBlocks: this.totalBlocks, freeBlocks: this.totalBlocks - used, sequences: this.lens.size };
-  }
-}
-
-function params(adapterName: string, promptIds: number[], extra: Partial<GenerationParams> = {}): GenerationParams {
-  return { promptIds, adapterRow: 0, adapterName, maxTokens: 3, temperature: 0, topP: 1, topK: 0, seed: 0, logprobs: false, stop: [], ...extra };
-}
+import type { DoneEvent, RequestError, TokenEvent } from '../../lib/scheduler/request.js';
+import { ScriptedEngine, params } from './scripted-engine.js';
 
 function collect() {
   const tokens: TokenEvent[] = [];

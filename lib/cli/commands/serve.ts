@@ -1,5 +1,7 @@
-// `expertweave serve`: runs the daemon until SIGINT/SIGTERM. Logs are JSON lines on
-// stderr; the line `listening on http://HOST:PORT` goes to stdout once it serves.
+// `expertweave serve`: runs the daemon until SIGINT/SIGTERM/SIGHUP, then shuts down
+// cleanly (a second signal while it does is logged, not fatal; a shutdown that hangs
+// ends with exit 1 after a grace period). Logs are JSON lines on stderr; the line
+// `listening on http://HOST:PORT` goes to stdout once it serves.
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,7 +15,7 @@ const HELP = `Usage: expertweave serve [--model DIR] [--adapter NAME=DIR ...] [o
 
 Serves the model over WebSocket (ws://HOST:PORT/v1/stream) and HTTP (OpenAI-style
 /v1/completions, /v1/models, /v1/adapters, /health, /metrics). Prints
-"listening on http://HOST:PORT" once ready; stops cleanly on SIGINT/SIGTERM.
+"listening on http://HOST:PORT" once ready; stops cleanly on SIGINT/SIGTERM/SIGHUP.
 Without --model it serves the embedded default model (models/default) with the
 sample adapters under adapters/.
 
@@ -27,6 +29,10 @@ Options:
   --max-resident-adapters N     adapters loaded in the expert pool at once (default 0: no limit)
   --adapter-pool-bytes B        bytes of adapter experts resident at once (default 0: no limit)
   --admin-token T               require "Authorization: Bearer T" on /v1/adapters
+  --allow-open-admin            on a non-loopback --host without --admin-token, open the admin
+                                routes anyway (otherwise they answer 403)
+  --state-dir DIR               keep adapters registered at run time in DIR/adapters.json and
+                                register them again at start
   --max-adapters N              adapter rows in the engine (default 16)
   --adapter-slots N             expert slots per MoE layer reserved for adapters (default 64)
   --kv-cache-tokens N           KV-cache capacity in tokens (default: the engine's)
@@ -36,6 +42,8 @@ Options:
 `;
 
 const DEVICES: readonly Device[] = ['auto', 'cpu', 'cuda'];
+/** A shutdown still running after this long is cut short (exit 1). */
+const SHUTDOWN_GRACE_S = 30;
 
 function log(event: string, detail: Record<string, unknown> = {}): void {
   process.stderr.write(JSON.stringify({ time: new Date().toISOString(), event, ...detail }) + '\n');
@@ -74,6 +82,8 @@ async function run(argv: string[]): Promise<number> {
       'max-resident-adapters': { type: 'string' },
       'adapter-pool-bytes': { type: 'string' },
       'admin-token': { type: 'string' },
+      'allow-open-admin': { type: 'boolean' },
+      'state-dir': { type: 'string' },
       'max-adapters': { type: 'string' },
       'adapter-slots': { type: 'string' },
       'kv-cache-tokens': { type: 'string' },
@@ -113,19 +123,38 @@ async function run(argv: string[]): Promise<number> {
     engine: { device, threads, maxAdapters, maxAdapterSlots, ...(kvCacheTokens ? { kvCacheTokens } : {}) },
     scheduler: { tokenBudget, maxWaiting },
     registry: { maxResident, poolBytes },
-    server: { host: values.host ?? '127.0.0.1', port, ...(values['admin-token'] ? { adminToken: values['admin-token'] } : {}) },
+    server: {
+      host: values.host ?? '127.0.0.1',
+      port,
+      ...(values['admin-token'] ? { adminToken: values['admin-token'] } : {}),
+      allowOpenAdmin: values['allow-open-admin'] === true,
+      onEvent: log,
+    },
+    ...(values['state-dir'] ? { stateDir: values['state-dir'] } : {}),
     onProgress: log,
   });
+  let stopping = false;
   const stopped = new Promise<string>((resolve) => {
-    process.once('SIGINT', () => resolve('SIGINT'));
-    process.once('SIGTERM', () => resolve('SIGTERM'));
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+      process.on(sig, () => {
+        if (stopping) return log('signal_ignored', { signal: sig, reason: 'already shutting down' });
+        stopping = true;
+        resolve(sig);
+      });
+    }
   });
   const { host, port: bound } = daemon.server;
   log('listening', { host, port: bound, device: daemon.engine.info.device });
   process.stdout.write(`listening on http://${host}:${bound}\n`);
   const signal = await stopped;
   log('shutting_down', { signal });
+  const grace = setTimeout(() => {
+    log('shutdown_timeout', { seconds: SHUTDOWN_GRACE_S });
+    process.exit(1);
+  }, SHUTDOWN_GRACE_S * 1000);
+  grace.unref();
   await daemon.close();
+  clearTimeout(grace);
   log('stopped');
   return 0;
 }

@@ -1,6 +1,8 @@
 #include "addon/engine_wrap.h"
 
+#include <algorithm>
 #include <new>
+#include <thread>
 #include <utility>
 
 #include "addon/js_args.h"
@@ -155,51 +157,21 @@ class LoadEngineWorker : public Napi::AsyncWorker {
   std::shared_ptr<ew::Engine> engine_;
 };
 
-// Engine::RegisterAdapter off the main thread (it reads and copies expert weights).
-class RegisterAdapterWorker : public Napi::AsyncWorker {
- public:
-  RegisterAdapterWorker(Napi::Env env, std::shared_ptr<ew::Engine> engine, std::string dir)
-      : Napi::AsyncWorker(env, "expertweave:registerAdapter"), deferred_(Napi::Promise::Deferred::New(env)),
-        engine_(std::move(engine)), dir_(std::move(dir)) {}
-
-  Napi::Promise Promise() const { return deferred_.Promise(); }
-
- protected:
-  void Execute() override {
-    std::string err = RunCatching("registerAdapter(" + dir_ + ")", [&] { info_ = engine_->RegisterAdapter(dir_); });
-    if (!err.empty()) SetError(err);
-  }
-  void OnOK() override {
-    try {
-      deferred_.Resolve(AdapterInfoToJs(Env(), info_));
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
-    }
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  std::shared_ptr<ew::Engine> engine_;
-  std::string dir_;
-  ew::AdapterInfo info_;
-};
-
 }  // namespace
 
 // One Engine::Step off the main thread. Holds its own reference to the engine (so
 // close() during the step is safe) and to the JS wrapper (so it outlives the step).
 class StepWorker : public Napi::AsyncWorker {
  public:
-  StepWorker(Napi::Env env, EngineWrap* wrap, ew::StepBatch batch)
+  StepWorker(Napi::Env env, EngineWrap* wrap, ParsedStep step)
       : Napi::AsyncWorker(env, "expertweave:step"), deferred_(Napi::Promise::Deferred::New(env)),
-        wrap_(wrap), wrap_ref_(Napi::Persistent(wrap->Value())), engine_(wrap->engine_), batch_(std::move(batch)) {}
+        wrap_(wrap), wrap_ref_(Napi::Persistent(wrap->Value())), engine_(wrap->engine_), step_(std::move(step)) {}
 
   Napi::Promise Promise() const { return deferred_.Promise(); }
 
  protected:
   void Execute() override {
-    std::string err = RunCatching("step", [&] { result_ = engine_->Step(batch_); });
+    std::string err = RunCatching("step", [&] { result_ = RunParsedStep(*engine_, step_); });
     if (!err.empty()) SetError(err);
   }
   void OnOK() override {
@@ -209,7 +181,7 @@ class StepWorker : public Napi::AsyncWorker {
       return;
     }
     try {
-      deferred_.Resolve(StepResultToJs(Env(), result_, batch_.return_logits));
+      deferred_.Resolve(StepResultToJs(Env(), result_, step_.batch.return_logits));
     } catch (const Napi::Error& e) {  // e.g. no memory for the logits array
       deferred_.Reject(e.Value());
     }
@@ -224,7 +196,7 @@ class StepWorker : public Napi::AsyncWorker {
   EngineWrap* wrap_;
   Napi::ObjectReference wrap_ref_;
   std::shared_ptr<ew::Engine> engine_;
-  ew::StepBatch batch_;
+  ParsedStep step_;
   ew::StepResult result_;
 };
 
@@ -271,13 +243,22 @@ std::string EngineWrap::FinishStep() {
   step_running_ = false;
   std::vector<int64_t> frees;
   frees.swap(deferred_frees_);
+  std::vector<int32_t> unregisters;
+  unregisters.swap(deferred_unregisters_);
   if (!engine_) return "";
+  std::string first_err;
   for (int64_t id : frees) {
     std::string err = RunCatching("freeSequence(" + std::to_string(id) + ") deferred until the step finished",
                                   [&] { engine_->FreeSequence(id); });
-    if (!err.empty()) return err;
+    if (first_err.empty()) first_err = err;
   }
-  return "";
+  // After the frees: a row whose last sequence ended in this step is released at once.
+  for (int32_t row : unregisters) {
+    std::string err = RunCatching("unregisterAdapter(" + std::to_string(row) + ") deferred until the step finished",
+                                  [&] { engine_->UnregisterAdapter(row); });
+    if (first_err.empty()) first_err = err;
+  }
+  return first_err;
 }
 
 Napi::Value EngineWrap::Info(const Napi::CallbackInfo& info) {
@@ -292,7 +273,7 @@ Napi::Value EngineWrap::Step(const Napi::CallbackInfo& info) {
   if (step_running_) {
     return Rejected(Napi::Error::New(env, "step: another step is still running on this engine; await it before the next"));
   }
-  ew::StepBatch batch;
+  ParsedStep batch;
   try {
     batch = ParseStepRequest(info.Length() > 0 ? info[0] : env.Undefined());
   } catch (const Napi::Error& err) {
@@ -347,6 +328,7 @@ Napi::Value EngineWrap::ExpertStats(const Napi::CallbackInfo& info) {
 Napi::Value EngineWrap::Close(const Napi::CallbackInfo& info) {
   engine_.reset();  // a running StepWorker holds its own reference until it finishes
   deferred_frees_.clear();
+  deferred_unregisters_.clear();
   return info.Env().Undefined();
 }
 
@@ -356,9 +338,32 @@ Napi::Value EngineWrap::RegisterAdapter(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsString()) {
     return Rejected(Napi::TypeError::New(env, "registerAdapter: dir must be a string (an ESFT adapter directory)"));
   }
-  auto* worker = new RegisterAdapterWorker(env, engine_, info[0].As<Napi::String>().Utf8Value());
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
+  // Its own thread, not libuv's pool: a registration that blocks on a slow disk must
+  // never hold the threads engine steps (and the daemon's file I/O) run on.
+  struct Job {
+    Napi::Promise::Deferred deferred;
+    std::shared_ptr<ew::Engine> engine;  // released on the main thread, never by the loader
+    std::string dir, err;
+    ew::AdapterInfo result;
+  };
+  auto* job = new Job{Napi::Promise::Deferred::New(env), engine_, info[0].As<Napi::String>().Utf8Value(), {}, {}};
+  Napi::Promise promise = job->deferred.Promise();
+  auto settle = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
+                                              "expertweave:registerAdapter", 0, 1);
+  std::thread([settle, job]() mutable {
+    job->err = RunCatching("registerAdapter(" + job->dir + ")", [&] { job->result = job->engine->RegisterAdapter(job->dir); });
+    const napi_status st = settle.BlockingCall(job, [](Napi::Env env, Napi::Function, Job* j) {
+      try {
+        if (j->err.empty()) j->deferred.Resolve(AdapterInfoToJs(env, j->result));
+        else j->deferred.Reject(Napi::Error::New(env, j->err).Value());
+      } catch (const Napi::Error& e) {
+        j->deferred.Reject(e.Value());
+      }
+      delete j;
+    });
+    if (st != napi_ok) delete job;  // the environment is shutting down
+    settle.Release();
+  }).detach();
   return promise;
 }
 
@@ -366,8 +371,22 @@ Napi::Value EngineWrap::UnregisterAdapter(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   ew::Engine& e = Live(env, "unregisterAdapter");
   if (info.Length() < 1) throw Napi::TypeError::New(env, "unregisterAdapter: expected an adapter row");
-  int64_t row = ToInteger(info[0], "unregisterAdapter: row", 1, 0x7fffffff);
-  Guarded(env, "unregisterAdapter", [&] { e.UnregisterAdapter(static_cast<int32_t>(row)); });
+  const int32_t row = static_cast<int32_t>(ToInteger(info[0], "unregisterAdapter: row", 1, 0x7fffffff));
+  if (!step_running_) {
+    Guarded(env, "unregisterAdapter", [&] { e.UnregisterAdapter(row); });
+    return env.Undefined();
+  }
+  // A step is running: it was built while the row was active and may start sequences on
+  // it. Apply the removal right after that step, so no step ever sees a row between
+  // states; refuse now what the engine would refuse then.
+  const std::vector<ew::AdapterInfo> rows = Guarded(env, "unregisterAdapter", [&] { return e.adapters(); });
+  const bool active = std::any_of(rows.begin(), rows.end(), [&](const ew::AdapterInfo& a) { return a.row == row && !a.draining; });
+  const bool pending = std::find(deferred_unregisters_.begin(), deferred_unregisters_.end(), row) != deferred_unregisters_.end();
+  if (!active || pending) {
+    throw Napi::Error::New(env, "unregisterAdapter: adapter row " + std::to_string(row) +
+                                    (pending || active ? " is already being unregistered" : " holds no adapter"));
+  }
+  deferred_unregisters_.push_back(row);
   return env.Undefined();
 }
 
@@ -376,7 +395,12 @@ Napi::Value EngineWrap::Adapters(const Napi::CallbackInfo& info) {
   ew::Engine& e = Live(env, "adapters");
   std::vector<ew::AdapterInfo> list = Guarded(env, "adapters", [&] { return e.adapters(); });
   Napi::Array out = Napi::Array::New(env, list.size());
-  for (size_t i = 0; i < list.size(); ++i) out.Set(static_cast<uint32_t>(i), AdapterInfoToJs(env, list[i]));
+  for (size_t i = 0; i < list.size(); ++i) {
+    // A removal deferred past the running step already counts as draining.
+    if (std::find(deferred_unregisters_.begin(), deferred_unregisters_.end(), list[i].row) != deferred_unregisters_.end())
+      list[i].draining = true;
+    out.Set(static_cast<uint32_t>(i), AdapterInfoToJs(env, list[i]));
+  }
   return out;
 }
 

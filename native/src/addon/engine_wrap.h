@@ -9,8 +9,10 @@
 //   - sequenceLength(id) throws (lengths change during the step);
 //   - kvStats()/expertStats() return the values from just before the step;
 //   - close() drops the engine; it is destroyed once the running step is done.
-// Adapter calls need no such care: the engine's AdapterRegistry is thread-safe
-// against steps, so registerAdapter runs on a worker even while a step runs.
+//   - unregisterAdapter(row) is deferred the same way (adapters() already reports the
+//     row as draining), so a step never sees a row change state under it.
+// registerAdapter runs on a thread of its own (not libuv's pool, which steps use), even
+// while a step runs: the engine's AdapterRegistry is thread-safe against steps.
 // The main thread therefore never waits for a step and never touches the engine
 // while a worker uses it.
 #pragma once
@@ -49,12 +51,14 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   // The engine, or a JS Error "<call>: the engine is closed".
   ew::Engine& Live(Napi::Env env, const char* call);
   // Called by the step worker on the main thread when its step is done (ok or not).
-  // Returns the message of a deferred freeSequence that failed, else "".
+  // Applies the deferred frees, then the deferred unregisters; returns the message of
+  // the first that failed, else "".
   std::string FinishStep();
 
   std::shared_ptr<ew::Engine> engine_;
   bool step_running_ = false;
   std::vector<int64_t> deferred_frees_;
+  std::vector<int32_t> deferred_unregisters_;
   ew::KvStats kv_before_step_;
   ew::ExpertPoolStats experts_before_step_;
 };

@@ -2,7 +2,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "addon/js_args.h"
 
@@ -23,7 +25,7 @@ std::string At(const char* field, size_t i) { return std::string(kCall) + ": " +
 
 }  // namespace
 
-ew::StepBatch ParseStepRequest(const Napi::Value& request) {
+ParsedStep ParseStepRequest(const Napi::Value& request) {
   Napi::Env env = request.Env();
   if (!request.IsObject() || request.IsArray() || request.IsTypedArray()) {
     throw Napi::TypeError::New(env, "step: expected a StepRequest object {seqIds, adapters, nTokens, tokens, ...}");
@@ -52,24 +54,22 @@ ew::StepBatch ParseStepRequest(const Napi::Value& request) {
   const float* top_p_p = Elements<float>(top_p);
   const double* seeds_p = Elements<double>(seeds);
 
-  ew::StepBatch batch;
+  // The layout (ids, token counts) is the caller's contract and throws; a chunk's own
+  // values are its request's: the engine checks sampling values and refuses that chunk
+  // alone, and a seed that is no integer fails its chunk here the same way.
+  ParsedStep out;
+  ew::StepBatch& batch = out.batch;
   batch.chunks.resize(static_cast<size_t>(n));
+  out.errors.assign(static_cast<size_t>(n), std::string());
   int64_t total = 0;
   for (size_t i = 0; i < static_cast<size_t>(n); ++i) {
     ew::SeqChunk& c = batch.chunks[i];
     if (ids_p[i] < 0) throw Napi::RangeError::New(env, At("seqIds", i) + " must be >= 0");
-    if (adapter_p[i] < 0) throw Napi::RangeError::New(env, At("adapters", i) + " must be >= 0");
     if (n_tokens_p[i] < 1) throw Napi::RangeError::New(env, At("nTokens", i) + " must be >= 1");
-    if (!(temp_p[i] >= 0.f) || !std::isfinite(temp_p[i])) {
-      throw Napi::RangeError::New(env, At("temperature", i) + " must be a finite number >= 0");
-    }
-    if (top_k_p[i] < 0) throw Napi::RangeError::New(env, At("topK", i) + " must be >= 0 (0: off)");
-    if (!(top_p_p[i] > 0.f && top_p_p[i] <= 1.f)) {
-      throw Napi::RangeError::New(env, At("topP", i) + " must be in (0, 1]");
-    }
     double seed = seeds_p[i];
     if (!(seed >= 0.0 && seed <= kMaxSeed) || std::floor(seed) != seed) {
-      throw Napi::RangeError::New(env, At("seeds", i) + " must be an integer in [0, 2^53]");
+      out.errors[i] = At("seeds", i) + " must be an integer in [0, 2^53]";
+      seed = 0;
     }
     c.seq_id = ids_p[i];
     c.adapter = adapter_p[i];
@@ -92,7 +92,49 @@ ew::StepBatch ParseStepRequest(const Napi::Value& request) {
     throw Napi::TypeError::New(env, "step: returnLogits must be a boolean when given");
   }
   batch.return_logits = return_logits.IsBoolean() && return_logits.As<Napi::Boolean>().Value();
-  return batch;
+  return out;
+}
+
+ew::StepResult RunParsedStep(ew::Engine& engine, const ParsedStep& step) {
+  std::vector<size_t> kept;
+  for (size_t i = 0; i < step.errors.size(); ++i)
+    if (step.errors[i].empty()) kept.push_back(i);
+  const ew::StepBatch& all = step.batch;
+  if (kept.size() == all.chunks.size()) return engine.Step(all);
+
+  // Run the chunks that parsed; those that did not keep their error and sample nothing.
+  ew::StepResult res;
+  res.tokens.assign(all.chunks.size(), -1);
+  res.logprobs.assign(all.chunks.size(), 0.f);
+  res.errors = step.errors;
+  std::vector<int64_t> offset(all.chunks.size() + 1, 0);
+  for (size_t i = 0; i < all.chunks.size(); ++i) offset[i + 1] = offset[i] + all.chunks[i].n_tokens;
+  if (kept.empty()) {
+    if (all.return_logits) res.logits.assign(all.tokens.size() * static_cast<size_t>(engine.config().vocab_size), 0.f);
+    return res;
+  }
+  ew::StepBatch sub;
+  sub.return_logits = all.return_logits;
+  for (size_t i : kept) {
+    sub.chunks.push_back(all.chunks[i]);
+    sub.tokens.insert(sub.tokens.end(), all.tokens.begin() + offset[i], all.tokens.begin() + offset[i + 1]);
+  }
+  ew::StepResult part = engine.Step(sub);
+  const size_t V = static_cast<size_t>(engine.config().vocab_size);
+  if (all.return_logits) res.logits.assign(all.tokens.size() * V, 0.f);
+  int64_t at = 0;
+  for (size_t k = 0; k < kept.size(); ++k) {
+    const size_t i = kept[k];
+    res.tokens[i] = part.tokens[k];
+    res.logprobs[i] = part.logprobs[k];
+    res.errors[i] = part.errors[k];
+    if (all.return_logits) {
+      const int64_t n = all.chunks[i].n_tokens;
+      std::copy_n(&part.logits[at * V], n * V, &res.logits[offset[i] * V]);
+      at += n;
+    }
+  }
+  return res;
 }
 
 Napi::Object StepResultToJs(Napi::Env env, const ew::StepResult& result, bool with_logits) {
@@ -105,6 +147,14 @@ Napi::Object StepResultToJs(Napi::Env env, const ew::StepResult& result, bool wi
   }
   out.Set("tokens", tokens);
   out.Set("logprobs", logprobs);
+  bool any_error = false;
+  for (const std::string& e : result.errors) any_error = any_error || !e.empty();
+  if (any_error) {  // only then: the common step allocates nothing more
+    Napi::Array errors = Napi::Array::New(env, result.errors.size());
+    for (size_t i = 0; i < result.errors.size(); ++i)
+      errors.Set(static_cast<uint32_t>(i), result.errors[i].empty() ? env.Null() : Napi::String::New(env, result.errors[i]));
+    out.Set("errors", errors);
+  }
   if (with_logits) {
     auto logits = Napi::Float32Array::New(env, result.logits.size());
     if (!result.logits.empty()) std::memcpy(logits.Data(), result.logits.data(), result.logits.size() * sizeof(float));

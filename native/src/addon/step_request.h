@@ -4,15 +4,29 @@
 #pragma once
 #include <napi.h>
 
+#include <string>
+#include <vector>
+
 #include "engine/engine.h"
 
 namespace ew_addon {
 
-// Validates types, lengths and value ranges; throws Napi::TypeError (wrong type or
-// length) or Napi::RangeError (a value out of range) naming the field and chunk.
-ew::StepBatch ParseStepRequest(const Napi::Value& request);
+// A parsed StepRequest: the batch, and per chunk why it cannot run ("" if it can).
+struct ParsedStep {
+  ew::StepBatch batch;
+  std::vector<std::string> errors;
+};
 
-// {tokens: Int32Array, logprobs: Float32Array, logits?: Float32Array}
+// Validates types, lengths and the layout; throws Napi::TypeError (wrong type or
+// length) or Napi::RangeError (a layout value out of range) naming the field and chunk.
+// A chunk's own bad value (a seed that is no integer) fails only that chunk.
+ParsedStep ParseStepRequest(const Napi::Value& request);
+
+// Engine::Step over the chunks that parsed; the others keep their errors (worker thread).
+ew::StepResult RunParsedStep(ew::Engine& engine, const ParsedStep& step);
+
+// {tokens: Int32Array, logprobs: Float32Array, logits?: Float32Array,
+//  errors?: (string | null)[] only when a chunk failed}
 Napi::Object StepResultToJs(Napi::Env env, const ew::StepResult& result, bool with_logits);
 
 }  // namespace ew_addon

@@ -3,22 +3,24 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <set>
 #include <sstream>
 
 #include "util/error.h"
+#include "util/file.h"
 #include "util/json.h"
 
 namespace ew {
 namespace {
 
-std::string read_text(const std::string& path, const std::string& what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(what, ": cannot read ", path);
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
+constexpr size_t kMaxExpertCfgBytes = 1 << 20;  // a selection of every expert of 256 layers fits easily
+
+std::string read_expert_cfg(const std::string& dir, const std::string& path) {
+  try {
+    return read_regular_file(path, kMaxExpertCfgBytes);
+  } catch (const Error& e) {
+    fail("adapter ", dir, ": ", e.what());
+  }
 }
 
 // "model.layers.L.mlp.experts.E.*" or "layers.L.mlp.experts.E.*" -> (L, E).
@@ -68,7 +70,7 @@ ExpertSelection parse_expert_selection(const std::string& json_text, const std::
 
 AdapterSpec load_adapter(const std::string& dir, const ModelConfig& cfg, DType pool_dtype) {
   const std::string cfg_path = dir + "/expert_cfg.json";
-  const ExpertSelection sel = parse_expert_selection(read_text(cfg_path, "adapter " + dir), cfg_path);
+  const ExpertSelection sel = parse_expert_selection(read_expert_cfg(dir, cfg_path), cfg_path);
   if (sel.shared_experts)
     fail("adapter ", dir, ": ", cfg_path, " has shared_experts: true: the adapter changed the shared experts, "
          "which cannot be served over a shared base model");

@@ -1,10 +1,9 @@
 #include "engine/config.h"
 
 #include <cmath>
-#include <fstream>
-#include <sstream>
 
 #include "util/error.h"
+#include "util/file.h"
 #include "util/json.h"
 
 namespace ew {
@@ -229,15 +228,13 @@ ModelConfig parse_model_config(const std::string& json_text) {
   return c;
 }
 
+constexpr size_t kMaxConfigBytes = 16 << 20;
+
 ModelConfig load_model_config(const std::string& model_dir) {
   const std::string path = model_dir + "/config.json";
-  std::ifstream f(path, std::ios::binary);
-  if (!f) fail("cannot open ", path);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  if (!f && !f.eof()) fail("cannot read ", path);
+  const std::string text = read_regular_file(path, kMaxConfigBytes);
   try {
-    return parse_model_config(ss.str());
+    return parse_model_config(text);
   } catch (const Error& e) {
     fail(path, ": ", e.what());
   }

@@ -104,111 +104,124 @@ class ModelEngine final : public Engine {
     std::unique_lock<std::mutex> lk;
     if (registry_) lk = std::unique_lock<std::mutex>(registry_->step_mutex());
     const int64_t V = cfg_.vocab_size;
+    const size_t n_chunks = batch.chunks.size();
 
-    // 1. Validate everything before any state changes.
+    // 1. The batch's shape is the caller's contract: a violation fails the whole step.
     int64_t total = 0;
-    std::unordered_set<int64_t> seen;
-    for (size_t c = 0; c < batch.chunks.size(); ++c) {
+    for (size_t c = 0; c < n_chunks; ++c) {
       const SeqChunk& ch = batch.chunks[c];
       if (ch.n_tokens < 1) fail("step: chunk ", c, " (sequence ", ch.seq_id, ") has n_tokens ", ch.n_tokens, " < 1");
-      if (ch.adapter < 0 || ch.adapter >= tables_.n_rows())
-        fail("step: chunk ", c, " (sequence ", ch.seq_id, ") has adapter row ", ch.adapter, " outside [0, ",
-             tables_.n_rows(), ")");
-      if (!seen.insert(ch.seq_id).second) fail("step: sequence ", ch.seq_id, " appears more than once");
-      if (registry_) registry_->check_chunk(ch.seq_id, ch.adapter);
-      const int64_t len = kv_->has(ch.seq_id) ? kv_->length(ch.seq_id) : 0;
-      if (cfg_.max_position_embeddings > 0 && len + ch.n_tokens > cfg_.max_position_embeddings)
-        fail("step: sequence ", ch.seq_id, " would reach ", len + ch.n_tokens,
-             " tokens, over max_position_embeddings ", cfg_.max_position_embeddings);
       total += ch.n_tokens;
     }
     if (total != static_cast<int64_t>(batch.tokens.size()))
       fail("step: chunks cover ", total, " tokens but ", batch.tokens.size(), " were given");
-    for (size_t i = 0; i < batch.tokens.size(); ++i)
-      if (batch.tokens[i] < 0 || batch.tokens[i] >= V)
-        fail("step: token ", i, " has id ", batch.tokens[i], " outside the vocabulary [0, ", V, ")");
 
-    // 2. Reserve cache room for every chunk, or undo and refuse. Undo frees the
-    // sequences this step created and gives back the blocks existing ones grew.
+    // 2. A chunk's own values (its tokens, adapter row, sampling, room in the cache) are
+    // its request's: a bad one fails that chunk only, before any state changes, and the
+    // rest of the step runs without it.
+    StepResult res;
+    res.errors.assign(n_chunks, std::string());
+    std::vector<int64_t> offset(n_chunks);
+    std::unordered_set<int64_t> seen;
+    for (size_t c = 0, at = 0; c < n_chunks; at += batch.chunks[c].n_tokens, ++c) {
+      offset[c] = static_cast<int64_t>(at);
+      try {
+        check_chunk(batch, c, at, seen);
+      } catch (const Error& e) {
+        res.errors[c] = e.what();
+      }
+    }
+
+    // 3. Reserve cache room for every valid chunk; one that does not fit fails alone. A
+    // failed forward pass undoes the lot: frees the sequences this step created and gives
+    // back the blocks existing ones grew.
     std::vector<int64_t> created, grown;
     auto undo = [&] {
       for (int64_t s : created) kv_->free(s);
       for (int64_t s : grown) kv_->trim(s);
     };
-    for (const SeqChunk& ch : batch.chunks) {
+    std::vector<int64_t> start_len(n_chunks, 0);
+    for (size_t c = 0; c < n_chunks; ++c) {
+      if (!res.errors[c].empty()) continue;
+      const SeqChunk& ch = batch.chunks[c];
       const bool existed = kv_->has(ch.seq_id);
       const int64_t len = existed ? kv_->length(ch.seq_id) : 0;
       if (!kv_->reserve(ch.seq_id, len + ch.n_tokens)) {
-        undo();
-        fail("step: KV cache full: sequence ", ch.seq_id, " needs room for ", len + ch.n_tokens, " tokens (",
-             kv_->stats().free_blocks, " free blocks of ", kv_->block_size(), " tokens)");
+        res.errors[c] = concat("step: KV cache full: sequence ", ch.seq_id, " needs room for ", len + ch.n_tokens,
+                               " tokens (", kv_->stats().free_blocks, " free blocks of ", kv_->block_size(), " tokens)");
+        continue;
       }
+      start_len[c] = len;
       (existed ? grown : created).push_back(ch.seq_id);
     }
 
-    // 3. Lay out the tokens and run the model.
+    // 4. Lay out the valid chunks' tokens and run the model.
     StepTokens st;
-    st.ids = batch.tokens;
+    st.ids.reserve(total);
     st.seq.reserve(total);
     st.pos.reserve(total);
     st.adapter_rows.reserve(total);
-    std::vector<int64_t> chunk_last;  // logit row of each sampling chunk, -1 otherwise
-    std::vector<uint8_t> need_whole;  // per logit row: sampled with temperature, or logits asked for
-    std::vector<int64_t> start_len;
-    for (const SeqChunk& ch : batch.chunks) {
-      const int64_t len = kv_->length(ch.seq_id);
-      start_len.push_back(len);
+    std::vector<int64_t> chunk_last(n_chunks, -1);  // logit row of each sampling chunk, -1 otherwise
+    std::vector<uint8_t> need_whole;                 // per logit row: sampled with temperature, or logits asked for
+    std::vector<int64_t> token_of;                   // return_logits: batch token index of each run token
+    for (size_t c = 0; c < n_chunks; ++c) {
+      if (!res.errors[c].empty()) continue;
+      const SeqChunk& ch = batch.chunks[c];
       for (int32_t i = 0; i < ch.n_tokens; ++i) {
+        st.ids.push_back(batch.tokens[offset[c] + i]);
         st.seq.push_back(ch.seq_id);
-        st.pos.push_back(len + i);
+        st.pos.push_back(start_len[c] + i);
         st.adapter_rows.push_back(ch.adapter);
+        if (batch.return_logits) token_of.push_back(offset[c] + i);
       }
       const int64_t last = static_cast<int64_t>(st.seq.size()) - 1;
       if (batch.return_logits) {
-        chunk_last.push_back(ch.sample ? last : -1);
+        chunk_last[c] = ch.sample ? last : -1;
       } else if (ch.sample) {
-        chunk_last.push_back(static_cast<int64_t>(st.logit_rows.size()));
+        chunk_last[c] = static_cast<int64_t>(st.logit_rows.size());
         st.logit_rows.push_back(last);
-        need_whole.push_back(ch.sampling.temperature > 0.f);
-      } else {
-        chunk_last.push_back(-1);
+        need_whole.push_back(!is_greedy(ch.sampling));
       }
     }
+    const int64_t run_tokens = static_cast<int64_t>(st.ids.size());
     if (batch.return_logits) {
-      for (int64_t t = 0; t < total; ++t) st.logit_rows.push_back(t);
+      for (int64_t t = 0; t < run_tokens; ++t) st.logit_rows.push_back(t);
       need_whole.assign(st.logit_rows.size(), 1);
     }
 
-    StepResult res;
     StepLogits out;
     try {
-      if (total > 0) out = runner_->run(st, need_whole, *kv_, tables_);
+      if (run_tokens > 0) out = runner_->run(st, need_whole, *kv_, tables_);
     } catch (...) {
       undo();
       throw;
     }
 
-    // 4. Sample, then commit the new lengths.
-    for (size_t c = 0; c < batch.chunks.size(); ++c) {
+    // 5. Sample, then commit the new lengths.
+    res.tokens.assign(n_chunks, -1);
+    res.logprobs.assign(n_chunks, 0.f);
+    for (size_t c = 0; c < n_chunks; ++c) {
+      if (!res.errors[c].empty()) continue;
       const SeqChunk& ch = batch.chunks[c];
       const int64_t new_len = start_len[c] + ch.n_tokens;
-      int32_t tok = -1;
-      float lp = 0.f;
       const int64_t i = chunk_last[c];
       if (i >= 0 && out.row_of[i] >= 0) {
         const float* row = &out.rows[out.row_of[i] * V];
-        tok = sample_token(row, V, ch.sampling, new_len);
-        if (ch.logprobs) lp = token_logprob(row, V, tok);
+        res.tokens[c] = sample_token(row, V, ch.sampling, new_len);
+        if (ch.logprobs) res.logprobs[c] = token_logprob(row, V, res.tokens[c]);
       } else if (i >= 0) {  // greedy, chosen on the device
-        tok = out.greedy[i];
-        lp = ch.logprobs ? out.greedy_logprob[i] : 0.f;
+        res.tokens[c] = out.greedy[i];
+        res.logprobs[c] = ch.logprobs ? out.greedy_logprob[i] : 0.f;
       }
-      res.tokens.push_back(tok);
-      res.logprobs.push_back(lp);
       kv_->set_length(ch.seq_id, new_len);
       if (registry_) registry_->note_sequence(ch.seq_id, ch.adapter);
     }
-    if (batch.return_logits) res.logits = std::move(out.rows);
+    if (batch.return_logits) {
+      // Rows of failed chunks' tokens stay zero: the layout is still [tokens.size(), vocab].
+      res.logits.assign(static_cast<size_t>(total) * V, 0.f);
+      for (int64_t t = 0; t < run_tokens; ++t)
+        std::copy_n(&out.rows[t * V], V, &res.logits[token_of[t] * V]);
+    }
     return res;
   }
 
@@ -237,6 +250,27 @@ class ModelEngine final : public Engine {
   }
 
  private:
+  // Throws ew::Error naming chunk c when its own values cannot run.
+  void check_chunk(const StepBatch& batch, size_t c, size_t at, std::unordered_set<int64_t>& seen) const {
+    const SeqChunk& ch = batch.chunks[c];
+    const int64_t V = cfg_.vocab_size;
+    if (ch.adapter < 0 || ch.adapter >= tables_.n_rows())
+      fail("step: chunk ", c, " (sequence ", ch.seq_id, ") has adapter row ", ch.adapter, " outside [0, ",
+           tables_.n_rows(), ")");
+    if (!seen.insert(ch.seq_id).second) fail("step: sequence ", ch.seq_id, " appears more than once");
+    if (registry_) registry_->check_chunk(ch.seq_id, ch.adapter);
+    const int64_t len = kv_->has(ch.seq_id) ? kv_->length(ch.seq_id) : 0;
+    if (cfg_.max_position_embeddings > 0 && len + ch.n_tokens > cfg_.max_position_embeddings)
+      fail("step: sequence ", ch.seq_id, " would reach ", len + ch.n_tokens, " tokens, over max_position_embeddings ",
+           cfg_.max_position_embeddings);
+    for (int32_t i = 0; i < ch.n_tokens; ++i) {
+      const int32_t t = batch.tokens[at + i];
+      if (t < 0 || t >= V)
+        fail("step: token ", at + i, " (sequence ", ch.seq_id, ") has id ", t, " outside the vocabulary [0, ", V, ")");
+    }
+    check_sampling(ch.sampling, concat("step: chunk ", c, " (sequence ", ch.seq_id, ")"));
+  }
+
   ModelConfig cfg_;
   ModelWeights w_;
   std::unique_ptr<KvCache> kv_;

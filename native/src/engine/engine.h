@@ -26,11 +26,15 @@ struct EngineOptions {
 };
 
 struct SamplingParams {
-  float temperature = 0.f;  // 0: greedy, ties to the lower token id
+  float temperature = 0.f;  // below kMinTemperature (0 included): greedy, ties to the lower token id
   int32_t top_k = 0;        // 0: off
   float top_p = 1.f;        // 1: off
   uint64_t seed = 0;        // with the position, fixes the draw: same seed, same output, any batch
 };
+
+// Temperatures this small would overflow 1/T; like vLLM, they mean greedy.
+constexpr float kMinTemperature = 1e-5f;
+inline bool is_greedy(const SamplingParams& p) { return !(p.temperature >= kMinTemperature); }
 
 // One sequence's part of a step: n_tokens consecutive tokens starting at the
 // sequence's current length (a prefill chunk, or 1 token when decoding).
@@ -50,8 +54,9 @@ struct StepBatch {
 };
 
 struct StepResult {
-  std::vector<int32_t> tokens;   // per chunk: the sampled token, or -1 when !sample
+  std::vector<int32_t> tokens;   // per chunk: the sampled token, or -1 when !sample or failed
   std::vector<float> logprobs;   // per chunk: log p(token) when asked, else 0
+  std::vector<std::string> errors;  // per chunk: why it did not run ("" when it ran)
   std::vector<float> logits;     // when return_logits
 };
 
@@ -63,9 +68,12 @@ class Engine {
   virtual const ModelConfig& config() const = 0;
   virtual std::string device_name() const = 0;
   virtual DType expert_dtype() const = 0;  // storage type of the routed experts (ModelInfo.expertDtype)
-  // Runs one forward step. Throws ew::Error (leaving every sequence as it was) when the
-  // batch is malformed (bad token id, unknown adapter row, position mismatch) or the KV
-  // cache cannot hold it.
+  // Runs one forward step. A chunk whose own values cannot run (a token outside the
+  // vocabulary, an unknown or draining adapter row, a sequence given twice or past the
+  // context, bad sampling values, no room in the KV cache) fails alone: its error is in
+  // StepResult::errors, its sequence is left as it was, and the other chunks run. Throws
+  // ew::Error, leaving every sequence as it was, only when the batch itself is malformed
+  // (chunk token counts that do not match the tokens) or the forward pass fails.
   virtual StepResult Step(const StepBatch& batch) = 0;
   virtual void FreeSequence(int64_t seq_id) = 0;
   virtual int64_t SequenceLength(int64_t seq_id) const = 0;  // -1 when unknown

@@ -9,12 +9,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <set>
 #include <sstream>
 
 #include "util/error.h"
+#include "util/file.h"
 #include "util/json.h"
 
 namespace ew {
@@ -83,12 +83,9 @@ TensorView parse_entry(const std::string& path, const std::string& name, const j
 }  // namespace
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
-  if (f.fd < 0) fail("cannot open ", path, ": ", std::strerror(errno));
-  struct stat st;
-  if (::fstat(f.fd, &st) != 0) fail("cannot stat ", path, ": ", std::strerror(errno));
-  if (!S_ISREG(st.st_mode)) fail(path, ": not a regular file");
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  size_t file_size = 0;
+  Fd f{open_regular_file(path, &file_size)};
+  const uint64_t size = file_size;
   if (size < 8) fail(path, ": truncated safetensors file (", size, " bytes, shorter than the 8-byte header length)");
 
   map_ = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, f.fd, 0);
@@ -159,13 +156,7 @@ bool file_exists(const std::string& p) {
   return ::stat(p.c_str(), &st) == 0;
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) fail("cannot open ", path);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+constexpr size_t kMaxIndexBytes = 64 << 20;  // a weight_map of a million tensors
 
 }  // namespace
 
@@ -185,7 +176,7 @@ std::unique_ptr<TensorStore> TensorStore::open_dir(const std::string& dir) {
 
   const std::string index_path = dir + "/model.safetensors.index.json";
   if (file_exists(index_path)) {
-    const json::Value idx = json::parse(read_text(index_path), index_path);
+    const json::Value idx = json::parse(read_regular_file(index_path, kMaxIndexBytes), index_path);
     const json::Value* wm = idx.find("weight_map");
     if (!wm || !wm->is_object()) fail(index_path, ": missing \"weight_map\" object");
     std::map<std::string, SafetensorsFile*> shards;

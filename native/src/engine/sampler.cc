@@ -5,6 +5,8 @@
 #include <numeric>
 #include <vector>
 
+#include "util/error.h"
+
 namespace ew {
 
 uint64_t splitmix64(uint64_t x) {
@@ -19,11 +21,18 @@ double sample_uniform(uint64_t seed, int64_t position) {
   return static_cast<double>(r >> 11) * 0x1.0p-53;
 }
 
+void check_sampling(const SamplingParams& p, const std::string& where) {
+  if (!(p.temperature >= 0.f) || !std::isfinite(p.temperature))
+    fail(where, ": temperature ", p.temperature, " must be a finite number >= 0");
+  if (p.top_k < 0) fail(where, ": top_k ", p.top_k, " must be >= 0 (0: off)");
+  if (!(p.top_p > 0.f && p.top_p <= 1.f)) fail(where, ": top_p ", p.top_p, " must be in (0, 1]");
+}
+
 int32_t sample_token(const float* logits, int64_t V, const SamplingParams& p, int64_t position) {
   int32_t best = 0;
   for (int64_t i = 1; i < V; ++i)
     if (logits[i] > logits[best]) best = static_cast<int32_t>(i);
-  if (!(p.temperature > 0.f)) return best;
+  if (is_greedy(p)) return best;
 
   const bool use_k = p.top_k > 0 && p.top_k < V, use_p = p.top_p < 1.f;
   const double inv_t = 1.0 / p.temperature, top = logits[best];

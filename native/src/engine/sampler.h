@@ -3,6 +3,7 @@
 // so a request yields the same tokens whatever else shares the step.
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "engine/engine.h"
 
@@ -12,7 +13,11 @@ uint64_t splitmix64(uint64_t x);
 // Uniform in [0, 1) from (seed, position).
 double sample_uniform(uint64_t seed, int64_t position);
 
-// temperature <= 0: argmax, ties to the lower id. Otherwise softmax(logits / temperature)
+// Throws ew::Error naming `where` unless temperature is finite and >= 0, top_k >= 0 and
+// top_p in (0, 1].
+void check_sampling(const SamplingParams& p, const std::string& where);
+
+// is_greedy(p): argmax, ties to the lower id. Otherwise softmax(logits / temperature)
 // restricted to the top_k most likely ids (0: all), then to the smallest prefix of those,
 // sorted by probability descending (ties: lower id first), whose mass reaches top_p,
 // and one draw from what is left. `position` is where the sampled token will sit.

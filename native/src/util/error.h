@@ -11,7 +11,9 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& msg) : std::runtime_error(msg) {}
 };
 
-// Concatenates its arguments into an ew::Error message.
+// Concatenates its arguments into a string / an ew::Error message.
+template <typename... Args>
+std::string concat(const Args&... args);
 template <typename... Args>
 [[noreturn]] void fail(const Args&... args);
 
@@ -20,9 +22,13 @@ template <typename... Args>
 #include <sstream>
 namespace ew {
 template <typename... Args>
-[[noreturn]] void fail(const Args&... args) {
+std::string concat(const Args&... args) {
   std::ostringstream os;
   (os << ... << args);
-  throw Error(os.str());
+  return os.str();
+}
+template <typename... Args>
+[[noreturn]] void fail(const Args&... args) {
+  throw Error(concat(args...));
 }
 }  // namespace ew

@@ -1,0 +1,123 @@
+// BatchScheduler fairness across clients, against the scripted engine: one client's
+// burst, preemptions or full queue never lock out another client's request, and a
+// chunk the engine refuses fails only its own request.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { BatchScheduler } from '../../lib/scheduler/batch-scheduler.js';
+import type { DoneEvent, RequestError } from '../../lib/scheduler/request.js';
+import { ScriptedEngine, params } from './scripted-engine.js';
+
+function outcome() {
+  let resolve!: (r: { done?: DoneEvent; error?: RequestError; tokens: number[] }) => void;
+  const result = new Promise<{ done?: DoneEvent; error?: RequestError; tokens: number[] }>((r) => (resolve = r));
+  const tokens: number[] = [];
+  return {
+    result,
+    sink: {
+      onToken: (t: { token: number }) => void tokens.push(t.token),
+      onDone: (done: DoneEvent) => resolve({ done, tokens }),
+      onError: (error: RequestError) => resolve({ error, tokens }),
+    },
+  };
+}
+
+const stepOf = (engine: ScriptedEngine, first: number) => engine.steps.findIndex((st) => st.some((c) => c.tokens[0] === first));
+
+test("one client's burst on the same adapter delays another client's request by one turn", async () => {
+  const engine = new ScriptedEngine();
+  const s = new BatchScheduler(engine, { tokenBudget: 4 });
+  const burst = Array.from({ length: 8 }, () => outcome());
+  burst.forEach((o, i) => s.submit(params('', [10, 11, 12, 13 + i], { client: 'hog' }), o.sink));
+  const victim = outcome();
+  s.submit(params('', [30, 31, 32, 33], { client: 'victim' }), victim.sink);
+  await Promise.all([...burst.map((o) => o.result), victim.result]);
+  assert.equal(stepOf(engine, 30), 1, 'the victim starts right after the first burst request');
+  assert.deepEqual((await victim.result).tokens, [34, 35, 36]);
+});
+
+test("a client holding every running slot gives one up to a client below its share", async () => {
+  const engine = new ScriptedEngine();
+  const s = new BatchScheduler(engine, { maxRunning: 4 });
+  const hog = Array.from({ length: 4 }, () => outcome());
+  hog.forEach((o, i) => s.submit(params('', [10 + i], { client: 'hog', maxTokens: 30 }), o.sink));
+  const victim = outcome();
+  let submittedAt = -1;
+  s.onStep(() => {
+    if (engine.steps.length !== 3) return; // the hog's four are running
+    submittedAt = engine.steps.length;
+    s.submit(params('', [40], { client: 'victim', maxTokens: 3 }), victim.sink);
+  });
+  const v = await victim.result;
+  assert.deepEqual(v.tokens, [41, 42, 43]);
+  assert.ok(stepOf(engine, 40) <= submittedAt + 1, `the victim started at step ${stepOf(engine, 40)}, submitted before step ${submittedAt}`);
+  assert.ok(s.stats.preemptions >= 1, "one of the hog's sequences made room");
+  // The preempted one recomputes and still gives its exact continuation.
+  for (const [i, o] of hog.entries()) {
+    const r = await o.result;
+    assert.equal(r.done?.finishReason, 'length');
+    assert.deepEqual(r.tokens, Array.from({ length: 30 }, (_, k) => (10 + i + k + 1) % 50), `hog request ${i}`);
+  }
+});
+
+test('preempted sequences of one client do not starve a new request of another', { timeout: 10_000 }, async () => {
+  // 12 blocks of 4 tokens: the hog's six long requests keep running out and preempting.
+  const engine = new ScriptedEngine(12);
+  const s = new BatchScheduler(engine);
+  const hog = Array.from({ length: 6 }, () => outcome());
+  hog.forEach((o, i) => s.submit(params('', [10 + i, 11, 12, 13], { client: 'hog', maxTokens: 40 }), o.sink));
+  const victim = outcome();
+  let submittedAt = -1;
+  s.onStep(() => {
+    if (submittedAt !== -1 || s.stats.preemptions === 0) return;
+    submittedAt = engine.steps.length;
+    s.submit(params('', [44], { client: 'victim', maxTokens: 2 }), victim.sink);
+  });
+  const v = await victim.result;
+  assert.equal(v.done?.finishReason, 'length');
+  assert.ok(stepOf(engine, 44) - submittedAt <= 2, `the victim waited ${stepOf(engine, 44) - submittedAt} steps`);
+  for (const o of hog) assert.equal((await o.result).done?.finishReason, 'length');
+});
+
+test("a full queue refuses the newest request of the client holding most of it, not a newcomer", () => {
+  const engine = new ScriptedEngine();
+  const s = new BatchScheduler(engine, { maxWaiting: 4 });
+  const hog = Array.from({ length: 4 }, () => outcome());
+  hog.forEach((o) => s.submit(params('', [3], { client: 'hog' }), o.sink));
+  const victim = outcome();
+  s.submit(params('', [3], { client: 'victim' }), victim.sink);
+  assert.equal(s.stats.waiting, 4);
+  // The hog's newest was refused for the victim; the hog itself is refused outright now.
+  assert.throws(() => s.submit(params('', [3], { client: 'hog' }), outcome().sink), (e: RequestError) => e.code === 'overloaded');
+  return Promise.all([hog[3].result.then((r) => assert.equal(r.error?.code, 'overloaded')), victim.result.then((r) => assert.equal(r.done?.finishReason, 'length'))]).then(() => s.close());
+});
+
+test('a chunk the engine refuses fails its own request only; the rest of the step goes on', async () => {
+  const engine = new ScriptedEngine();
+  engine.refuse = (c) => (c.tokens[0] === 33 ? 'step: chunk 1 (sequence 2): temperature inf must be a finite number >= 0' : undefined);
+  const s = new BatchScheduler(engine);
+  const good = outcome();
+  const bad = outcome();
+  const other = outcome();
+  s.submit(params('', [10], { maxTokens: 4 }), good.sink);
+  s.submit(params('', [33], { maxTokens: 4 }), bad.sink);
+  s.submit(params('x', [20], { maxTokens: 4, adapterRow: 1 }), other.sink);
+  const [g, b, o] = await Promise.all([good.result, bad.result, other.result]);
+  assert.deepEqual(g.tokens, [11, 12, 13, 14]);
+  assert.deepEqual(o.tokens, [21, 22, 23, 24]);
+  assert.equal(b.error?.code, 'internal');
+  assert.match(b.error!.message, /temperature inf/);
+  assert.equal(engine.kvStats().sequences, 0);
+});
+
+test('a long prompt prefills in slices while others wait, so they are admitted every step', async () => {
+  const engine = new ScriptedEngine();
+  const s = new BatchScheduler(engine, { tokenBudget: 16, longPrefillTokens: 4 });
+  const long = outcome();
+  s.submit(params('', Array.from({ length: 40 }, (_, i) => 2 + (i % 40)), { client: 'a', maxTokens: 1 }), long.sink);
+  const shorts = Array.from({ length: 3 }, () => outcome());
+  shorts.forEach((o, i) => s.submit(params('', [45 + i], { client: `b${i}`, maxTokens: 1 }), o.sink));
+  await Promise.all([long.result, ...shorts.map((o) => o.result)]);
+  // Step 0 gives the long prompt the whole budget (it alone was waiting when it ran? no: all four were queued).
+  for (const i of [0, 1, 2]) assert.ok(stepOf(engine, 45 + i) <= 1, `short request ${i} started at step ${stepOf(engine, 45 + i)}`);
+});
