@@ -445,7 +445,7 @@ export class BatchScheduler {
   }
 
   private accept(seq: Sequence, token: number, logprob: number): void {
-    if (token === this.engine.info.eosTokenId) {
+    if (token === this.engine.info.eosTokenId && !seq.params.ignoreEos) {
       this.finish(seq, 'eos');
       return;
     }

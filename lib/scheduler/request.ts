@@ -27,6 +27,8 @@ export interface GenerationParams {
   seed: number;
   logprobs: boolean;
   stop: readonly string[];
+  /** Keep generating past EOS (vLLM's ignore_eos; benchmarks and tests). */
+  ignoreEos?: boolean;
 }
 
 export interface TokenEvent {

@@ -60,13 +60,17 @@ export class FdGuard {
     const n = openFileCount(this.limit!);
     if (!this.paused && n >= this.high) {
       this.paused = true;
+      this.timer!.ref(); // the closed listen socket no longer keeps the process alive: this does
       this.hooks.pause();
       this.hooks.onEvent('listen_paused', { open_files: n, limit: this.limit });
     } else if (this.paused && !this.resuming && n < this.low) {
       this.resuming = true;
       void this.hooks.resume().then((ok) => {
         this.resuming = false;
-        if (ok) this.paused = false;
+        if (ok) {
+          this.paused = false;
+          this.timer!.unref();
+        }
         this.hooks.onEvent(ok ? 'listen_resumed' : 'listen_resume_failed', { open_files: openFileCount(this.limit!), limit: this.limit });
       });
     }

@@ -13,6 +13,7 @@ export interface SamplingInput {
   seed: number;
   stop: string[];
   logprobs: boolean;
+  ignoreEos?: boolean;
 }
 
 function bad(message: string): never {
@@ -55,7 +56,9 @@ export function parseSampling(obj: Record<string, unknown>, defaultMaxTokens: nu
   // OpenAI's completions API takes an integer (number of alternatives); any truthy value asks for the sampled token's.
   const logprobs = lp === true || (typeof lp === 'number' && lp > 0);
   if (lp !== undefined && lp !== null && typeof lp !== 'boolean' && typeof lp !== 'number') bad('"logprobs" must be a boolean');
-  return { maxTokens, temperature, topP, topK, seed, stop, logprobs };
+  const ignoreEos = obj.ignore_eos ?? false;
+  if (typeof ignoreEos !== 'boolean') bad('"ignore_eos" must be a boolean');
+  return { maxTokens, temperature, topP, topK, seed, stop, logprobs, ignoreEos };
 }
 
 /** A prompt as text or token ids; ids are range-checked by the scheduler. */

@@ -7,7 +7,7 @@ import type { AdapterEntry, AdapterRegistry } from '../adapters/adapter-registry
 import type { AdapterStateFile } from '../adapters/adapter-state.js';
 import type { BatchScheduler } from '../scheduler/batch-scheduler.js';
 import { RequestError, type DoneEvent, type GenerationSink, type TokenEvent } from '../scheduler/request.js';
-import type { PromptEncoder } from '../tokenizer/prompt-encoder.js';
+import { PromptTooLong, type PromptEncoder } from '../tokenizer/prompt-encoder.js';
 import type { SamplingInput } from './generate-params.js';
 import type { Metrics } from './metrics.js';
 
@@ -120,9 +120,13 @@ export class Service {
     if (prompt.length * 3 > limit && Buffer.byteLength(prompt) > limit) {
       throw new RequestError('bad_request', `the prompt is ${Buffer.byteLength(prompt)} bytes of text; at most ${limit} are accepted (the model's context could not hold more)`);
     }
+    const context = this.info.maxPositionEmbeddings;
     try {
-      return await this.encoder.encode(prompt);
+      return await this.encoder.encode(prompt, context - 1);
     } catch (err) {
+      if (err instanceof PromptTooLong) {
+        throw new RequestError('bad_request', `the prompt has ${err.tokens} tokens; the model's context is ${context}, leave room for at least one generated token`);
+      }
       throw new RequestError('internal', `the prompt could not be tokenized: ${(err as Error).message}`);
     }
   }

@@ -14,6 +14,14 @@ export interface PromptEncoderOptions {
 interface Pending {
   resolve(ids: number[]): void;
   reject(err: Error): void;
+  maxTokens: number;
+}
+
+/** A prompt that encodes to more tokens than the caller can take (its ids are not kept). */
+export class PromptTooLong extends Error {
+  constructor(readonly tokens: number) {
+    super(`the prompt encodes to ${tokens} tokens`);
+  }
 }
 
 export class PromptEncoder {
@@ -30,11 +38,15 @@ export class PromptEncoder {
     this.inlineChars = options.inlineChars ?? 2048;
   }
 
-  encode(text: string): Promise<number[]> {
-    if (text.length <= this.inlineChars) return Promise.resolve(this.tokenizer.encode(text));
+  /** Token ids of `text`; rejects with PromptTooLong past `maxTokens` (then no array is built). */
+  encode(text: string, maxTokens = Infinity): Promise<number[]> {
+    if (text.length <= this.inlineChars) {
+      const ids = this.tokenizer.encode(text);
+      return ids.length > maxTokens ? Promise.reject(new PromptTooLong(ids.length)) : Promise.resolve(ids);
+    }
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      this.pending.set(id, { resolve, reject, maxTokens });
       this.ensureWorker().postMessage({ id, text });
     });
   }
@@ -55,8 +67,13 @@ export class PromptEncoder {
       const p = this.pending.get(m.id);
       if (!p) return;
       this.pending.delete(m.id);
-      if (m.ids) p.resolve(Array.from(m.ids));
-      else p.reject(new Error(m.error ?? 'the prompt could not be encoded'));
+      if (!m.ids) p.reject(new Error(m.error ?? 'the prompt could not be encoded'));
+      else if (m.ids.length > p.maxTokens) p.reject(new PromptTooLong(m.ids.length));
+      else {
+        const ids = new Array<number>(m.ids.length); // a plain loop: Array.from(typed array) is far slower
+        for (let i = 0; i < ids.length; i++) ids[i] = m.ids[i];
+        p.resolve(ids);
+      }
     });
     w.on('error', (err) => {
       if (this.worker === w) this.worker = undefined;

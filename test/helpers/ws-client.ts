@@ -11,6 +11,7 @@ interface RawSocket {
   close(): void;
   terminate(): void;
   pause(): void;
+  resume(): void;
   readyState: number;
 }
 type WsCtor = new (url: string) => RawSocket;

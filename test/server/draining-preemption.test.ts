@@ -131,7 +131,7 @@ describe('requests queued for an adapter that is removed', { skip }, () => {
       running = { adapter: null, prompt: someTokens(6, vocab, salt), maxTokens: 8 };
       want = await reference(daemon.engine, running, 0);
     }
-    const params = (c: Case) => ({ adapter: c.adapter, prompt: c.prompt, client: 't', maxTokens: c.maxTokens, temperature: 0, topP: 1, topK: 0, seed: 0, logprobs: false, stop: [] });
+    const params = (c: Case) => ({ adapter: c.adapter, prompt: c.prompt, client: 't', maxTokens: c.maxTokens, temperature: 0, topP: 1, topK: 0, seed: 0, logprobs: false, stop: [], ignoreEos: false });
     let swapped: Promise<void> | undefined;
     const run = (c: Case, onFirst?: () => void) =>
       new Promise<Outcome>((resolve) => {
