@@ -105,7 +105,8 @@ export class BatchScheduler {
     this.tokenBudget = options.tokenBudget ?? 512;
     this.longPrefillTokens = Math.max(1, options.longPrefillTokens ?? Math.ceil(this.tokenBudget / 4));
     this.maxWaiting = options.maxWaiting ?? 1024;
-    this.maxRunning = options.maxRunning ?? 256;
+    // Every running sequence decodes each step: never more of them than a step's tokens.
+    this.maxRunning = Math.min(options.maxRunning ?? 256, this.tokenBudget);
     this.maxPositions = engine.info.maxPositionEmbeddings;
   }
 

@@ -9,7 +9,7 @@ import { IncrementalDetokenizer } from '../tokenizer/detokenizer.js';
 import { PromptEncoder } from '../tokenizer/prompt-encoder.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { Metrics } from './metrics.js';
-import { DEFAULT_MAX_BODY_BYTES, startServer, type RunningServer, type ServerOptions } from './server.js';
+import { startServer, type RunningServer, type ServerOptions } from './server.js';
 import { Service } from './service.js';
 
 export interface DaemonOptions {
@@ -21,7 +21,7 @@ export interface DaemonOptions {
   server?: ServerOptions;
   /** Keeps adapters registered at run time in <stateDir>/adapters.json and restores them at start. */
   stateDir?: string;
-  /** Longest text prompt in UTF-8 bytes (default: 16 per token of the context, within the body limit). */
+  /** Longest text prompt in UTF-8 bytes (default: 16 per token of the context, at least 64 KiB, at most 16 MiB). */
   maxPromptBytes?: number;
   /** Told each startup stage (loading, registering), for a progress line. */
   onProgress?: (event: string, detail: Record<string, unknown>) => void;
@@ -73,10 +73,12 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     }
     const metrics = new Metrics();
     scheduler.onStep((ms, seqs) => metrics.observeStep(ms / 1000, seqs));
-    const maxBody = opts.server?.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
-    const maxPromptBytes = opts.maxPromptBytes ?? Math.min(maxBody, Math.max(64 << 10, engine.info.maxPositionEmbeddings * BYTES_PER_TOKEN_BOUND));
+    // Bounds from the model's context: a body or prompt past them could never run, so
+    // it is refused while it streams in, before any parsing or tokenization.
+    const maxPromptBytes = opts.maxPromptBytes ?? Math.min(16 << 20, Math.max(64 << 10, engine.info.maxPositionEmbeddings * BYTES_PER_TOKEN_BOUND));
+    const maxBodyBytes = opts.server?.maxBodyBytes ?? Math.min(64 << 20, 4 * maxPromptBytes + (64 << 10));
     const service = new Service(engine.info, basename(modelDir), scheduler, registry, encoder, metrics, { maxPromptBytes, ...(state ? { state } : {}) });
-    const server = await startServer(service, engine, opts.server);
+    const server = await startServer(service, engine, { ...opts.server, maxBodyBytes });
     let closing: Promise<void> | undefined;
     return {
       engine,
