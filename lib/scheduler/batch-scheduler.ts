@@ -37,6 +37,14 @@ export interface SchedulerStats {
   preemptions: number;
 }
 
+/** What runs and waits right now: sequence counts and the adapters they belong to ('' is the base). */
+export interface SchedulerActivity {
+  running: number;
+  waiting: number;
+  runningAdapters: Set<string>;
+  waitingAdapters: Set<string>;
+}
+
 /** Called after every step with its duration and size (for metrics). */
 export type StepObserver = (ms: number, sequences: number, tokens: number) => void;
 
@@ -270,6 +278,14 @@ export class BatchScheduler {
   failWaiting(adapterName: string): void {
     const waiting = [...this.resumeQueue, ...(this.queues.get(adapterName) ?? [])];
     for (const seq of waiting) if (seq.params.adapterName === adapterName) this.fail(seq, removedError(adapterName));
+  }
+
+  /** Live counts and adapter names (read at scrape time, unlike `stats`, which steps update). */
+  activity(): SchedulerActivity {
+    const runningAdapters = new Set(this.running.map((s) => s.params.adapterName));
+    const waitingAdapters = new Set(this.resumeQueue.map((s) => s.params.adapterName));
+    for (const [name, q] of this.queues) if (q.length > 0) waitingAdapters.add(name);
+    return { running: this.running.length, waiting: this.waitingCount + this.resumeQueue.length, runningAdapters, waitingAdapters };
   }
 
   /** The most recently admitted running sequence at index >= from not on a draining adapter row. */

@@ -46,7 +46,10 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       const { entry } = await registry.register(a.name, a.dir);
       progress('adapter_registered', { adapter: a.name, dir: entry.dir, experts: entry.experts, bytes: entry.bytes, residency: entry.state });
     }
-    const metrics = new Metrics();
+    // max_lora of the model-server protocol: how many adapters can be resident at once.
+    const rows = opts.engine?.maxAdapters ?? 0;
+    const maxResident = opts.registry?.maxResident ?? 0;
+    const metrics = new Metrics(registry, { maxLora: maxResident > 0 ? Math.min(maxResident, rows) : rows });
     scheduler.onStep((ms, seqs) => metrics.observeStep(ms / 1000, seqs));
     const service = new Service(engine.info, basename(modelDir), scheduler, registry, tokenizer, metrics);
     const server = await startServer(service, engine, opts.server);

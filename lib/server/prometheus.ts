@@ -1,5 +1,6 @@
 // A minimal Prometheus text-format (0.0.4) writer: counters, gauges and histograms
-// with labels. Enough for /metrics without a dependency.
+// with labels. Enough for /metrics without a dependency. Callers bound the label
+// values (metrics.ts only labels with registered adapters) and drop stale series.
 type Labels = Record<string, string>;
 
 function labelText(labels: Labels): string {
@@ -19,7 +20,7 @@ abstract class Family {
   ) {}
   abstract samples(): string[];
   render(): string {
-    return [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} ${this.type}`, ...this.samples()].join('\n') + '\n';
+    return [`# HELP ${this.name} ${this.help.replace(/\\/g, '\\\\').replace(/\n/g, '\\n')}`, `# TYPE ${this.name} ${this.type}`, ...this.samples()].join('\n') + '\n';
   }
 }
 
@@ -39,6 +40,10 @@ export class Counter extends Family {
   }
   clear(): void {
     this.values.clear();
+  }
+  /** Drops every series whose labels fail `keep`. */
+  retain(keep: (labels: Labels) => boolean): void {
+    for (const [k, v] of this.values) if (!keep(v.labels)) this.values.delete(k);
   }
   samples(): string[] {
     return [...this.values.values()].map((v) => `${this.name}${labelText(v.labels)} ${v.value}`);
@@ -72,6 +77,10 @@ export class Histogram extends Family {
     });
     s.sum += value;
     s.count++;
+  }
+  /** Drops every series whose labels fail `keep`. */
+  retain(keep: (labels: Labels) => boolean): void {
+    for (const [k, v] of this.series) if (!keep(v.labels)) this.series.delete(k);
   }
   samples(): string[] {
     const out: string[] = [];

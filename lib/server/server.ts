@@ -77,7 +77,7 @@ export function startServer(service: Service, engine: EnginePort, options: Serve
   app.get('/v1/adapters', admin((reply) => listAdapters(reply, service)));
   app.post('/v1/adapters', admin((reply) => registerAdapter(reply, service, maxBody)));
   app.del('/v1/adapters/:name', admin((reply, name) => removeAdapter(reply, service, decodeURIComponent(name))));
-  app.get('/metrics', route((reply) => reply.send(200, service.metrics.render(engine, service.scheduler, service.adapters), 'text/plain; version=0.0.4')));
+  app.get('/metrics', route((reply) => reply.send(200, service.metrics.render(engine, service.scheduler, service.modelName), 'text/plain; version=0.0.4')));
   app.any('/*', route((reply) => reply.error(404, 'not_found', 'no such endpoint; see /v1/completions, /v1/stream, /v1/models, /v1/adapters, /health, /metrics')));
 
   return new Promise((resolve, reject) => {
