@@ -3,9 +3,18 @@
 // values (metrics.ts only labels with registered adapters) and drop stale series.
 type Labels = Record<string, string>;
 
+const SPECIAL = /[\\\n"]/;
+
+/** `k="v",...` with the format's escapes (most values need none: checked first, scrapes are frequent). */
+function labelPairs(labels: Labels): string {
+  return Object.entries(labels)
+    .map(([k, v]) => `${k}="${SPECIAL.test(v) ? v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"') : v}"`)
+    .join(',');
+}
+
 function labelText(labels: Labels): string {
-  const parts = Object.entries(labels).map(([k, v]) => `${k}="${v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"')}"`);
-  return parts.length ? `{${parts.join(',')}}` : '';
+  const pairs = labelPairs(labels);
+  return pairs ? `{${pairs}}` : '';
 }
 
 function key(labels: Labels): string {
@@ -85,10 +94,12 @@ export class Histogram extends Family {
   samples(): string[] {
     const out: string[] = [];
     for (const s of this.series.values()) {
-      this.buckets.forEach((b, i) => out.push(`${this.name}_bucket${labelText({ ...s.labels, le: String(b) })} ${s.counts[i]}`));
-      out.push(`${this.name}_bucket${labelText({ ...s.labels, le: '+Inf' })} ${s.count}`);
-      out.push(`${this.name}_sum${labelText(s.labels)} ${s.sum}`);
-      out.push(`${this.name}_count${labelText(s.labels)} ${s.count}`);
+      const pairs = labelPairs(s.labels);
+      const bucket = `${this.name}_bucket{${pairs ? pairs + ',' : ''}le="`;
+      this.buckets.forEach((b, i) => out.push(`${bucket}${b}"} ${s.counts[i]}`));
+      out.push(`${bucket}+Inf"} ${s.count}`);
+      const text = pairs ? `{${pairs}}` : '';
+      out.push(`${this.name}_sum${text} ${s.sum}`, `${this.name}_count${text} ${s.count}`);
     }
     return out;
   }
