@@ -48,6 +48,14 @@ export interface SchedulerStats {
   preemptions: number;
 }
 
+/** What runs and waits right now: sequence counts and the adapters they belong to ('' is the base). */
+export interface SchedulerActivity {
+  running: number;
+  waiting: number;
+  runningAdapters: Set<string>;
+  waitingAdapters: Set<string>;
+}
+
 /** Called after every step with its duration and size (for metrics). */
 export type StepObserver = (ms: number, sequences: number, tokens: number) => void;
 
@@ -377,6 +385,13 @@ export class BatchScheduler {
    */
   failWaiting(adapterName: string): void {
     for (const seq of this.waiting) if (seq.adapter === adapterName) this.fail(seq, removedError(adapterName));
+  }
+
+  /** Live counts and adapter names (read at scrape time, unlike `stats`, which steps update). */
+  activity(): SchedulerActivity {
+    const runningAdapters = new Set(this.running.map((s) => s.adapter));
+    const waitingAdapters = new Set([...this.waiting].map((s) => s.adapter));
+    return { running: this.running.length, waiting: this.waiting.size, runningAdapters, waitingAdapters };
   }
 
   /** The most recently admitted running sequence at index >= from not on a draining adapter row. */

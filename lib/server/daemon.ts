@@ -71,7 +71,10 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
         progress('adapter_restore_failed', { adapter: a.name, dir: a.dir, error: (err as Error).message });
       }
     }
-    const metrics = new Metrics();
+    // max_lora of the model-server protocol: how many adapters can be resident at once.
+    const rows = opts.engine?.maxAdapters ?? 0;
+    const maxResident = opts.registry?.maxResident ?? 0;
+    const metrics = new Metrics(registry, { maxLora: maxResident > 0 ? Math.min(maxResident, rows) : rows });
     scheduler.onStep((ms, seqs) => metrics.observeStep(ms / 1000, seqs));
     // Bounds from the model's context: a body or prompt past them could never run, so
     // it is refused while it streams in, before any parsing or tokenization.

@@ -1,10 +1,20 @@
 // A minimal Prometheus text-format (0.0.4) writer: counters, gauges and histograms
-// with labels. Enough for /metrics without a dependency.
+// with labels. Enough for /metrics without a dependency. Callers bound the label
+// values (metrics.ts only labels with registered adapters) and drop stale series.
 type Labels = Record<string, string>;
 
+const SPECIAL = /[\\\n"]/;
+
+/** `k="v",...` with the format's escapes (most values need none: checked first, scrapes are frequent). */
+function labelPairs(labels: Labels): string {
+  return Object.entries(labels)
+    .map(([k, v]) => `${k}="${SPECIAL.test(v) ? v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"') : v}"`)
+    .join(',');
+}
+
 function labelText(labels: Labels): string {
-  const parts = Object.entries(labels).map(([k, v]) => `${k}="${v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"')}"`);
-  return parts.length ? `{${parts.join(',')}}` : '';
+  const pairs = labelPairs(labels);
+  return pairs ? `{${pairs}}` : '';
 }
 
 function key(labels: Labels): string {
@@ -19,7 +29,7 @@ abstract class Family {
   ) {}
   abstract samples(): string[];
   render(): string {
-    return [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} ${this.type}`, ...this.samples()].join('\n') + '\n';
+    return [`# HELP ${this.name} ${this.help.replace(/\\/g, '\\\\').replace(/\n/g, '\\n')}`, `# TYPE ${this.name} ${this.type}`, ...this.samples()].join('\n') + '\n';
   }
 }
 
@@ -39,6 +49,10 @@ export class Counter extends Family {
   }
   clear(): void {
     this.values.clear();
+  }
+  /** Drops every series whose labels fail `keep`. */
+  retain(keep: (labels: Labels) => boolean): void {
+    for (const [k, v] of this.values) if (!keep(v.labels)) this.values.delete(k);
   }
   samples(): string[] {
     return [...this.values.values()].map((v) => `${this.name}${labelText(v.labels)} ${v.value}`);
@@ -73,13 +87,19 @@ export class Histogram extends Family {
     s.sum += value;
     s.count++;
   }
+  /** Drops every series whose labels fail `keep`. */
+  retain(keep: (labels: Labels) => boolean): void {
+    for (const [k, v] of this.series) if (!keep(v.labels)) this.series.delete(k);
+  }
   samples(): string[] {
     const out: string[] = [];
     for (const s of this.series.values()) {
-      this.buckets.forEach((b, i) => out.push(`${this.name}_bucket${labelText({ ...s.labels, le: String(b) })} ${s.counts[i]}`));
-      out.push(`${this.name}_bucket${labelText({ ...s.labels, le: '+Inf' })} ${s.count}`);
-      out.push(`${this.name}_sum${labelText(s.labels)} ${s.sum}`);
-      out.push(`${this.name}_count${labelText(s.labels)} ${s.count}`);
+      const pairs = labelPairs(s.labels);
+      const bucket = `${this.name}_bucket{${pairs ? pairs + ',' : ''}le="`;
+      this.buckets.forEach((b, i) => out.push(`${bucket}${b}"} ${s.counts[i]}`));
+      out.push(`${bucket}+Inf"} ${s.count}`);
+      const text = pairs ? `{${pairs}}` : '';
+      out.push(`${this.name}_sum${text} ${s.sum}`, `${this.name}_count${text} ${s.count}`);
     }
     return out;
   }

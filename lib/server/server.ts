@@ -117,7 +117,7 @@ export function startServer(service: Service, engine: EnginePort, options: Serve
     }
     return removeAdapter(reply, service, name);
   }));
-  app.get('/metrics', route((reply) => reply.send(200, service.metrics.render(engine, service.scheduler, service.adapters), 'text/plain; version=0.0.4')));
+  app.get('/metrics', route((reply) => reply.send(200, service.metrics.render(engine, service.scheduler, service.modelName), 'text/plain; version=0.0.4')));
   app.any('/*', route((reply) => reply.error(404, 'not_found', 'no such endpoint; see /v1/completions, /v1/stream, /v1/models, /v1/adapters, /health, /metrics')));
 
   const EXCLUSIVE = 1; // LIBUS_LISTEN_EXCLUSIVE_PORT: no SO_REUSEPORT, so a taken port is an error

@@ -110,7 +110,7 @@ describe('HTTP routes', { skip }, () => {
     assert.equal(law.length, 1);
     assert.ok(law[0].value >= 2);
     assert.ok(samples.some((s) => s.name === 'expertweave_adapter_residency' && s.labels.adapter === 'law' && s.value === 2));
-    assert.ok(samples.some((s) => s.name === 'expertweave_kv_blocks_total' && s.value > 0));
+    assert.ok(samples.some((s) => s.name === 'expertweave_kv_blocks' && s.value > 0));
     assert.ok(samples.some((s) => s.name === 'expertweave_step_duration_seconds_count' && s.value > 0));
   });
 });

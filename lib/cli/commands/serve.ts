@@ -22,6 +22,8 @@ sample adapters under adapters/.
 Options:
   --model DIR                   Hugging Face style model directory (config.json, *.safetensors)
   --adapter NAME=DIR            register an ESFT adapter at startup (repeatable)
+  --adapters-dir DIR            register every subdirectory of DIR holding an expert_cfg.json,
+                                named after the subdirectory (a volume of adapters)
   --host H                      address to bind (default 127.0.0.1)
   --port P                      port (default 8080; 0 picks a free one)
   --device D                    auto | cpu | cuda (default auto)
@@ -38,6 +40,7 @@ Options:
   --kv-cache-tokens N           KV-cache capacity in tokens (default: the engine's)
   --token-budget N              most tokens per engine step (default 512)
   --max-waiting N               most queued requests before "overloaded" (default 1024)
+  --max-running N               most sequences running at once (vLLM's --max-num-seqs; default 256)
   -h, --help                    this help
 `;
 
@@ -53,19 +56,22 @@ function repoRoot(): string {
   return resolve(fileURLToPath(new URL('../../../../', import.meta.url)));
 }
 
-/** The embedded model and its sample adapters (each a directory with expert_cfg.json). */
+/** Adapter directories under `root`: each subdirectory with an expert_cfg.json, named after it. */
+function adaptersIn(root: string): { name: string; dir: string }[] {
+  return readdirSync(root)
+    .sort()
+    .filter((n) => existsSync(join(root, n, 'expert_cfg.json')))
+    .map((name) => ({ name, dir: join(root, name) }));
+}
+
+/** The embedded model and its sample adapters. */
 function defaultModel(): { model: string; adapters: { name: string; dir: string }[] } {
   const model = join(repoRoot(), 'models', 'default');
   if (!existsSync(join(model, 'config.json'))) {
     throw new Error(`no --model given and the embedded default model is missing (${model}/config.json); pass --model DIR`);
   }
   const root = join(repoRoot(), 'adapters');
-  const adapters = existsSync(root)
-    ? readdirSync(root)
-        .filter((n) => existsSync(join(root, n, 'expert_cfg.json')))
-        .map((name) => ({ name, dir: join(root, name) }))
-    : [];
-  return { model, adapters };
+  return { model, adapters: existsSync(root) ? adaptersIn(root) : [] };
 }
 
 async function run(argv: string[]): Promise<number> {
@@ -75,6 +81,7 @@ async function run(argv: string[]): Promise<number> {
     options: {
       model: { type: 'string' },
       adapter: { type: 'string', multiple: true },
+      'adapters-dir': { type: 'string' },
       host: { type: 'string' },
       port: { type: 'string' },
       device: { type: 'string' },
@@ -89,6 +96,7 @@ async function run(argv: string[]): Promise<number> {
       'kv-cache-tokens': { type: 'string' },
       'token-budget': { type: 'string' },
       'max-waiting': { type: 'string' },
+      'max-running': { type: 'string' },
     },
   });
   if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
@@ -107,6 +115,14 @@ async function run(argv: string[]): Promise<number> {
   const maxAdapterSlots = intOption(values['adapter-slots'], 'adapter-slots', 64, 0, 1 << 20);
   const tokenBudget = intOption(values['token-budget'], 'token-budget', 512, 1);
   const maxWaiting = intOption(values['max-waiting'], 'max-waiting', 1024, 1);
+  const maxRunning = intOption(values['max-running'], 'max-running', 256, 1);
+  const adaptersDir = values['adapters-dir'];
+  if (adaptersDir !== undefined) {
+    if (!statSync(adaptersDir, { throwIfNoEntry: false })?.isDirectory()) {
+      throw new Error(`--adapters-dir '${adaptersDir}' does not exist or is not a directory`);
+    }
+    adapters.push(...adaptersIn(adaptersDir));
+  }
 
   let modelDir = values.model;
   if (modelDir === undefined) {
@@ -121,7 +137,7 @@ async function run(argv: string[]): Promise<number> {
     modelDir,
     adapters,
     engine: { device, threads, maxAdapters, maxAdapterSlots, ...(kvCacheTokens ? { kvCacheTokens } : {}) },
-    scheduler: { tokenBudget, maxWaiting },
+    scheduler: { tokenBudget, maxWaiting, maxRunning },
     registry: { maxResident, poolBytes },
     server: {
       host: values.host ?? '127.0.0.1',
