@@ -150,6 +150,10 @@ export function startServer(service: Service, engine: EnginePort, options: Serve
         service.cancelAll();
         await service.scheduler.close();
         for (const ws of [...sockets]) ws.end(1001, 'server shutting down');
+        // Then drop what is left (idle keep-alive HTTP connections would hold the process
+        // for uWS's 10 s idle timeout), once the close frames above had a turn to go out.
+        await new Promise((r) => setTimeout(r, 20));
+        (app as unknown as { close(): void }).close();
       },
     };
   });
