@@ -1,6 +1,7 @@
 // Sampling: greedy ties, top-k / top-p support and masses, determinism by (seed, position).
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <vector>
 
@@ -106,4 +107,56 @@ TEST(sampler_top_p_over_a_wide_support_matches_a_full_sort) {
     ++seen[t];
   }
   CHECK(seen.size() > 300);
+}
+
+TEST(sampler_logit_bias_and_penalties_follow_the_openai_definition) {
+  const std::vector<float> raw = {1.f, 3.f, 2.5f, 0.f};
+  SeqChunk ch;
+  CHECK(!adjusts_logits(ch));
+  std::vector<float> scratch;
+  CHECK(draw_logits(raw.data(), 4, ch, scratch) == raw.data());  // untouched: no copy
+  ch.logit_bias = {{3, 5.f}, {1, -100.f}};
+  ch.sampling.presence_penalty = 0.5f;
+  ch.sampling.frequency_penalty = 0.25f;
+  ch.output_counts = {{2, 3}, {0, 1}};
+  CHECK(adjusts_logits(ch));
+  const float* got = draw_logits(raw.data(), 4, ch, scratch);
+  const float want[4] = {1.f - 0.25f - 0.5f, 3.f - 100.f, 2.5f - 3 * 0.25f - 0.5f, 5.f};
+  for (int i = 0; i < 4; ++i) CHECK_EQ(got[i], want[i]);
+  CHECK_EQ(raw[1], 3.f);  // the raw row is unchanged
+  SamplingParams greedy;
+  CHECK_EQ(sample_token(got, 4, greedy, 0), 3);
+  // Penalties without any output yet change nothing.
+  SeqChunk fresh;
+  fresh.sampling.presence_penalty = 2.f;
+  CHECK(!adjusts_logits(fresh));
+}
+
+TEST(sampler_top_logprobs_are_the_most_likely_in_order_with_log_softmax_values) {
+  const std::vector<float> l = {0.f, 2.f, 1.f, 2.f, -1.f};
+  std::vector<int32_t> ids;
+  std::vector<float> lps;
+  top_logprobs(l.data(), 5, 3, ids, lps);
+  CHECK(ids == (std::vector<int32_t>{1, 3, 2}));  // the tie between 1 and 3 goes to the lower id
+  double z = 0;
+  for (float x : l) z += std::exp(x);
+  for (size_t i = 0; i < ids.size(); ++i) CHECK_NEAR(lps[i], l[ids[i]] - std::log(z), 1e-6);
+  CHECK_NEAR(lps[0], token_logprob(l.data(), 5, 1), 1e-7);
+  top_logprobs(l.data(), 5, 20, ids, lps);  // k over the vocabulary: all of it, appended
+  CHECK_EQ(ids.size(), size_t{3 + 5});
+}
+
+TEST(sampler_check_refuses_bad_extras_naming_them) {
+  SeqChunk ch;
+  ch.logit_bias = {{7, 1.f}};
+  CHECK_THROWS_WITH(check_sampling(ch, 5, "chunk 0"), "logit_bias entry (7, 1)");
+  ch.logit_bias.clear();
+  ch.output_counts = {{1, 0}};
+  CHECK_THROWS_WITH(check_sampling(ch, 5, "chunk 0"), "output count (1, 0)");
+  ch.output_counts.clear();
+  ch.sampling.top_logprobs = 21;
+  CHECK_THROWS_WITH(check_sampling(ch, 5, "chunk 0"), "top_logprobs 21");
+  ch.sampling.top_logprobs = 0;
+  ch.sampling.frequency_penalty = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH(check_sampling(ch, 5, "chunk 0"), "must be finite");
 }

@@ -87,6 +87,41 @@ ParsedStep ParseStepRequest(const Napi::Value& request) {
   batch.tokens.resize(static_cast<size_t>(total));
   if (total > 0) std::memcpy(batch.tokens.data(), Elements<int32_t>(tokens), static_cast<size_t>(total) * sizeof(int32_t));
 
+  // Optional per-chunk sampling extras, present only when some chunk uses them; their
+  // values are checked by the engine, per chunk, like the other sampling values.
+  auto has = [&](const char* key) { return !req.Get(key).IsUndefined(); };
+  if (has("topLogprobs")) {
+    const int32_t* k = Elements<int32_t>(TypedArrayField(req, "topLogprobs", napi_int32_array, n, kCall));
+    for (int64_t i = 0; i < n; ++i) batch.chunks[i].sampling.top_logprobs = k[i];
+  }
+  if (has("presencePenalty") || has("frequencyPenalty")) {
+    const float* pres = Elements<float>(TypedArrayField(req, "presencePenalty", napi_float32_array, n, kCall));
+    const float* freq = Elements<float>(TypedArrayField(req, "frequencyPenalty", napi_float32_array, n, kCall));
+    for (int64_t i = 0; i < n; ++i) {
+      batch.chunks[i].sampling.presence_penalty = pres[i];
+      batch.chunks[i].sampling.frequency_penalty = freq[i];
+    }
+  }
+  // Sparse per-chunk lists: entries offsets[i] .. offsets[i+1] of ids/values belong to chunk i.
+  auto sparse = [&](const char* offsets_key, const char* ids_key, const char* values_key, napi_typedarray_type value_type,
+                    auto&& put) {
+    if (!has(offsets_key)) return;
+    const int32_t* off = Elements<int32_t>(TypedArrayField(req, offsets_key, napi_int32_array, n + 1, kCall));
+    if (off[0] != 0) throw Napi::RangeError::New(env, std::string("step: ") + offsets_key + "[0] must be 0");
+    for (int64_t i = 0; i < n; ++i)
+      if (off[i + 1] < off[i]) throw Napi::RangeError::New(env, std::string("step: ") + offsets_key + " must not decrease");
+    Napi::TypedArray ids = TypedArrayField(req, ids_key, napi_int32_array, off[n], kCall);
+    Napi::TypedArray values = TypedArrayField(req, values_key, value_type, off[n], kCall);
+    for (int64_t i = 0; i < n; ++i)
+      for (int32_t j = off[i]; j < off[i + 1]; ++j) put(batch.chunks[i], Elements<int32_t>(ids)[j], values, j);
+  };
+  sparse("biasOffsets", "biasIds", "biasValues", napi_float32_array, [&](ew::SeqChunk& c, int32_t id, const Napi::TypedArray& v, int32_t j) {
+    c.logit_bias.emplace_back(id, Elements<float>(v)[j]);
+  });
+  sparse("countOffsets", "countIds", "countValues", napi_int32_array, [&](ew::SeqChunk& c, int32_t id, const Napi::TypedArray& v, int32_t j) {
+    c.output_counts.emplace_back(id, Elements<int32_t>(v)[j]);
+  });
+
   Napi::Value return_logits = req.Get("returnLogits");
   if (!return_logits.IsUndefined() && !return_logits.IsBoolean()) {
     throw Napi::TypeError::New(env, "step: returnLogits must be a boolean when given");
@@ -120,6 +155,8 @@ ew::StepResult RunParsedStep(ew::Engine& engine, const ParsedStep& step) {
     sub.tokens.insert(sub.tokens.end(), all.tokens.begin() + offset[i], all.tokens.begin() + offset[i + 1]);
   }
   ew::StepResult part = engine.Step(sub);
+  res.top_ids = std::move(part.top_ids);  // failed chunks add none, so the order holds
+  res.top_logprobs = std::move(part.top_logprobs);
   const size_t V = static_cast<size_t>(engine.config().vocab_size);
   if (all.return_logits) res.logits.assign(all.tokens.size() * V, 0.f);
   int64_t at = 0;
@@ -147,6 +184,14 @@ Napi::Object StepResultToJs(Napi::Env env, const ew::StepResult& result, bool wi
   }
   out.Set("tokens", tokens);
   out.Set("logprobs", logprobs);
+  if (!result.top_ids.empty()) {
+    auto ids = Napi::Int32Array::New(env, result.top_ids.size());
+    std::memcpy(ids.Data(), result.top_ids.data(), result.top_ids.size() * sizeof(int32_t));
+    auto lps = Napi::Float32Array::New(env, result.top_logprobs.size());
+    std::memcpy(lps.Data(), result.top_logprobs.data(), result.top_logprobs.size() * sizeof(float));
+    out.Set("topIds", ids);
+    out.Set("topLogprobs", lps);
+  }
   bool any_error = false;
   for (const std::string& e : result.errors) any_error = any_error || !e.empty();
   if (any_error) {  // only then: the common step allocates nothing more

@@ -26,6 +26,7 @@ ParsedStep ParseStepRequest(const Napi::Value& request);
 ew::StepResult RunParsedStep(ew::Engine& engine, const ParsedStep& step);
 
 // {tokens: Int32Array, logprobs: Float32Array, logits?: Float32Array,
+//  topIds?/topLogprobs? only when a chunk asked for top logprobs,
 //  errors?: (string | null)[] only when a chunk failed}
 Napi::Object StepResultToJs(Napi::Env env, const ew::StepResult& result, bool with_logits);
 

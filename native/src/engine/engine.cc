@@ -180,7 +180,7 @@ class ModelEngine final : public Engine {
       } else if (ch.sample) {
         chunk_last[c] = static_cast<int64_t>(st.logit_rows.size());
         st.logit_rows.push_back(last);
-        need_whole.push_back(!is_greedy(ch.sampling));
+        need_whole.push_back(!is_greedy(ch.sampling) || adjusts_logits(ch) || ch.sampling.top_logprobs > 0);
       }
     }
     const int64_t run_tokens = static_cast<int64_t>(st.ids.size());
@@ -200,15 +200,19 @@ class ModelEngine final : public Engine {
     // 5. Sample, then commit the new lengths.
     res.tokens.assign(n_chunks, -1);
     res.logprobs.assign(n_chunks, 0.f);
+    std::vector<float> scratch;
     for (size_t c = 0; c < n_chunks; ++c) {
       if (!res.errors[c].empty()) continue;
       const SeqChunk& ch = batch.chunks[c];
       const int64_t new_len = start_len[c] + ch.n_tokens;
       const int64_t i = chunk_last[c];
       if (i >= 0 && out.row_of[i] >= 0) {
+        // The draw sees the bias and penalties; the reported log-probabilities are the
+        // model's own (vLLM's raw logprobs).
         const float* row = &out.rows[out.row_of[i] * V];
-        res.tokens[c] = sample_token(row, V, ch.sampling, new_len);
+        res.tokens[c] = sample_token(draw_logits(row, V, ch, scratch), V, ch.sampling, new_len);
         if (ch.logprobs) res.logprobs[c] = token_logprob(row, V, res.tokens[c]);
+        if (ch.sampling.top_logprobs > 0) top_logprobs(row, V, ch.sampling.top_logprobs, res.top_ids, res.top_logprobs);
       } else if (i >= 0) {  // greedy, chosen on the device
         res.tokens[c] = out.greedy[i];
         res.logprobs[c] = ch.logprobs ? out.greedy_logprob[i] : 0.f;
@@ -268,7 +272,7 @@ class ModelEngine final : public Engine {
       if (t < 0 || t >= V)
         fail("step: token ", at + i, " (sequence ", ch.seq_id, ") has id ", t, " outside the vocabulary [0, ", V, ")");
     }
-    check_sampling(ch.sampling, concat("step: chunk ", c, " (sequence ", ch.seq_id, ")"));
+    check_sampling(ch, V, concat("step: chunk ", c, " (sequence ", ch.seq_id, ")"));
   }
 
   ModelConfig cfg_;

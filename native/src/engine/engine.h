@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/adapter_registry.h"
@@ -30,7 +31,13 @@ struct SamplingParams {
   int32_t top_k = 0;        // 0: off
   float top_p = 1.f;        // 1: off
   uint64_t seed = 0;        // with the position, fixes the draw: same seed, same output, any batch
+  // OpenAI's penalties over the sequence's generated tokens (SeqChunk::output_counts):
+  // logit[t] -= count[t] * frequency_penalty + (count[t] > 0 ? presence_penalty : 0).
+  float presence_penalty = 0.f;
+  float frequency_penalty = 0.f;
+  int32_t top_logprobs = 0;  // also return this many most likely tokens (0..kMaxTopLogprobs)
 };
+constexpr int32_t kMaxTopLogprobs = 20;
 
 // Temperatures this small would overflow 1/T; like vLLM, they mean greedy.
 constexpr float kMinTemperature = 1e-5f;
@@ -45,6 +52,8 @@ struct SeqChunk {
   bool sample = true;       // sample a next token after the chunk's last token
   bool logprobs = false;    // also return that token's log-probability
   SamplingParams sampling;
+  std::vector<std::pair<int32_t, float>> logit_bias;       // added to those tokens' logits before the draw
+  std::vector<std::pair<int32_t, int32_t>> output_counts;  // tokens generated so far and how often (penalties)
 };
 
 struct StepBatch {
@@ -57,6 +66,10 @@ struct StepResult {
   std::vector<int32_t> tokens;   // per chunk: the sampled token, or -1 when !sample or failed
   std::vector<float> logprobs;   // per chunk: log p(token) when asked, else 0
   std::vector<std::string> errors;  // per chunk: why it did not run ("" when it ran)
+  // Per sampled chunk with top_logprobs = k: its k most likely tokens (probability order,
+  // ties to the lower id) and their log-probabilities, concatenated in chunk order.
+  std::vector<int32_t> top_ids;
+  std::vector<float> top_logprobs;
   std::vector<float> logits;     // when return_logits
 };
 

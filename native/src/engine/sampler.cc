@@ -21,11 +21,51 @@ double sample_uniform(uint64_t seed, int64_t position) {
   return static_cast<double>(r >> 11) * 0x1.0p-53;
 }
 
-void check_sampling(const SamplingParams& p, const std::string& where) {
+void check_sampling(const SeqChunk& ch, int64_t V, const std::string& where) {
+  const SamplingParams& p = ch.sampling;
   if (!(p.temperature >= 0.f) || !std::isfinite(p.temperature))
     fail(where, ": temperature ", p.temperature, " must be a finite number >= 0");
   if (p.top_k < 0) fail(where, ": top_k ", p.top_k, " must be >= 0 (0: off)");
   if (!(p.top_p > 0.f && p.top_p <= 1.f)) fail(where, ": top_p ", p.top_p, " must be in (0, 1]");
+  if (!std::isfinite(p.presence_penalty) || !std::isfinite(p.frequency_penalty))
+    fail(where, ": presence_penalty ", p.presence_penalty, " and frequency_penalty ", p.frequency_penalty, " must be finite");
+  if (p.top_logprobs < 0 || p.top_logprobs > kMaxTopLogprobs)
+    fail(where, ": top_logprobs ", p.top_logprobs, " must be in [0, ", kMaxTopLogprobs, "]");
+  for (const auto& [id, bias] : ch.logit_bias)
+    if (id < 0 || id >= V || !std::isfinite(bias))
+      fail(where, ": logit_bias entry (", id, ", ", bias, ") needs a token in [0, ", V, ") and a finite value");
+  for (const auto& [id, n] : ch.output_counts)
+    if (id < 0 || id >= V || n < 1) fail(where, ": output count (", id, ", ", n, ") needs a token in [0, ", V, ") and a count >= 1");
+}
+
+bool adjusts_logits(const SeqChunk& ch) {
+  const bool penalties = (ch.sampling.presence_penalty != 0.f || ch.sampling.frequency_penalty != 0.f) && !ch.output_counts.empty();
+  return penalties || !ch.logit_bias.empty();
+}
+
+const float* draw_logits(const float* raw, int64_t V, const SeqChunk& ch, std::vector<float>& scratch) {
+  if (!adjusts_logits(ch)) return raw;
+  scratch.assign(raw, raw + V);
+  for (const auto& [id, bias] : ch.logit_bias) scratch[id] += bias;
+  const float pres = ch.sampling.presence_penalty, freq = ch.sampling.frequency_penalty;
+  for (const auto& [id, n] : ch.output_counts) scratch[id] -= static_cast<float>(n) * freq + pres;
+  return scratch.data();
+}
+
+void top_logprobs(const float* logits, int64_t V, int32_t k, std::vector<int32_t>& ids, std::vector<float>& logprobs) {
+  k = static_cast<int32_t>(std::min<int64_t>(k, V));
+  std::vector<int32_t> order(static_cast<size_t>(V));
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                    [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+  double mx = logits[order[0]];
+  double sum = 0;
+  for (int64_t i = 0; i < V; ++i) sum += std::exp(logits[i] - mx);
+  const double log_z = mx + std::log(sum);
+  for (int32_t i = 0; i < k; ++i) {
+    ids.push_back(order[i]);
+    logprobs.push_back(static_cast<float>(logits[order[i]] - log_z));
+  }
 }
 
 int32_t sample_token(const float* logits, int64_t V, const SamplingParams& p, int64_t position) {
