@@ -4,15 +4,13 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { describe, test } from 'node:test';
 
-import { addon } from '../helpers/engine.js';
+import { withAddon } from '../helpers/engine.js';
 import { repoRoot } from '../helpers/paths.js';
 import { StreamClient } from '../helpers/ws-client.js';
 import { fixture } from '../server/daemon-helpers.js';
 
-const native = addon();
-const skip = 'skip' in native ? native.skip : false;
+const { describe, test } = withAddon();
 const BIN = join(repoRoot(), 'bin', 'expertweave.js');
 
 function serve(args: string[]) {
@@ -36,7 +34,7 @@ function cli(args: string[]) {
   return spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
 }
 
-describe('expertweave serve', { skip }, () => {
+describe('expertweave serve', () => {
   test('serves, manages adapters over HTTP, and exits 0 on SIGTERM mid-request', async () => {
     const fx = fixture();
     const s = serve(['--model', fx.model, '--adapter', `law=${fx.adapters[0].dir}`, '--admin-token', 'tok']);

@@ -3,7 +3,6 @@
 // the adapter contract (served adapter == merged model), on the tiny presets.
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
 
 import type { NativeEngine } from '../../lib/engine/binding.js';
 import { packStepRequest, type ChunkSpec } from '../../lib/engine/engine.js';
@@ -11,13 +10,13 @@ import { TensorStore } from '../../lib/safetensors/reader.js';
 import { makeAdapter } from '../../tools/fixtures/adapter.js';
 import { buildConfig, isMoeLayer, type PresetName } from '../../tools/fixtures/config.js';
 import { makeModel, type FixtureDType } from '../../tools/fixtures/model.js';
-import { CPU_ENGINE, addon, logitRows, relativeError } from '../helpers/engine.js';
+import { CPU_ENGINE, addon, logitRows, relativeError, withAddon } from '../helpers/engine.js';
 import { editedModel, presetModel, someTokens } from '../helpers/fixtures.js';
 import { tempDir } from '../helpers/tmp.js';
 import { ReferenceModel, argmax } from '../reference/deepseek-v2.js';
 
 const native = addon();
-const skip = 'skip' in native ? native.skip : false;
+const { after, before, describe, test } = withAddon();
 const loadEngine = (dir: string, opts = CPU_ENGINE) => {
   if ('skip' in native) throw new Error(native.skip);
   return native.binding.loadEngine(dir, opts);
@@ -53,7 +52,7 @@ const CASES: { preset: PresetName; dtype: FixtureDType; tol: number }[] = [
 ];
 
 for (const { preset, dtype, tol } of CASES) {
-  describe(`${preset} ${dtype}`, { skip }, () => {
+  describe(`${preset} ${dtype}`, () => {
     let engine: NativeEngine;
     let ref: ReferenceModel;
     const dir = () => presetModel(preset, dtype);
@@ -166,7 +165,7 @@ for (const { preset, dtype, tol } of CASES) {
   });
 }
 
-describe('sharded checkpoints', { skip }, () => {
+describe('sharded checkpoints', () => {
   test('a sharded model gives the same logits as the single-file one, bitwise', async () => {
     const dir = join(tempDir(), 'sharded');
     makeModel(dir, buildConfig('tiny'), { dtype: 'f32', seed: 1, maxShardBytes: 20_000 });
@@ -181,7 +180,7 @@ describe('sharded checkpoints', { skip }, () => {
   });
 });
 
-describe('adapters: a served adapter equals the merged model', { skip }, () => {
+describe('adapters: a served adapter equals the merged model', () => {
   test('adapter rows match the merged reference and, bitwise, a merged checkpoint; base rows are untouched', async () => {
     const base = presetModel('tiny');
     const adapterDir = join(tempDir(), 'adapter');

@@ -4,16 +4,14 @@
 // refuses new sequences on the row, or has already dropped it), so the scheduler
 // must choose other victims, or, when only such sequences hold the cache, end one.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
 
 import type { Daemon } from '../../lib/server/daemon.js';
 import type { DoneEvent, RequestError } from '../../lib/scheduler/request.js';
-import { addon } from '../helpers/engine.js';
+import { withAddon } from '../helpers/engine.js';
 import { someTokens } from '../helpers/fixtures.js';
 import { ENGINE, fixture, reference, start, type Case } from './daemon-helpers.js';
 
-const native = addon();
-const skip = 'skip' in native ? native.skip : false;
+const { after, before, describe, test } = withAddon();
 
 interface Outcome {
   tokens: number[];
@@ -21,7 +19,7 @@ interface Outcome {
   error?: RequestError;
 }
 
-describe('preemption while an adapter drains', { skip }, () => {
+describe('preemption while an adapter drains', () => {
   const fx = fixture();
   let daemon: Daemon;
   before(async () => {
@@ -112,7 +110,7 @@ describe('preemption while an adapter drains', { skip }, () => {
   });
 });
 
-describe('requests queued for an adapter that is removed', { skip }, () => {
+describe('requests queued for an adapter that is removed', () => {
   const fx = fixture();
   let daemon: Daemon;
   before(async () => {

@@ -2,19 +2,17 @@
 // (streaming and not) equal to Engine.generate, /v1/models, /health, the admin
 // adapter routes with a bearer token, and /metrics as strict Prometheus text.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
 
 import type { Daemon } from '../../lib/server/daemon.js';
-import { addon } from '../helpers/engine.js';
+import { withAddon } from '../helpers/engine.js';
 import { tempDir } from '../helpers/tmp.js';
 import { cases, fixture, reference, start, type Case } from './daemon-helpers.js';
 import { parsePrometheus } from './prometheus-parser.js';
 
-const native = addon();
-const skip = 'skip' in native ? native.skip : false;
+const { after, before, describe, test } = withAddon();
 const TOKEN = 's3cret';
 
-describe('HTTP routes', { skip }, () => {
+describe('HTTP routes', () => {
   let daemon: Daemon;
   let base: string;
   let fx: ReturnType<typeof fixture>;

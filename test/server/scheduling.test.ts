@@ -3,15 +3,13 @@
 // resident slots than adapters (LRU loads/evictions), both giving the outputs of
 // each request run alone; removal while a request runs; register/remove storms.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
 
 import type { Daemon } from '../../lib/server/daemon.js';
-import { addon } from '../helpers/engine.js';
+import { withAddon } from '../helpers/engine.js';
 import { StreamClient } from '../helpers/ws-client.js';
 import { ENGINE, cases, fixture, reference, start, waitFor, type Case } from './daemon-helpers.js';
 
-const native = addon();
-const skip = 'skip' in native ? native.skip : false;
+const { after, before, describe, test } = withAddon();
 
 async function runAll(url: string, all: Case[]): Promise<{ tokens: number[]; finish: unknown }[]> {
   const clients = await Promise.all([0, 1].map(() => StreamClient.open(url)));
@@ -26,7 +24,7 @@ async function runAll(url: string, all: Case[]): Promise<{ tokens: number[]; fin
   return out;
 }
 
-describe('scheduling under pressure', { skip }, () => {
+describe('scheduling under pressure', () => {
   const fx = fixture();
 
   describe('a KV cache smaller than the load', () => {

@@ -2,17 +2,15 @@
 // concurrent requests (several connections, adapters), equal to each request run
 // alone; malformed frames; limits; cancellation and disconnects freeing KV blocks.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
 
 import type { Daemon } from '../../lib/server/daemon.js';
-import { addon } from '../helpers/engine.js';
+import { withAddon } from '../helpers/engine.js';
 import { StreamClient } from '../helpers/ws-client.js';
 import { cases, fixture, reference, start, waitFor, type Case } from './daemon-helpers.js';
 
-const native = addon();
-const skip = 'skip' in native ? native.skip : false;
+const { after, before, describe, test } = withAddon();
 
-describe('WebSocket /v1/stream', { skip }, () => {
+describe('WebSocket /v1/stream', () => {
   let daemon: Daemon;
   let url: string;
   const refs = new Map<Case, { tokens: number[]; finish: string }>();
