@@ -94,11 +94,11 @@ TEST(adapter_refuses_bad_selections) {
       {R"({"experts": {"1": [-1]}})", "expert -1, outside [0, 8)"},
       {R"({"experts": {"1": [2, 4, 2]}})", "expert 2 twice"},
       {R"({"experts": {"1": []}})", "lists no experts"},
-      {R"({"experts": {"one": [1]}})", "one"},
-      {R"({"experts": {"1": [1.5]}})", "1"},
-      {R"({"experts": [1, 2]})", "experts"},
-      {R"({"experts": {"1": [1]}, "shared_experts": "no"})", "shared_experts"},
-      {R"({"experts": {"1": [1]})", "expert_cfg.json"},
+      {R"({"experts": {"one": [1]}})", "experts key \"one\" is not a layer index"},
+      {R"({"experts": {"1": [1.5]}})", "experts[\"1\"] holds a value that is not an integer expert id"},
+      {R"({"experts": [1, 2]})", "\"experts\" must be an object of layer index -> expert ids"},
+      {R"({"experts": {"1": [1]}, "shared_experts": "no"})", "\"shared_experts\" must be true or false"},
+      {R"({"experts": {"1": [1]})", "expert_cfg.json: invalid JSON at line 1"},
   };
   for (const Bad& c : cases) {
     const std::string dir = tmp.sub("bad");

@@ -4,13 +4,13 @@ import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, test } from 'node:test';
+import { test } from 'node:test';
 
 import { Engine } from '../../lib/engine/engine.js';
 import { TextTokenizer } from '../../lib/tokenizer/tokenizer.js';
 import { buildConfig } from '../../tools/fixtures/config.js';
 import { makeModel } from '../../tools/fixtures/model.js';
-import { CPU_ENGINE, addon } from '../helpers/engine.js';
+import { CPU_ENGINE, withAddon } from '../helpers/engine.js';
 import { presetModel } from '../helpers/fixtures.js';
 import { repoRoot } from '../helpers/paths.js';
 import { tempDir } from '../helpers/tmp.js';
@@ -51,7 +51,10 @@ test('usage errors exit 2 with a message', () => {
   }
 });
 
-test('a bad model directory exits 1 with a clear message', () => {
+// The CLI loads the addon before it reads the model directory.
+const native = withAddon();
+
+native.test('a bad model directory exits 1 with a clear message', () => {
   const missing = cli('generate', '--model', '/nonexistent/model', '--tokens', '1,2');
   assert.equal(missing.status, 1);
   assert.match(missing.stderr, /model directory '\/nonexistent\/model' does not exist/);
@@ -68,9 +71,7 @@ test('a bad model directory exits 1 with a clear message', () => {
   }
 });
 
-const native = addon();
-
-describe('generate on a tiny model', { skip: 'skip' in native ? native.skip : false }, () => {
+native.describe('generate on a tiny model', () => {
   /** The greedy continuation computed in-process, the reference for the CLI's output. */
   async function reference(dir: string, prompt: number[], maxTokens: number): Promise<number[]> {
     const engine = await Engine.load(dir, CPU_ENGINE);
@@ -83,7 +84,7 @@ describe('generate on a tiny model', { skip: 'skip' in native ? native.skip : fa
     return tokens;
   }
 
-  test('without a tokenizer it prints the token ids, and a summary on stderr', async () => {
+  native.test('without a tokenizer it prints the token ids, and a summary on stderr', async () => {
     const dir = presetModel('tiny');
     const r = cli('generate', '--model', dir, '--tokens', '3,4,5,6', '--max-tokens', '5', '--device', 'cpu', '--threads', '2');
     assert.equal(r.status, 0, r.stderr);
@@ -92,7 +93,7 @@ describe('generate on a tiny model', { skip: 'skip' in native ? native.skip : fa
     assert.match(r.stderr, new RegExp(`generated ${expected.length} tokens \\([0-9.]+ tokens/s\\)`));
   });
 
-  test('with a tokenizer it prints the decoded text', async () => {
+  native.test('with a tokenizer it prints the decoded text', async () => {
     // The test tokenizer has 268 ids, so the model gets a vocabulary that covers them.
     const dir = join(tempDir('ew-cli-model-'), 'm');
     makeModel(dir, buildConfig('tiny', { vocab_size: 300 }), { dtype: 'f32', seed: 5 });

@@ -6,15 +6,13 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { describe, test } from 'node:test';
 
-import { addon } from '../helpers/engine.js';
+import { withAddon } from '../helpers/engine.js';
 import { repoRoot } from '../helpers/paths.js';
 import { StreamClient } from '../helpers/ws-client.js';
 import { fixture } from '../server/daemon-helpers.js';
 
-const native = addon();
-const skip = 'skip' in native ? native.skip : false;
+const { after, before, describe, test } = withAddon();
 const BIN = join(repoRoot(), 'bin', 'expertweave.js');
 
 /** Runs serve (through bash when `ulimit` is given, so the limit applies to the daemon itself). */
@@ -45,7 +43,7 @@ function cpuTicks(pid: number): number {
   return Number(fields[11]) + Number(fields[12]);
 }
 
-describe('expertweave serve under hostile conditions', { skip }, () => {
+describe('expertweave serve under hostile conditions', () => {
   const fx = fixture();
 
   test('7: a second daemon on a served port exits 1 saying the address is in use; the first keeps serving', async () => {

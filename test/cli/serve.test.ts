@@ -1,22 +1,26 @@
 // `expertweave serve` and `expertweave adapters` as processes: the listening line,
-// adapter management over HTTP, JSON logs, and a clean exit 0 on SIGTERM/SIGINT
-// with a request in flight.
+// adapter management over HTTP, JSON logs, and a clean exit 0 on SIGTERM/SIGINT;
+// a request in flight at SIGTERM ends "cancelled" before the socket closes (1001).
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import { describe, test } from 'node:test';
 
-import { addon } from '../helpers/engine.js';
+import { withAddon } from '../helpers/engine.js';
 import { repoRoot } from '../helpers/paths.js';
 import { StreamClient } from '../helpers/ws-client.js';
-import { fixture } from '../server/daemon-helpers.js';
+import { editedModel, someTokens } from '../helpers/fixtures.js';
+import { Expected, fixture, type Case } from '../server/daemon-helpers.js';
 
-const native = addon();
-const skip = 'skip' in native ? native.skip : false;
+const { after, describe, test } = withAddon();
 const BIN = join(repoRoot(), 'bin', 'expertweave.js');
+
+/** Servers still running when the suite ends (a failed test): killed, so the file ends. */
+const children = new Set<ChildProcess>();
 
 function serve(args: string[]) {
   const child = spawn(process.execPath, [BIN, 'serve', '--port', '0', '--device', 'cpu', '--threads', '1', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(child);
+  child.on('exit', () => children.delete(child));
   let stdout = '';
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -36,10 +40,22 @@ function cli(args: string[]) {
   return spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
 }
 
-describe('expertweave serve', { skip }, () => {
+describe('expertweave serve', () => {
+  after(() => {
+    for (const child of children) child.kill('SIGKILL');
+  });
+
   test('serves, manages adapters over HTTP, and exits 0 on SIGTERM mid-request', async () => {
     const fx = fixture();
-    const s = serve(['--model', fx.model, '--adapter', `law=${fx.adapters[0].dir}`, '--admin-token', 'tok']);
+    // A longer context than the fixture's 256, so the in-flight request has room to run.
+    const model = editedModel(fx.model, (t) => t, (cfg) => (cfg.max_position_embeddings = 2048));
+    const long: Case = { adapter: 'law', prompt: someTokens(5, 64, 2), maxTokens: 1000 };
+    const expected = new Expected(model, fx.adapters, { kvCacheTokens: 2048, kvBlockSize: 16 });
+    const want = await expected.of(long);
+    await expected.close();
+    assert.equal(want.finish, 'length', 'the fixture must not stop before max_tokens');
+
+    const s = serve(['--model', model, '--adapter', `law=${fx.adapters[0].dir}`, '--admin-token', 'tok', '--kv-cache-tokens', '2048']);
     const url = await s.listening;
     assert.match(url, /^http:\/\/127\.0\.0\.1:\d+$/);
 
@@ -56,9 +72,17 @@ describe('expertweave serve', { skip }, () => {
     assert.equal(cli(['adapters', 'bogus', '--server', url]).status, 2);
 
     const client = await StreamClient.open(url.replace('http', 'ws') + '/v1/stream');
-    client.send({ type: 'generate', id: 'r', adapter: 'law', prompt: [3, 4, 5], max_tokens: 250, temperature: 1, seed: 1 });
-    await client.next((f) => f.id === 'r');
+    client.send({ type: 'generate', id: 'r', adapter: long.adapter, prompt: long.prompt, max_tokens: long.maxTokens, temperature: 0 });
+    const first = await client.next((f) => f.id === 'r');
+    assert.equal(first.type, 'token', JSON.stringify(first));
     s.child.kill('SIGTERM');
+    const end = await client.next((f) => f.id === 'r' && f.type !== 'token');
+    assert.equal(end.type, 'done', JSON.stringify(end));
+    assert.equal(end.finish_reason, 'cancelled');
+    const got = client.frames.filter((f) => f.id === 'r' && f.type === 'token').map((f) => f.token as number);
+    assert.ok(got.length < long.maxTokens, `all ${got.length} tokens came before SIGTERM landed`);
+    assert.deepEqual(got, want.tokens.slice(0, got.length), 'the tokens before SIGTERM are the continuation');
+    assert.deepEqual(await client.closed, { code: 1001, reason: 'server shutting down' });
     assert.equal(await s.exited, 0, s.logs());
     for (const line of s.logs().trim().split('\n')) assert.ok(typeof JSON.parse(line).event === 'string', line);
     assert.match(s.logs(), /"event":"shutting_down"/);

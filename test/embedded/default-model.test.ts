@@ -4,11 +4,11 @@
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { test } from 'node:test';
 
 import { startDaemon } from '../../lib/server/daemon.js';
-import { addon } from '../helpers/engine.js';
+import { withAddon } from '../helpers/engine.js';
 
+const { test } = withAddon();
 const ROOT = process.cwd();
 const MODEL = join(ROOT, 'models', 'default');
 const ADAPTERS = join(ROOT, 'adapters');
@@ -32,7 +32,7 @@ async function complete(port: number, model: string, prompt: string): Promise<st
 
 const tasks = existsSync(ADAPTERS) ? readdirSync(ADAPTERS).filter((d) => existsSync(join(ADAPTERS, d, 'eval.jsonl'))).sort() : [];
 
-test('embedded model: served adapters answer as the merged model, far better than the base', { skip: 'skip' in addon() ? (addon() as { skip: string }).skip : false }, async () => {
+test('embedded model: served adapters answer as the merged model, far better than the base', async () => {
   assert.ok(tasks.length >= 3, `expected at least 3 shipped adapters with eval.jsonl, found ${tasks.join(', ')}`);
   const daemon = await startDaemon({
     modelDir: MODEL,

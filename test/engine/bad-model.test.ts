@@ -3,14 +3,13 @@
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdirSync, statSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, test } from 'node:test';
 
-import { CPU_ENGINE, addon } from '../helpers/engine.js';
+import { CPU_ENGINE, addon, withAddon } from '../helpers/engine.js';
 import { editedModel, presetModel } from '../helpers/fixtures.js';
 import { tempDir } from '../helpers/tmp.js';
 
 const native = addon();
-const skip = 'skip' in native ? native.skip : false;
+const { describe, test } = withAddon();
 
 async function rejects(dir: string, ...patterns: RegExp[]): Promise<void> {
   if ('skip' in native) throw new Error(native.skip);
@@ -23,7 +22,7 @@ async function rejects(dir: string, ...patterns: RegExp[]): Promise<void> {
 
 const KV_B = 'model.layers.1.self_attn.kv_b_proj.weight';
 
-describe('loadEngine refuses bad model directories', { skip }, () => {
+describe('loadEngine refuses bad model directories', () => {
   test('a missing tensor is named', async () => {
     const dir = editedModel(presetModel('tiny'), (ts) => ts.filter((t) => t.name !== KV_B));
     await rejects(dir, new RegExp(KV_B.replaceAll('.', '\\.')), /missing|not found|absent/i);

@@ -2,15 +2,17 @@
 // checkpoints (a tiny random bf16 fixture with two ESFT adapters, and the shipped
 // models/default with adapters/): logits agree within bf16 error, greedy generation in
 // one mixed batch (base and adapter rows) gives the same tokens, and adapters can be
-// registered and unregistered on the GPU while sequences generate. Skips without a
-// CUDA build or device (`bash bench/gpu/verify.sh` runs it on a GPU machine).
+// registered and unregistered on the GPU while sequences generate. Each test skips
+// without a CUDA build or device, or fails there with EW_REQUIRE_CUDA=1 (as on the
+// GPU machine: `bash bench/gpu/verify.sh`), so a wrong device probe cannot pass as a skip.
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { after, before, describe, test, type TestContext } from 'node:test';
+import type { TestContext } from 'node:test';
 
 import { Engine, type ChunkSpec, type EngineOptions } from '../../lib/engine/engine.js';
 import { makeAdapter } from '../../tools/fixtures/adapter.js';
-import { addon, logitRows, relativeError } from '../helpers/engine.js';
+import { addon, addonGate, logitRows, relativeError } from '../helpers/engine.js';
+import { gatedSuite, type Gate } from '../helpers/gate.js';
 import { presetModel, someTokens } from '../helpers/fixtures.js';
 import { repoRoot } from '../helpers/paths.js';
 import { tempDir } from '../helpers/tmp.js';
@@ -29,13 +31,19 @@ function tieThreshold(logitError: number): number {
 }
 const GEN_TOKENS = 16;
 
-function skipReason(): string | false {
+/** Runs with a CUDA build and device; else skips, or fails where EW_REQUIRE_CUDA=1. */
+function cudaGate(): Gate {
+  const needAddon = addonGate();
+  if (!('run' in needAddon)) return needAddon;
   const native = addon();
-  if ('skip' in native) return native.skip;
-  if (!native.binding.buildInfo().cuda) return 'the addon was built without the CUDA backend (no nvcc at install time)';
-  if (!native.binding.cudaAvailable()) return 'no CUDA device on this machine';
-  return false;
+  let missing: string | undefined;
+  if ('skip' in native) missing = native.skip;
+  else if (!native.binding.buildInfo().cuda) missing = 'the addon was built without the CUDA backend (no nvcc at install time)';
+  else if (!native.binding.cudaAvailable()) missing = 'no CUDA device on this machine';
+  if (missing === undefined) return { run: true };
+  return process.env.EW_REQUIRE_CUDA === '1' ? { fail: `EW_REQUIRE_CUDA=1 but ${missing}` } : { skip: missing };
 }
+const { after, before, describe, test } = gatedSuite(cudaGate());
 
 const OPTIONS = { kvBlockSize: 16, kvCacheTokens: 4096, maxAdapters: 8, maxAdapterSlots: 32 } satisfies EngineOptions;
 
@@ -164,7 +172,7 @@ const SUBJECTS: Subject[] = [
   },
 ];
 
-describe('CUDA engine parity with the CPU engine', { skip: skipReason() }, () => {
+describe('CUDA engine parity with the CPU engine', () => {
   for (const subject of SUBJECTS) {
     describe(subject.name, () => {
       let cpu: Engine;

@@ -3,18 +3,16 @@
 import assert from 'node:assert/strict';
 import { readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
 
 import type { StepRequest } from '../../lib/engine/binding.js';
 import { Engine, packStepRequest, type ChunkSpec } from '../../lib/engine/engine.js';
-import { CPU_ENGINE, addon } from '../helpers/engine.js';
+import { CPU_ENGINE, withAddon } from '../helpers/engine.js';
 import { presetModel } from '../helpers/fixtures.js';
 import { tempDir } from '../helpers/tmp.js';
 
-const native = addon();
-const skip = 'skip' in native ? native.skip : false;
+const { after, before, describe, test } = withAddon();
 
-describe('Engine over the addon (tiny random model)', { skip }, () => {
+describe('Engine over the addon (tiny random model)', () => {
   let dir: string;
   let engine: Engine;
 

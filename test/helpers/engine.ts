@@ -1,13 +1,31 @@
 // Helpers for tests of the native engine against the float64 reference.
 import { loadBinding, type Binding, type NativeEngineOptions } from '../../lib/engine/binding.js';
+import { gatedSuite, type Gate, type GatedSuite } from './gate.js';
 
-/** The addon, or the reason it cannot be loaded (tests then skip with that reason). */
+/** The addon, or why it cannot be loaded. */
 export function addon(): { binding: Binding } | { skip: string } {
   try {
     return { binding: loadBinding() };
   } catch (e) {
     return { skip: (e as Error).message };
   }
+}
+
+/**
+ * Whether suites that need the addon run. A missing addon fails them (a broken build
+ * must not pass as skipped) unless EW_ALLOW_NO_ADDON=1, which skips each of their tests.
+ */
+export function addonGate(): Gate {
+  const native = addon();
+  if (!('skip' in native)) return { run: true };
+  if (process.env.EW_ALLOW_NO_ADDON === '1') return { skip: `EW_ALLOW_NO_ADDON=1 and the native addon does not load: ${native.skip}` };
+  return { fail: `the native addon does not load (${native.skip}); build it (npm run build), or set EW_ALLOW_NO_ADDON=1 to skip the tests that need it` };
+}
+
+let nativeSuite: GatedSuite | undefined;
+/** describe/test/hooks for suites that need the addon (see addonGate). */
+export function withAddon(): GatedSuite {
+  return (nativeSuite ??= gatedSuite(addonGate()));
 }
 
 /** A small CPU engine: small KV blocks so sequences cross block boundaries. */

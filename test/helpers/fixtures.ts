@@ -51,3 +51,31 @@ export function editedModel(
   writeSafetensors(join(dir, 'model.safetensors'), edit(tensors));
   return dir;
 }
+
+const merged = new Map<string, string>();
+
+/**
+ * The "merged" checkpoint of base model `base` and ESFT adapter `adapterDir`: the base
+ * with the adapter's experts copied over its own (written once per pair). Serving it
+ * on row 0 is the independent expectation for serving the adapter over the base.
+ */
+export function mergedModel(base: string, adapterDir: string): string {
+  const key = `${base}\0${adapterDir}`;
+  let dir = merged.get(key);
+  if (!dir) {
+    const adapter = TensorStore.openDir(adapterDir);
+    const stored = (name: string) => (adapter.has(name) ? name : adapter.has(name.slice('model.'.length)) ? name.slice('model.'.length) : undefined);
+    const names = new Set(adapter.names());
+    dir = editedModel(base, (tensors) =>
+      tensors.map((t) => {
+        const from = stored(t.name);
+        if (from === undefined) return t;
+        names.delete(from);
+        return { ...t, data: adapter.readF64(from) };
+      }),
+    );
+    if (names.size > 0) throw new Error(`mergedModel: ${adapterDir} has tensors the base lacks: ${[...names].join(', ')}`);
+    merged.set(key, dir);
+  }
+  return dir;
+}

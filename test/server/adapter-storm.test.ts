@@ -2,17 +2,15 @@
 // base model serve steady traffic: no step may ever see that adapter's row between
 // states, so none of the other requests may fail or change (hostile-clients case 2).
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
 
 import type { Daemon } from '../../lib/server/daemon.js';
-import { addon } from '../helpers/engine.js';
+import { withAddon } from '../helpers/engine.js';
 import { StreamClient } from '../helpers/ws-client.js';
-import { cases, fixture, reference, start, type Case } from './daemon-helpers.js';
+import { Expected, cases, fixture, start, type Case } from './daemon-helpers.js';
 
-const native = addon();
-const skip = 'skip' in native ? native.skip : false;
+const { after, before, describe, test } = withAddon();
 
-describe('register/remove storm', { skip }, () => {
+describe('register/remove storm', () => {
   const fx = fixture();
   let daemon: Daemon;
   before(async () => {
@@ -25,7 +23,9 @@ describe('register/remove storm', { skip }, () => {
     const vocab = daemon.engine.info.vocabSize;
     const steady = cases(vocab, [null, 'law', 'math'], 9);
     const refs = new Map<Case, number[]>();
-    for (const c of steady) refs.set(c, (await reference(daemon.engine, c, c.adapter ? daemon.service.adapters.get(c.adapter)!.row! : 0)).tokens);
+    const expected = new Expected(fx.model, fx.adapters);
+    for (const c of steady) refs.set(c, (await expected.of(c)).tokens);
+    await expected.close();
     const churned = fx.adapters[2];
 
     let stop = false;

@@ -1,11 +1,13 @@
-// Shared setup for the daemon tests: a tiny random model, two ESFT adapters, and
-// reference continuations computed by Engine.generate (one sequence, no scheduler).
+// Shared setup for the daemon tests: a tiny random model, three ESFT adapters, and
+// the expected continuations, computed by Engine.generate (one sequence, no scheduler)
+// on engines of their own: the base checkpoint, or an adapter's merged checkpoint. They
+// never use the daemon's engine or registry, so serving the wrong adapter fails.
 import { join } from 'node:path';
 
-import type { Engine } from '../../lib/engine/engine.js';
+import { Engine } from '../../lib/engine/engine.js';
 import { startDaemon, type Daemon, type DaemonOptions } from '../../lib/server/daemon.js';
 import { makeAdapter } from '../../tools/fixtures/adapter.js';
-import { presetModel, someTokens } from '../helpers/fixtures.js';
+import { mergedModel, presetModel, someTokens } from '../helpers/fixtures.js';
 import { tempDir } from '../helpers/tmp.js';
 
 export const ENGINE = { device: 'cpu' as const, threads: 2, kvBlockSize: 4, kvCacheTokens: 1024, maxAdapters: 8, maxAdapterSlots: 16 };
@@ -43,13 +45,50 @@ export function cases(vocab: number, adapters: (string | null)[], n: number): Ca
   }));
 }
 
-/** Greedy continuation of one case alone, straight from the engine. */
-export async function reference(engine: Engine, c: Case, row: number): Promise<{ tokens: number[]; finish: string }> {
-  const tokens: number[] = [];
-  const r = await engine.generate(c.prompt, { maxTokens: c.maxTokens, adapterRow: row, seqId: 1_000_000 }, (t) => {
-    tokens.push(t.token);
-  });
-  return { tokens, finish: r.finishReason };
+export interface Continuation {
+  tokens: number[];
+  finish: string;
+}
+
+/** Greedy continuations of cases alone, from the base and merged checkpoints (see the top). */
+export class Expected {
+  private readonly engines = new Map<string | null, Promise<Engine>>();
+  private readonly dirs: Map<string, string>;
+
+  constructor(private readonly model: string, adapters: { name: string; dir: string }[], private readonly engine: Partial<typeof ENGINE> = {}) {
+    this.dirs = new Map(adapters.map((a) => [a.name, a.dir]));
+  }
+
+  private engineFor(adapter: string | null): Promise<Engine> {
+    let e = this.engines.get(adapter);
+    if (!e) {
+      const dir = adapter === null ? this.model : this.dirs.get(adapter);
+      if (dir === undefined) throw new Error(`Expected: no adapter named ${adapter}`);
+      e = Engine.load(adapter === null ? dir : mergedModel(this.model, dir), { ...ENGINE, ...this.engine });
+      this.engines.set(adapter, e);
+    }
+    return e;
+  }
+
+  async of(c: Case): Promise<Continuation> {
+    const engine = await this.engineFor(c.adapter);
+    const tokens: number[] = [];
+    const r = await engine.generate(c.prompt, { maxTokens: c.maxTokens }, (t) => {
+      tokens.push(t.token);
+    });
+    return { tokens, finish: r.finishReason };
+  }
+
+  async all(cs: readonly Case[]): Promise<Continuation[]> {
+    const out: Continuation[] = [];
+    for (const c of cs) out.push(await this.of(c));
+    return out;
+  }
+
+  async close(): Promise<void> {
+    for (const e of this.engines.values()) (await e).close();
+    this.engines.clear();
+  }
 }
 
 export async function waitFor(cond: () => boolean, what: string, ms = 5000): Promise<void> {

@@ -4,16 +4,14 @@
 // refuses new sequences on the row, or has already dropped it), so the scheduler
 // must choose other victims, or, when only such sequences hold the cache, end one.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
 
 import type { Daemon } from '../../lib/server/daemon.js';
 import type { DoneEvent, RequestError } from '../../lib/scheduler/request.js';
-import { addon } from '../helpers/engine.js';
+import { withAddon } from '../helpers/engine.js';
 import { someTokens } from '../helpers/fixtures.js';
-import { ENGINE, fixture, reference, start, type Case } from './daemon-helpers.js';
+import { ENGINE, Expected, fixture, start, type Case, type Continuation } from './daemon-helpers.js';
 
-const native = addon();
-const skip = 'skip' in native ? native.skip : false;
+const { after, before, describe, test } = withAddon();
 
 interface Outcome {
   tokens: number[];
@@ -21,14 +19,18 @@ interface Outcome {
   error?: RequestError;
 }
 
-describe('preemption while an adapter drains', { skip }, () => {
+describe('preemption while an adapter drains', () => {
   const fx = fixture();
+  const expected = new Expected(fx.model, fx.adapters);
   let daemon: Daemon;
   before(async () => {
     // 8 blocks of 4 tokens: two 8-token prompts generating 16 tokens each need 12 blocks.
     daemon = await start(fx.model, { engine: { ...ENGINE, kvCacheTokens: 32 } });
   });
-  after(() => daemon.close());
+  after(async () => {
+    await daemon.close();
+    await expected.close();
+  });
 
   /**
    * Runs `cases` at once through the service; the first token of request `removeAt`
@@ -56,13 +58,6 @@ describe('preemption while an adapter drains', { skip }, () => {
     );
   }
 
-  async function refs(all: Case[]): Promise<{ tokens: number[]; finish: string }[]> {
-    const row = daemon.service.adapters.get('law')!.row!;
-    const out = [];
-    for (const c of all) out.push(await reference(daemon.engine, c, c.adapter ? row : 0));
-    return out;
-  }
-
   test('a base request is preempted instead of the draining one; both finish as alone', async () => {
     await daemon.service.adapters.register('law', fx.adapters[0].dir);
     const vocab = daemon.engine.info.vocabSize;
@@ -71,7 +66,7 @@ describe('preemption while an adapter drains', { skip }, () => {
       { adapter: null, prompt: someTokens(8, vocab, 3), maxTokens: 16 },
       { adapter: 'law', prompt: someTokens(8, vocab, 5), maxTokens: 16 },
     ];
-    const want = await refs(all);
+    const want = await expected.all(all);
     for (const r of want) assert.equal(r.finish, 'length', 'the fixture must not stop early: the load would not fill the cache');
     const preemptions = daemon.service.scheduler.stats.preemptions;
     const got = await runRemovingLaw(all, 1);
@@ -94,7 +89,7 @@ describe('preemption while an adapter drains', { skip }, () => {
       { adapter: 'law', prompt: someTokens(8, vocab, 8), maxTokens: 16 },
       { adapter: 'law', prompt: someTokens(8, vocab, 9), maxTokens: 16 },
     ];
-    const want = await refs(all);
+    const want = await expected.all(all);
     for (const r of want) assert.equal(r.finish, 'length', 'the fixture must not stop early: the load would not fill the cache');
     const preemptions = daemon.service.scheduler.stats.preemptions;
     const [elder, younger] = await runRemovingLaw(all, 0);
@@ -112,25 +107,26 @@ describe('preemption while an adapter drains', { skip }, () => {
   });
 });
 
-describe('requests queued for an adapter that is removed', { skip }, () => {
+describe('requests queued for an adapter that is removed', () => {
   const fx = fixture();
+  const expected = new Expected(fx.model, fx.adapters);
   let daemon: Daemon;
   before(async () => {
     daemon = await start(fx.model, { scheduler: { maxRunning: 1 } }); // one runs, the rest queue
   });
-  after(() => daemon.close());
+  after(async () => {
+    await daemon.close();
+    await expected.close();
+  });
 
   test('fail with unknown_adapter, even when the freed row is re-registered for another adapter at once', async () => {
     const vocab = daemon.engine.info.vocabSize;
     await daemon.service.adapters.register('law', fx.adapters[0].dir);
     const lawRow = daemon.service.adapters.get('law')!.row!;
     // A base request that runs its full length (no early EOS), so its first token comes mid-way.
-    let running: Case | undefined;
-    let want: { tokens: number[]; finish: string } | undefined;
-    for (let salt = 21; !running || want!.finish !== 'length'; salt++) {
-      running = { adapter: null, prompt: someTokens(6, vocab, salt), maxTokens: 8 };
-      want = await reference(daemon.engine, running, 0);
-    }
+    const running: Case = { adapter: null, prompt: someTokens(6, vocab, 22), maxTokens: 8 };
+    const want: Continuation = await expected.of(running);
+    assert.equal(want.finish, 'length', 'the fixture must not stop before max_tokens');
     const params = (c: Case) => ({ adapter: c.adapter, prompt: c.prompt, client: 't', maxTokens: c.maxTokens, temperature: 0, topP: 1, topK: 0, seed: 0, logprobs: false, stop: [], ignoreEos: false });
     let swapped: Promise<void> | undefined;
     const run = (c: Case, onFirst?: () => void) =>
@@ -145,7 +141,7 @@ describe('requests queued for an adapter that is removed', { skip }, () => {
           onError: (error) => resolve({ ...out, error }),
         });
       });
-    const first = run(running!, () => {
+    const first = run(running, () => {
       // While 'law' requests wait: remove it and register another adapter, which takes the freed row.
       swapped = daemon.service.removeAdapter('law').then(async () => {
         await daemon.service.adapters.register('math', fx.adapters[1].dir);
@@ -156,7 +152,7 @@ describe('requests queued for an adapter that is removed', { skip }, () => {
     assert.ok(swapped, 'the running request produced no token');
     await swapped;
     assert.equal(daemon.service.adapters.get('math')?.row, lawRow, 'the new adapter reuses the freed row');
-    assert.deepEqual(r0.tokens, want!.tokens);
+    assert.deepEqual(r0.tokens, want.tokens);
     for (const r of rest) {
       assert.equal(r.error?.code, 'unknown_adapter', `a queued request ran (${r.tokens.length} tokens) on a row that now holds another adapter`);
       assert.deepEqual(r.tokens, []);

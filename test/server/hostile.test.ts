@@ -5,17 +5,15 @@ import assert from 'node:assert/strict';
 import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { after, before, describe, test } from 'node:test';
 
 import type { Daemon } from '../../lib/server/daemon.js';
-import { addon } from '../helpers/engine.js';
+import { withAddon } from '../helpers/engine.js';
 import { repoRoot } from '../helpers/paths.js';
 import { tempDir } from '../helpers/tmp.js';
 import { StreamClient } from '../helpers/ws-client.js';
-import { ENGINE, cases, fixture, reference, start, waitFor, type Case } from './daemon-helpers.js';
+import { ENGINE, Expected, cases, fixture, start, waitFor, type Case } from './daemon-helpers.js';
 
-const native = addon();
-const skip = 'skip' in native ? native.skip : false;
+const { after, before, describe, test } = withAddon();
 
 const post = (base: string, path: string, body: unknown) =>
   fetch(base + path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: typeof body === 'string' ? body : JSON.stringify(body) });
@@ -24,8 +22,10 @@ const post = (base: string, path: string, body: unknown) =>
 const run = (client: StreamClient, id: string, c: Case) =>
   client.generate({ id, adapter: c.adapter, prompt: c.prompt, max_tokens: c.maxTokens, temperature: 0 });
 
-describe('hostile clients', { skip }, () => {
+describe('hostile clients', () => {
   const fx = fixture();
+  const expected = new Expected(fx.model, fx.adapters);
+  after(() => expected.close());
 
   describe('one daemon, defaults', () => {
     let daemon: Daemon;
@@ -41,7 +41,7 @@ describe('hostile clients', { skip }, () => {
     test('1: values the engine cannot take are the request\'s own 400; requests in flight finish unharmed', async () => {
       const all = cases(daemon.engine.info.vocabSize, [null, 'law', 'math'], 12).map((c) => ({ ...c, maxTokens: 40 }));
       const refs: { tokens: number[] }[] = [];
-      for (const c of all) refs.push(await reference(daemon.engine, c, c.adapter ? daemon.service.adapters.get(c.adapter)!.row! : 0));
+      for (const c of all) refs.push(await expected.of(c));
       const [a, b] = await Promise.all([StreamClient.open(ws), StreamClient.open(ws)]);
       const inFlight = all.map((c, i) => run(i % 2 ? a : b, `ok${i}`, c));
       await a.next((f) => f.type === 'token');
@@ -97,12 +97,12 @@ describe('hostile clients', { skip }, () => {
       await waitFor(() => daemon.service.scheduler.stats.running > 0, 'the hog to run');
       const victim = await StreamClient.open(ws);
       const c: Case = { adapter: null, prompt: [5, 6, 7], maxTokens: 4 };
-      const want = await reference(daemon.engine, c, 0).catch(() => undefined);
+      const want = await expected.of(c);
       const started = performance.now();
       const got = await run(victim, 'v', c);
       const ms = performance.now() - started;
       assert.equal(got.end.type, 'done');
-      if (want) assert.deepEqual(got.tokens, want.tokens);
+      assert.deepEqual(got.tokens, want.tokens);
       // FIFO behind the hog (and its preempted sequences, which used to go first) would
       // finish the victim after most of the hog's 51,200 tokens.
       assert.ok(hogDone < 32, `the victim finished after ${hogDone} of the hog's requests (${ms.toFixed(0)} ms)`);
@@ -137,7 +137,7 @@ describe('hostile clients', { skip }, () => {
       const vocab = daemon.engine.info.vocabSize;
       const vcases = cases(vocab, [null, 'law'], 6);
       const refs: { tokens: number[] }[] = [];
-      for (const c of vcases) refs.push(await reference(daemon.engine, c, c.adapter ? daemon.service.adapters.get(c.adapter)!.row! : 0));
+      for (const c of vcases) refs.push(await expected.of(c));
       const slow = await StreamClient.open(ws);
       slow.socket.pause();
       // Loopback kernel buffers take ~4 MB a reader never reads before the server's own

@@ -1,35 +1,34 @@
 // The daemon's HTTP side over real sockets with the real engine: OpenAI completions
-// (streaming and not) equal to Engine.generate, /v1/models, /health, the admin
+// (streaming and not) equal to the base or merged checkpoint's greedy continuation, /v1/models, /health, the admin
 // adapter routes with a bearer token, and /metrics as strict Prometheus text.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
 
 import type { Daemon } from '../../lib/server/daemon.js';
-import { addon } from '../helpers/engine.js';
+import { withAddon } from '../helpers/engine.js';
 import { tempDir } from '../helpers/tmp.js';
-import { cases, fixture, reference, start, type Case } from './daemon-helpers.js';
+import { Expected, cases, fixture, start, type Case, type Continuation } from './daemon-helpers.js';
 import { parsePrometheus } from './prometheus-parser.js';
 
-const native = addon();
-const skip = 'skip' in native ? native.skip : false;
+const { after, before, describe, test } = withAddon();
 const TOKEN = 's3cret';
 
-describe('HTTP routes', { skip }, () => {
+describe('HTTP routes', () => {
   let daemon: Daemon;
   let base: string;
   let fx: ReturnType<typeof fixture>;
   let c0: Case;
   let c1: Case;
-  let ref0: { tokens: number[]; finish: string };
-  let ref1: { tokens: number[]; finish: string };
+  let ref0: Continuation;
+  let ref1: Continuation;
 
   before(async () => {
     fx = fixture();
     daemon = await start(fx.model, { adapters: fx.adapters.slice(0, 1), server: { port: 0, adminToken: TOKEN } });
     base = `http://127.0.0.1:${daemon.server.port}`;
     [c0, c1] = cases(daemon.engine.info.vocabSize, [null, 'law'], 2);
-    ref0 = await reference(daemon.engine, c0, 0);
-    ref1 = await reference(daemon.engine, c1, daemon.service.adapters.get('law')!.row!);
+    const expected = new Expected(fx.model, fx.adapters);
+    [ref0, ref1] = await expected.all([c0, c1]);
+    await expected.close();
   });
   after(() => daemon.close());
 
@@ -45,7 +44,7 @@ describe('HTTP routes', { skip }, () => {
     assert.deepEqual(models.data.map((m) => m.id), [daemon.service.modelName, 'law']);
   });
 
-  test('POST /v1/completions without streaming equals Engine.generate', async () => {
+  test('POST /v1/completions without streaming equals the merged checkpoint', async () => {
     const res = await post('/v1/completions', { model: 'law', prompt: c1.prompt, max_tokens: c1.maxTokens, temperature: 0, logprobs: 1 });
     assert.equal(res.status, 200);
     const body = (await res.json()) as { choices: { logprobs: { tokens: string[] }; finish_reason: string }[]; usage: Record<string, number> };

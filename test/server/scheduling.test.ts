@@ -3,15 +3,14 @@
 // resident slots than adapters (LRU loads/evictions), both giving the outputs of
 // each request run alone; removal while a request runs; register/remove storms.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
 
 import type { Daemon } from '../../lib/server/daemon.js';
-import { addon } from '../helpers/engine.js';
+import { withAddon } from '../helpers/engine.js';
+import { someTokens } from '../helpers/fixtures.js';
 import { StreamClient } from '../helpers/ws-client.js';
-import { ENGINE, cases, fixture, reference, start, waitFor, type Case } from './daemon-helpers.js';
+import { ENGINE, Expected, cases, fixture, start, waitFor, type Case } from './daemon-helpers.js';
 
-const native = addon();
-const skip = 'skip' in native ? native.skip : false;
+const { after, before, describe, test } = withAddon();
 
 async function runAll(url: string, all: Case[]): Promise<{ tokens: number[]; finish: unknown }[]> {
   const clients = await Promise.all([0, 1].map(() => StreamClient.open(url)));
@@ -26,8 +25,10 @@ async function runAll(url: string, all: Case[]): Promise<{ tokens: number[]; fin
   return out;
 }
 
-describe('scheduling under pressure', { skip }, () => {
+describe('scheduling under pressure', () => {
   const fx = fixture();
+  const expected = new Expected(fx.model, fx.adapters);
+  after(() => expected.close());
 
   describe('a KV cache smaller than the load', () => {
     let daemon: Daemon;
@@ -38,8 +39,7 @@ describe('scheduling under pressure', { skip }, () => {
 
     test('preempted sequences recompute and finish exactly as alone', async () => {
       const all = cases(daemon.engine.info.vocabSize, [null, 'law'], 10).map((c) => ({ ...c, maxTokens: c.maxTokens + 8 }));
-      const refs: { tokens: number[]; finish: string }[] = [];
-      for (const c of all) refs.push(await reference(daemon.engine, c, c.adapter ? daemon.service.adapters.get(c.adapter)!.row! : 0));
+      const refs = await expected.all(all);
       const got = await runAll(`ws://127.0.0.1:${daemon.server.port}/v1/stream`, all);
       got.forEach((g, i) => {
         assert.deepEqual(g.tokens, refs[i].tokens, `request ${i}`);
@@ -58,20 +58,9 @@ describe('scheduling under pressure', { skip }, () => {
     });
     after(() => daemon.close());
 
-    async function refFor(c: Case) {
-      if (c.adapter === null) return reference(daemon.engine, c, 0);
-      const lease = await daemon.service.adapters.acquire(c.adapter);
-      try {
-        return await reference(daemon.engine, c, lease.row);
-      } finally {
-        lease.release();
-      }
-    }
-
     test('LRU loads and evictions give the same outputs as all resident', async () => {
       const all = cases(daemon.engine.info.vocabSize, ['law', 'math', null, 'code'], 16);
-      const refs: { tokens: number[]; finish: string }[] = [];
-      for (const c of all) refs.push(await refFor(c));
+      const refs = await expected.all(all);
       const evictionsBefore = daemon.service.adapters.totalEvictions;
       const got = await runAll(`ws://127.0.0.1:${daemon.server.port}/v1/stream`, all);
       got.forEach((g, i) => assert.deepEqual(g.tokens, refs[i].tokens, `request ${i} (${all[i].adapter})`));
@@ -81,18 +70,28 @@ describe('scheduling under pressure', { skip }, () => {
     });
 
     test('a request whose adapter is removed while it runs completes on that adapter', async () => {
-      const c: Case = { adapter: 'code', prompt: [7, 8, 9, 10], maxTokens: 24 };
-      const ref = await refFor(c);
+      // Long enough (checked: no early EOS) that the removal lands while it runs.
+      const c: Case = { adapter: 'code', prompt: someTokens(4, daemon.engine.info.vocabSize, 3), maxTokens: 240 };
+      const ref = await expected.of(c);
+      assert.equal(ref.finish, 'length', 'the fixture must not stop before max_tokens');
       const client = await StreamClient.open(`ws://127.0.0.1:${daemon.server.port}/v1/stream`);
       client.send({ type: 'generate', id: 'rm', adapter: 'code', prompt: c.prompt, max_tokens: c.maxTokens, temperature: 0 });
-      await client.next((f) => f.id === 'rm' && f.type === 'token');
+      const first = await client.next((f) => f.id === 'rm');
+      assert.equal(first.type, 'token', JSON.stringify(first));
+      const row = daemon.engine.adapters().find((a) => a.dir === fx.adapters[2].dir)?.row;
+      assert.ok(row !== undefined, 'the adapter is resident while its request runs');
       await daemon.service.adapters.remove('code');
+      // Removed from the registry, but its row lives on (draining) for the running sequence.
+      assert.equal(daemon.service.adapters.get('code'), undefined);
+      assert.deepEqual(daemon.engine.adapters().filter((a) => a.row === row).map((a) => a.draining), [true], 'the request was no longer running when its adapter was removed');
+      assert.equal(client.frames.find((f) => f.id === 'rm' && f.type !== 'token'), undefined, 'the request had ended before the removal');
       const refused = await client.generate({ id: 'after', adapter: 'code', prompt: [3], max_tokens: 2 });
       assert.equal(refused.end.code, 'unknown_adapter');
       const end = await client.next((f) => f.id === 'rm' && f.type !== 'token');
       assert.equal(end.type, 'done', JSON.stringify(end));
       assert.equal(end.finish_reason, ref.finish);
       assert.deepEqual(client.frames.filter((f) => f.id === 'rm' && f.type === 'token').map((f) => f.token), ref.tokens);
+      await waitFor(() => !daemon.engine.adapters().some((a) => a.row === row), 'the draining row to be dropped after its last sequence');
       client.close();
     });
 

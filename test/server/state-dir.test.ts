@@ -4,19 +4,17 @@
 import assert from 'node:assert/strict';
 import { cpSync, existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, test } from 'node:test';
 
-import { addon } from '../helpers/engine.js';
+import { withAddon } from '../helpers/engine.js';
 import { tempDir } from '../helpers/tmp.js';
 import { StreamClient } from '../helpers/ws-client.js';
 import { fixture, start } from './daemon-helpers.js';
 
-const native = addon();
-const skip = 'skip' in native ? native.skip : false;
+const { after, before, describe, test } = withAddon();
 
 const json = { 'content-type': 'application/json' };
 
-describe('--state-dir', { skip }, () => {
+describe('--state-dir', () => {
   test('adapters registered at run time come back after a restart; removed ones do not', async () => {
     const fx = fixture();
     const state = tempDir('ew-state-');

@@ -2,33 +2,34 @@
 // concurrent requests (several connections, adapters), equal to each request run
 // alone; malformed frames; limits; cancellation and disconnects freeing KV blocks.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
 
 import type { Daemon } from '../../lib/server/daemon.js';
-import { addon } from '../helpers/engine.js';
+import { withAddon } from '../helpers/engine.js';
+import { someTokens } from '../helpers/fixtures.js';
 import { StreamClient } from '../helpers/ws-client.js';
-import { cases, fixture, reference, start, waitFor, type Case } from './daemon-helpers.js';
+import { Expected, cases, fixture, start, waitFor, type Case, type Continuation } from './daemon-helpers.js';
 
-const native = addon();
-const skip = 'skip' in native ? native.skip : false;
+const { after, before, describe, test } = withAddon();
 
-describe('WebSocket /v1/stream', { skip }, () => {
+describe('WebSocket /v1/stream', () => {
   let daemon: Daemon;
   let url: string;
-  const refs = new Map<Case, { tokens: number[]; finish: string }>();
+  const refs = new Map<Case, Continuation>();
   let all: Case[];
+  let expected: Expected;
 
   before(async () => {
     const fx = fixture();
     daemon = await start(fx.model, { adapters: fx.adapters.slice(0, 2) });
     url = `ws://127.0.0.1:${daemon.server.port}/v1/stream`;
     all = cases(daemon.engine.info.vocabSize, [null, 'law', 'math'], 18);
-    for (const c of all) {
-      const row = c.adapter === null ? 0 : daemon.service.adapters.get(c.adapter)!.row!;
-      refs.set(c, await reference(daemon.engine, c, row));
-    }
+    expected = new Expected(fx.model, fx.adapters);
+    for (const c of all) refs.set(c, await expected.of(c));
   });
-  after(() => daemon.close());
+  after(async () => {
+    await daemon.close();
+    await expected.close();
+  });
 
   const kvFull = () => {
     const kv = daemon.engine.kvStats();
@@ -93,24 +94,45 @@ describe('WebSocket /v1/stream', { skip }, () => {
     c.close();
   });
 
-  test('cancel ends a request with "cancelled" and frees its KV blocks', async () => {
+  /** Greedy runs known to last their full max_tokens (checked), so only a cancel or a disconnect ends them early. */
+  async function longRuns(salts: number[]): Promise<{ c: Case; want: Continuation }[]> {
+    const runs = [];
+    for (const salt of salts) {
+      const c: Case = { adapter: null, prompt: someTokens(5, daemon.engine.info.vocabSize, salt), maxTokens: 240 };
+      const want = await expected.of(c);
+      assert.equal(want.finish, 'length', `the fixture (salt ${salt}) must not stop before max_tokens`);
+      runs.push({ c, want });
+    }
+    return runs;
+  }
+
+  test('cancel ends a running request with "cancelled" and frees its KV blocks', async () => {
+    const [{ c: long, want }] = await longRuns([4]);
     const c = await StreamClient.open(url);
-    c.send({ type: 'generate', id: 'long', prompt: [5, 6, 7, 8, 9], max_tokens: 200, temperature: 0.8, seed: 3 });
-    await c.next((f) => f.id === 'long' && f.type === 'token');
+    c.send({ type: 'generate', id: 'long', prompt: long.prompt, max_tokens: long.maxTokens, temperature: 0 });
+    const first = await c.next((f) => f.id === 'long');
+    assert.equal(first.type, 'token', JSON.stringify(first));
     c.send({ type: 'cancel', id: 'long' });
     const done = await c.next((f) => f.id === 'long' && f.type !== 'token');
-    assert.equal(done.type, 'done');
-    // A sampling run may hit EOS before the cancel lands; otherwise it must say cancelled.
-    if (done.finish_reason !== 'eos') assert.equal(done.finish_reason, 'cancelled');
+    assert.equal(done.type, 'done', JSON.stringify(done));
+    assert.equal(done.finish_reason, 'cancelled');
+    const got = c.frames.filter((f) => f.id === 'long' && f.type === 'token').map((f) => f.token as number);
+    assert.ok(got.length < long.maxTokens, `all ${got.length} tokens were generated before the cancel landed`);
+    assert.deepEqual(got, want.tokens.slice(0, got.length), 'the tokens before the cancel are the continuation');
+    assert.deepEqual(done.usage, { prompt_tokens: long.prompt.length, completion_tokens: got.length });
     await waitFor(kvFull, 'KV blocks back to full after cancel');
     c.close();
   });
 
   test('a client that disconnects mid-stream frees its sequences', async () => {
+    const runs = await longRuns([8, 13, 14, 18]);
     const c = await StreamClient.open(url);
-    for (let i = 0; i < 4; i++) c.send({ type: 'generate', id: `d${i}`, prompt: [4 + i, 9, 9], max_tokens: 200, temperature: 1, seed: i });
-    await c.next((f) => f.type === 'token');
+    runs.forEach(({ c: r }, i) => c.send({ type: 'generate', id: `d${i}`, prompt: r.prompt, max_tokens: r.maxTokens, temperature: 0 }));
+    const first = await c.next((f) => typeof f.id === 'string' && /^d\d$/.test(f.id));
+    assert.equal(first.type, 'token', JSON.stringify(first));
+    const running = daemon.engine.kvStats().sequences;
     c.socket.terminate();
+    assert.ok(running > 0, 'no request was running when the client went away');
     await waitFor(kvFull, 'KV blocks back to full after a disconnect');
     // The server keeps serving others.
     const other = await StreamClient.open(url);

@@ -3,22 +3,20 @@
 import assert from 'node:assert/strict';
 import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
 
 import type { Daemon } from '../../lib/server/daemon.js';
 import { TextTokenizer } from '../../lib/tokenizer/tokenizer.js';
 import { buildConfig } from '../../tools/fixtures/config.js';
 import { makeModel } from '../../tools/fixtures/model.js';
-import { addon } from '../helpers/engine.js';
+import { withAddon } from '../helpers/engine.js';
 import { repoRoot } from '../helpers/paths.js';
 import { tempDir } from '../helpers/tmp.js';
 import { StreamClient, type Frame } from '../helpers/ws-client.js';
 import { start } from './daemon-helpers.js';
 
-const native = addon();
-const skip = 'skip' in native ? native.skip : false;
+const { after, before, describe, test } = withAddon();
 
-describe('text prompts and stop strings', { skip }, () => {
+describe('text prompts and stop strings', () => {
   let daemon: Daemon;
   let tok: TextTokenizer;
   let client: StreamClient;
