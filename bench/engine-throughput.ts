@@ -3,107 +3,25 @@
 // decode step reads, and that as a share of the measured memory read bandwidth.
 // The model is generated once (random weights) under bench/.models/.
 // Prints a table; writes bench/results/engine-throughput.json.
-import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
-import { dirname, join, relative } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, relative } from 'node:path';
 
 import { loadBinding } from '../lib/engine/binding.js';
 import { Engine, type ChunkSpec } from '../lib/engine/engine.js';
-import { buildConfig, type DeepseekV2Config } from '../tools/fixtures/config.js';
-import { makeModel } from '../tools/fixtures/model.js';
+import type { DeepseekV2Config } from '../tools/fixtures/config.js';
+import { ROOT, V2_SHAPED, decodeStepBytes as stepBytes, ensureBenchModel, median, promptTokens } from './models.js';
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-
-/** The benchmark model: V2-Lite's structure (layer 0 dense, 64 experts top-6, 2 shared,
- * q_lora_rank null, yarn), scaled down so one step takes well under a second on 2 cores. */
-const CONFIG: DeepseekV2Config = buildConfig('v2Lite', {
-  vocab_size: 32000,
-  hidden_size: 1024,
-  num_hidden_layers: 4,
-  intermediate_size: 2816,
-  moe_intermediate_size: 352,
-  num_attention_heads: 8,
-  num_key_value_heads: 8,
-  kv_lora_rank: 256,
-  qk_nope_head_dim: 64,
-  qk_rope_head_dim: 32,
-  v_head_dim: 64,
-  max_position_embeddings: 8192,
-  rope_scaling: {
-    type: 'yarn',
-    factor: 4,
-    original_max_position_embeddings: 2048,
-    beta_fast: 32,
-    beta_slow: 1,
-    mscale: 0.707,
-    mscale_all_dim: 0.707,
-  },
-  bos_token_id: 0,
-  eos_token_id: 1,
-});
-
+const CONFIG = V2_SHAPED;
 const PROMPT = 128;
 const BATCH = 16;
 const BYTES_PER_WEIGHT = 2; // bf16
 const KV_BYTES_PER_VALUE = 4; // the latent KV cache is fp32
 
-// Named by a hash of the config, so changing the shape generates a new model.
-const MODEL_DIR = join(ROOT, 'bench', '.models', `v2-shaped-${createHash('sha256').update(JSON.stringify(CONFIG)).digest('hex').slice(0, 12)}`);
+const ensureModel = () => ensureBenchModel('v2-shaped', CONFIG);
 
-function ensureModel(): string {
-  if (existsSync(join(MODEL_DIR, 'config.json'))) return MODEL_DIR;
-  const tmp = MODEL_DIR + '.tmp';
-  rmSync(tmp, { recursive: true, force: true });
-  mkdirSync(dirname(tmp), { recursive: true });
-  console.log(`generating the benchmark model in ${MODEL_DIR} (once) ...`);
-  makeModel(tmp, CONFIG, { dtype: 'bf16', seed: 1 });
-  renameSync(tmp, MODEL_DIR); // config.json appears only once everything is written
-  return MODEL_DIR;
-}
-
-/**
- * Bytes one decode step reads: every non-expert weight once (attention, norms, dense
- * MLP, routers, shared experts, final norm, lm_head), the embedding rows of the step's
- * tokens, each distinct routed expert touched, and the KV cache of every sequence.
- */
 function decodeStepBytes(c: DeepseekV2Config, tokens: number, distinctExpertsPerMoeLayer: number, contexts: number[]): number {
-  const H = c.hidden_size;
-  const qHead = c.qk_nope_head_dim + c.qk_rope_head_dim;
-  const q = c.q_lora_rank ? c.q_lora_rank * H + c.q_lora_rank + c.num_attention_heads * qHead * c.q_lora_rank : c.num_attention_heads * qHead * H;
-  const attention =
-    q +
-    (c.kv_lora_rank + c.qk_rope_head_dim) * H +
-    c.kv_lora_rank +
-    c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim) * c.kv_lora_rank +
-    H * c.num_attention_heads * c.v_head_dim +
-    2 * H;
-  const expert = 3 * H * c.moe_intermediate_size;
-  let weights = H + c.vocab_size * H + tokens * H; // final norm, lm_head, embedding rows
-  for (let l = 0; l < c.num_hidden_layers; l++) {
-    weights += attention;
-    const moe = l >= c.first_k_dense_replace && l % c.moe_layer_freq === 0;
-    weights += moe
-      ? c.n_routed_experts * H + (c.n_shared_experts ?? 0) * expert + distinctExpertsPerMoeLayer * expert
-      : 3 * H * c.intermediate_size;
-  }
-  const kvValues = contexts.reduce((s, n) => s + n, 0) * (c.kv_lora_rank + c.qk_rope_head_dim) * c.num_hidden_layers;
-  return weights * BYTES_PER_WEIGHT + kvValues * KV_BYTES_PER_VALUE;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
-/** Deterministic prompt tokens (ids 2.., away from BOS/EOS). */
-function promptTokens(seed: number, n: number, vocab: number): number[] {
-  let x = seed * 2654435761 + 12345;
-  return Array.from({ length: n }, () => {
-    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    return 2 + (x % (vocab - 2));
-  });
+  return stepBytes(c, { tokens, distinctExpertsPerMoeLayer, contexts, bytesPerWeight: BYTES_PER_WEIGHT, kvBytesPerValue: KV_BYTES_PER_VALUE });
 }
 
 async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
