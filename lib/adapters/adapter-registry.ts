@@ -31,6 +31,8 @@ export interface RegistryOptions {
   poolBytes?: number;
   /** Most adapters resident at once (0: unbounded). */
   maxResident?: number;
+  /** Names an adapter may not take (the base model's served name: it would be unreachable). */
+  reservedNames?: readonly string[];
 }
 
 /** A hold on a resident adapter; release() once the request is over. */
@@ -39,7 +41,8 @@ export interface AdapterLease {
   release(): void;
 }
 
-const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+/** A name, or Hugging Face's org/name; no ',' (the router protocol's lists are comma-split). */
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(\/[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$/;
 
 export class AdapterRegistry {
   private readonly entries = new Map<string, AdapterEntry>();
@@ -68,6 +71,9 @@ export class AdapterRegistry {
    */
   register(name: string, dir: string, pinned = false): Promise<{ entry: AdapterEntry; created: boolean }> {
     if (!NAME.test(name)) throw new AdapterError(400, 'bad_request', `adapter name '${name}' must match ${NAME}`);
+    if (this.options.reservedNames?.includes(name)) {
+      throw new AdapterError(400, 'bad_request', `adapter name '${name}' is the base model's name; requests for it would never reach the adapter`);
+    }
     const abs = resolve(dir);
     return this.lock.run(name, async () => {
       const existing = this.entries.get(name);

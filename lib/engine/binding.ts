@@ -58,6 +58,20 @@ export interface StepRequest {
   seeds: Float64Array;
   /** Tests only: return logits for every token, [tokens.length * vocab]. */
   returnLogits?: boolean;
+  // Optional sampling extras, present only when some chunk uses them:
+  /** Per chunk: also return this many most likely tokens (0..20). */
+  topLogprobs?: Int32Array;
+  /** Per chunk, both or neither: OpenAI penalties over the chunk's output counts. */
+  presencePenalty?: Float32Array;
+  frequencyPenalty?: Float32Array;
+  /** Sparse per chunk: entries biasOffsets[i] .. biasOffsets[i+1] of biasIds/biasValues are chunk i's logit bias. */
+  biasOffsets?: Int32Array;
+  biasIds?: Int32Array;
+  biasValues?: Float32Array;
+  /** Sparse per chunk, the same way: the sequence's generated tokens and their counts. */
+  countOffsets?: Int32Array;
+  countIds?: Int32Array;
+  countValues?: Int32Array;
 }
 
 export interface StepOutput {
@@ -65,6 +79,12 @@ export interface StepOutput {
   tokens: Int32Array;
   logprobs: Float32Array;
   logits?: Float32Array;
+  /**
+   * When some chunk asked for top logprobs: each sampled chunk's min(topLogprobs, vocab)
+   * most likely tokens (most likely first) and their log-probabilities, in chunk order.
+   */
+  topIds?: Int32Array;
+  topLogprobs?: Float32Array;
   /**
    * Present only when a chunk failed alone (a value of its own the engine refused:
    * a token outside the vocabulary, a draining adapter row, no room in the cache...):

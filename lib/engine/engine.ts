@@ -32,6 +32,15 @@ export interface ChunkSpec {
   topP?: number;
   /** With the position it fixes the draw (default 0). */
   seed?: number;
+  /** OpenAI penalties over `outputCounts` (default 0). */
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  /** The sequence's generated tokens so far and how often each came (for the penalties). */
+  outputCounts?: ReadonlyMap<number, number>;
+  /** Added to those tokens' logits before the draw. */
+  logitBias?: ReadonlyMap<number, number>;
+  /** Also return this many most likely tokens (0..20, default 0). */
+  topLogprobs?: number;
 }
 
 function checkInt(value: number, what: string): number {
@@ -63,6 +72,32 @@ export function packStepRequest(chunks: readonly ChunkSpec[], returnLogits = fal
     seeds: new Float64Array(n),
   };
   if (returnLogits) req.returnLogits = true;
+  // The optional extras cross only when a chunk uses them, so a plain step packs nothing more.
+  if (chunks.some((c) => c.topLogprobs)) req.topLogprobs = Int32Array.from(chunks, (c, i) => checkInt(c.topLogprobs ?? 0, `chunk ${i}: topLogprobs`));
+  if (chunks.some((c) => c.presencePenalty || c.frequencyPenalty)) {
+    req.presencePenalty = Float32Array.from(chunks, (c) => c.presencePenalty ?? 0);
+    req.frequencyPenalty = Float32Array.from(chunks, (c) => c.frequencyPenalty ?? 0);
+  }
+  const sparse = (get: (c: ChunkSpec) => ReadonlyMap<number, number> | undefined) => {
+    if (!chunks.some((c) => get(c)?.size)) return undefined;
+    const offsets = new Int32Array(n + 1);
+    let size = 0;
+    chunks.forEach((c, i) => (offsets[i + 1] = size += get(c)?.size ?? 0));
+    const ids = new Int32Array(size);
+    const values: number[] = [];
+    let k = 0;
+    chunks.forEach((c, i) => {
+      for (const [id, v] of get(c) ?? []) {
+        ids[k++] = checkInt(id, `chunk ${i}: token id`);
+        values.push(v);
+      }
+    });
+    return { offsets, ids, values };
+  };
+  const bias = sparse((c) => c.logitBias);
+  if (bias) Object.assign(req, { biasOffsets: bias.offsets, biasIds: bias.ids, biasValues: Float32Array.from(bias.values) });
+  const counts = sparse((c) => (c.presencePenalty || c.frequencyPenalty ? c.outputCounts : undefined));
+  if (counts) Object.assign(req, { countOffsets: counts.offsets, countIds: counts.ids, countValues: Int32Array.from(counts.values) });
   let at = 0;
   chunks.forEach((c, i) => {
     req.seqIds[i] = checkInt(c.seqId, `chunk ${i}: seqId`);

@@ -20,6 +20,7 @@ import {
   type GenerationParams,
   type GenerationSink,
   type TextStream,
+  type TokenEvent,
 } from './request.js';
 
 export interface SchedulerOptions {
@@ -36,6 +37,8 @@ export interface SchedulerOptions {
   maxRunning?: number;
   /** Text pieces for generated ids; absent: text is '' (stop strings then never match). */
   textStream?: (promptIds: readonly number[]) => TextStream;
+  /** Every id that ends generation (config.json and generation_config.json); default the engine's one. */
+  eosTokenIds?: readonly number[];
 }
 
 export interface SchedulerStats {
@@ -70,6 +73,8 @@ class Sequence {
   readonly tokens: number[];
   readonly stop: StopFilter;
   readonly limit: number;
+  /** Generated tokens and how often each came, kept when a penalty needs them. */
+  readonly counts: Map<number, number> | undefined;
 
   constructor(
     readonly params: GenerationParams,
@@ -81,7 +86,8 @@ class Sequence {
     this.adapter = params.adapterName;
     this.tokens = [...params.promptIds];
     this.stop = new StopFilter(params.stop);
-    this.limit = Math.min(params.maxTokens, maxPositions - params.promptIds.length);
+    this.limit = params.maxTokens ?? maxPositions - params.promptIds.length;
+    this.counts = params.presencePenalty || params.frequencyPenalty ? new Map() : undefined;
   }
 }
 
@@ -99,6 +105,7 @@ export class BatchScheduler {
   /** In admission order (last = most recent). */
   private running: Sequence[] = [];
   private readonly runningByClient = new Map<string, number>();
+  private readonly eos: ReadonlySet<number>;
   private nextSeqId = 1;
   private looping = false;
   private closed = false;
@@ -116,6 +123,7 @@ export class BatchScheduler {
     // Every running sequence decodes each step: never more of them than a step's tokens.
     this.maxRunning = Math.min(options.maxRunning ?? 256, this.tokenBudget);
     this.maxPositions = engine.info.maxPositionEmbeddings;
+    this.eos = new Set(options.eosTokenIds ?? [engine.info.eosTokenId]);
   }
 
   onStep(observer: StepObserver): void {
@@ -143,8 +151,17 @@ export class BatchScheduler {
     if (p.promptIds.length >= this.maxPositions) {
       throw new RequestError('bad_request', `the prompt has ${p.promptIds.length} tokens; the model's context is ${this.maxPositions}, leave room for at least one generated token`);
     }
-    if (!Number.isInteger(p.maxTokens) || p.maxTokens < 1 || p.maxTokens > this.maxPositions) {
-      throw new RequestError('bad_request', `max_tokens must be an integer in [1, ${this.maxPositions}]`);
+    if (p.maxTokens !== undefined) {
+      if (!Number.isInteger(p.maxTokens) || p.maxTokens < 1) throw new RequestError('bad_request', 'max_tokens must be an integer >= 1', 'max_tokens');
+      const prompt = p.promptIds.length;
+      if (prompt + p.maxTokens > this.maxPositions) {
+        // vLLM's answer, word for word, so clients that parse it keep working.
+        throw new RequestError(
+          'bad_request',
+          `This model's maximum context length is ${this.maxPositions} tokens. However, you requested ${prompt + p.maxTokens} tokens (${prompt} in the messages, ${p.maxTokens} in the completion). Please reduce the length of the messages or completion.`,
+          'max_tokens',
+        );
+      }
     }
     const kv = this.engine.kvStats();
     if (Math.ceil((p.promptIds.length + 1) / kv.blockSize) > kv.totalBlocks) {
@@ -418,7 +435,7 @@ export class BatchScheduler {
     const chunks: ChunkSpec[] = batch.map(({ seq, n }) => {
       const p = seq.params;
       const sample = seq.kvLen + n === seq.tokens.length;
-      return {
+      const chunk: ChunkSpec = {
         seqId: seq.seqId,
         tokens: seq.tokens.slice(seq.kvLen, seq.kvLen + n),
         adapter: p.adapterRow,
@@ -429,6 +446,12 @@ export class BatchScheduler {
         topP: p.topP,
         seed: p.seed,
       };
+      if (sample) {
+        if (p.topLogprobs) chunk.topLogprobs = p.topLogprobs;
+        if (p.logitBias?.size) chunk.logitBias = p.logitBias;
+        if (seq.counts) Object.assign(chunk, { presencePenalty: p.presencePenalty, frequencyPenalty: p.frequencyPenalty, outputCounts: seq.counts });
+      }
+      return chunk;
     });
     const tokens = chunks.reduce((s, c) => s + c.tokens.length, 0);
     const start = performance.now();
@@ -447,24 +470,33 @@ export class BatchScheduler {
     this.stats.lastStepMs = ms;
     for (const o of this.observers) o(ms, batch.length, tokens);
 
+    let topAt = 0; // top logprobs come in chunk order, for the sampled chunks that asked
     batch.forEach(({ seq, n }, i) => {
-      if (seq.finished) return; // cancelled while the step ran
       const err = out.errors?.[i];
+      const k = chunks[i].sample && !err ? Math.min(chunks[i].topLogprobs ?? 0, this.engine.info.vocabSize) : 0;
+      const top = k > 0 && out.topIds ? Array.from({ length: k }, (_, j) => ({ token: out.topIds![topAt + j], logprob: out.topLogprobs![topAt + j] })) : undefined;
+      topAt += k;
+      if (seq.finished) return; // cancelled while the step ran
       if (err) {
         // The engine refused this chunk alone (the rest of the step ran).
         this.fail(seq, chunkError(err));
         return;
       }
       seq.kvLen += n;
-      if (chunks[i].sample) this.accept(seq, out.tokens[i], out.logprobs[i]);
+      if (chunks[i].sample) this.accept(seq, out.tokens[i], out.logprobs[i], top);
     });
   }
 
-  private accept(seq: Sequence, token: number, logprob: number): void {
-    if (token === this.engine.info.eosTokenId && !seq.params.ignoreEos) {
+  private accept(seq: Sequence, token: number, logprob: number, top: TokenEvent['top']): void {
+    if (this.eos.has(token) && !seq.params.ignoreEos) {
       this.finish(seq, 'eos');
       return;
     }
+    if (seq.params.stopTokenIds?.includes(token)) {
+      this.finish(seq, 'stop');
+      return;
+    }
+    if (seq.counts) seq.counts.set(token, (seq.counts.get(token) ?? 0) + 1);
     seq.tokens.push(token);
     const index = seq.generated++;
     const piece = seq.text ? seq.text.push(token) : '';
@@ -473,12 +505,12 @@ export class BatchScheduler {
     const tail = last ? seq.stop.flush() + (seq.text?.flush() ?? '') : '';
     if (stopped) {
       // The token that completed the stop string is not emitted (its text is the stop string's).
-      if (text !== '') seq.sink.onToken({ index, token, text, ...(seq.params.logprobs ? { logprob } : {}) });
+      if (text !== '') seq.sink.onToken({ index, token, text, ...(seq.params.logprobs ? { logprob } : {}), ...(top ? { top } : {}) });
       else seq.generated--;
       this.finish(seq, 'stop');
       return;
     }
-    seq.sink.onToken({ index, token, text: text + tail, ...(seq.params.logprobs ? { logprob } : {}) });
+    seq.sink.onToken({ index, token, text: text + tail, ...(seq.params.logprobs ? { logprob } : {}), ...(top ? { top } : {}) });
     if (last) this.finish(seq, 'length');
   }
 

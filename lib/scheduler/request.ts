@@ -1,12 +1,14 @@
 // What a generation request is and what it reports, independent of the transport.
 export type FinishReason = 'length' | 'stop' | 'eos' | 'cancelled';
 
-export type ErrorCode = 'bad_request' | 'unknown_adapter' | 'overloaded' | 'internal' | 'shutting_down';
+export type ErrorCode = 'bad_request' | 'unknown_adapter' | 'overloaded' | 'internal' | 'shutting_down' | 'duplicate_id';
 
 export class RequestError extends Error {
   constructor(
     readonly code: ErrorCode,
     message: string,
+    /** The request field at fault, when one is (OpenAI's error.param). */
+    readonly param?: string,
   ) {
     super(message);
   }
@@ -20,7 +22,8 @@ export interface GenerationParams {
   adapterName: string;
   /** For fairness: who asked (a WebSocket connection, an HTTP peer address). */
   client: string;
-  maxTokens: number;
+  /** Most tokens to generate; undefined: to the end of the model's context. */
+  maxTokens: number | undefined;
   temperature: number;
   topP: number;
   topK: number;
@@ -29,6 +32,14 @@ export interface GenerationParams {
   stop: readonly string[];
   /** Keep generating past EOS (vLLM's ignore_eos; benchmarks and tests). */
   ignoreEos?: boolean;
+  /** Token ids that end generation like EOS (not emitted; finish reason 'stop'). */
+  stopTokenIds?: readonly number[];
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  /** Added to those tokens' logits before each draw. */
+  logitBias?: ReadonlyMap<number, number>;
+  /** Also report this many most likely tokens at each step (0..20). */
+  topLogprobs?: number;
 }
 
 export interface TokenEvent {
@@ -36,6 +47,8 @@ export interface TokenEvent {
   token: number;
   text: string;
   logprob?: number;
+  /** The most likely tokens at this step, most likely first (when topLogprobs was asked). */
+  top?: { token: number; logprob: number }[];
 }
 
 export interface DoneEvent {

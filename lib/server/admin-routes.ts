@@ -37,3 +37,37 @@ export async function removeAdapter(reply: Reply, service: Service, name: string
   await service.removeAdapter(name);
   reply.json(200, { name, removed: true });
 }
+
+// vLLM's runtime adapter routes (VLLM_ALLOW_RUNTIME_LORA_UPDATING), which AIBrix's adapter
+// controller and other cluster tools call, with vLLM's status codes and answers: plain-text
+// "Success: ..." on 200, an error object on 400 (InvalidUserInput, BadRequestError) or
+// 404 (NotFoundError). They register and remove ESFT adapters like /v1/adapters does.
+
+function vllmError(reply: Reply, status: number, type: string, message: string): void {
+  reply.json(status, { error: { message, type, param: null, code: status } });
+}
+
+export async function loadLoraAdapter(reply: Reply, service: Service, maxBody: number): Promise<void> {
+  const body = await readJson(reply, maxBody);
+  const { lora_name: name, lora_path: path } = body;
+  if (typeof name !== 'string' || name === '' || typeof path !== 'string' || path === '') {
+    return vllmError(reply, 400, 'InvalidUserInput', "Both 'lora_name' and 'lora_path' must be provided.");
+  }
+  if (service.adapters.get(name)) return vllmError(reply, 400, 'InvalidUserInput', `The lora adapter '${name}' has already been loaded.`);
+  try {
+    await service.registerAdapter(name, path, body.pinned === true);
+  } catch (err) {
+    const notFound = err instanceof AdapterError && /does not exist/.test(err.message);
+    return vllmError(reply, notFound ? 404 : 400, notFound ? 'NotFoundError' : 'BadRequestError', (err as Error).message);
+  }
+  reply.send(200, `Success: LoRA adapter '${name}' added successfully.`, 'text/plain; charset=utf-8');
+}
+
+export async function unloadLoraAdapter(reply: Reply, service: Service, maxBody: number): Promise<void> {
+  const body = await readJson(reply, maxBody);
+  const name = body.lora_name;
+  if (typeof name !== 'string' || name === '') return vllmError(reply, 400, 'InvalidUserInput', "either 'lora_name' and 'lora_int_id' needs to be provided.");
+  if (!service.adapters.get(name)) return vllmError(reply, 404, 'NotFoundError', `The lora adapter '${name}' cannot be found.`);
+  await service.removeAdapter(name);
+  reply.send(200, `Success: LoRA adapter '${name}' removed successfully.`, 'text/plain; charset=utf-8');
+}

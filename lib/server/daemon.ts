@@ -4,6 +4,8 @@ import { basename, resolve } from 'node:path';
 import { AdapterRegistry, type RegistryOptions } from '../adapters/adapter-registry.js';
 import { AdapterStateFile } from '../adapters/adapter-state.js';
 import { Engine, type EngineOptions } from '../engine/engine.js';
+import { loadModelDefaults } from '../engine/model-defaults.js';
+import { ChatTemplate } from '../tokenizer/chat-template.js';
 import { BatchScheduler, type SchedulerOptions } from '../scheduler/batch-scheduler.js';
 import { IncrementalDetokenizer } from '../tokenizer/detokenizer.js';
 import { PromptEncoder } from '../tokenizer/prompt-encoder.js';
@@ -23,6 +25,8 @@ export interface DaemonOptions {
   stateDir?: string;
   /** Longest text prompt in UTF-8 bytes (default: 16 per token of the context, at least 64 KiB, at most 16 MiB). */
   maxPromptBytes?: number;
+  /** The base model's name in the API (default: the model directory's name). */
+  servedModelName?: string;
   /** Told each startup stage (loading, registering), for a progress line. */
   onProgress?: (event: string, detail: Record<string, unknown>) => void;
 }
@@ -43,6 +47,10 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const modelDir = resolve(opts.modelDir);
   progress('model_loading', { model: modelDir });
   const tokenizer = await TextTokenizer.load(modelDir);
+  const defaults = loadModelDefaults(modelDir);
+  if (defaults.ignored.length > 0) progress('generation_config_ignored', { keys: defaults.ignored });
+  const chat = ChatTemplate.load(modelDir);
+  const modelName = opts.servedModelName ?? basename(modelDir);
   const state = opts.stateDir === undefined ? undefined : await AdapterStateFile.open(resolve(opts.stateDir));
   const engine = await Engine.load(modelDir, opts.engine ?? {});
   progress('model_loaded', { model: modelDir, device: engine.info.device, vocab: engine.info.vocabSize });
@@ -50,9 +58,10 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   try {
     const scheduler = new BatchScheduler(engine, {
       ...opts.scheduler,
+      eosTokenIds: defaults.eosTokenIds.length > 0 ? defaults.eosTokenIds : [engine.info.eosTokenId],
       ...(tokenizer ? { textStream: (ids: readonly number[]) => new IncrementalDetokenizer(tokenizer, ids) } : {}),
     });
-    const registry = new AdapterRegistry(engine, opts.registry);
+    const registry = new AdapterRegistry(engine, { ...opts.registry, reservedNames: [modelName] });
     for (const a of opts.adapters ?? []) {
       const { entry } = await registry.register(a.name, a.dir);
       progress('adapter_registered', { adapter: a.name, dir: entry.dir, experts: entry.experts, bytes: entry.bytes, residency: entry.state, source: 'command line' });
@@ -80,7 +89,10 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     // it is refused while it streams in, before any parsing or tokenization.
     const maxPromptBytes = opts.maxPromptBytes ?? Math.min(16 << 20, Math.max(64 << 10, engine.info.maxPositionEmbeddings * BYTES_PER_TOKEN_BOUND));
     const maxBodyBytes = opts.server?.maxBodyBytes ?? Math.min(64 << 20, 4 * maxPromptBytes + (64 << 10));
-    const service = new Service(engine.info, basename(modelDir), scheduler, registry, encoder, metrics, { maxPromptBytes, ...(state ? { state } : {}) });
+    const service = new Service(
+      { info: engine.info, modelName, scheduler, adapters: registry, encoder, tokenizer, chat, defaults, metrics },
+      { maxPromptBytes, ...(state ? { state } : {}) },
+    );
     const server = await startServer(service, engine, { ...opts.server, maxBodyBytes });
     let closing: Promise<void> | undefined;
     return {

@@ -34,9 +34,10 @@ export class Reply {
     });
   }
 
-  /** Error body in the OpenAI shape, with the daemon's code. */
-  error(status: number, code: string, message: string, headers: Record<string, string> = {}): void {
-    this.json(status, { error: { message, type: code, code } }, headers);
+  /** Error body in the OpenAI shape, with the daemon's code; a 429 says when to retry. */
+  error(status: number, code: string, message: string, param?: string, headers: Record<string, string> = {}): void {
+    const retry: Record<string, string> = status === 429 || status === 503 ? { 'Retry-After': '1' } : {};
+    this.json(status, { error: { message, type: code, param: param ?? null, code } }, { ...retry, ...headers });
   }
 }
 

@@ -7,7 +7,8 @@ import type { us_listen_socket, WebSocket } from 'uWebSockets.js';
 
 import { AdapterError } from '../adapters/expert-cfg.js';
 import { RequestError } from '../scheduler/request.js';
-import { authorized, listAdapters, registerAdapter, removeAdapter } from './admin-routes.js';
+import { authorized, listAdapters, loadLoraAdapter, registerAdapter, removeAdapter, unloadLoraAdapter } from './admin-routes.js';
+import { handleChat } from './chat.js';
 import { handleCompletion, httpStatus } from './completions.js';
 import { FdGuard } from './fd-guard.js';
 import { BodyError, Reply } from './http-io.js';
@@ -43,7 +44,7 @@ export interface RunningServer {
 
 function fail(reply: Reply, err: unknown): void {
   if (err instanceof AdapterError) reply.error(err.status, err.code, err.message);
-  else if (err instanceof RequestError) reply.error(httpStatus(err.code), err.code, err.message);
+  else if (err instanceof RequestError) reply.error(httpStatus(err.code), err.code, err.message, err.param);
   else if (err instanceof BodyError) reply.error(err.status, 'bad_request', err.message);
   else reply.error(500, 'internal', (err as Error)?.message ?? String(err));
 }
@@ -83,32 +84,47 @@ export function startServer(service: Service, engine: EnginePort, options: Serve
     }
   };
   // uWS request objects die when the handler returns: read the header and the path parameter first.
-  const admin = (handler: (reply: Reply, param: string) => void | Promise<void>) => (res: uWS.HttpResponse, req: uWS.HttpRequest) => {
+  const admin = (handler: (reply: Reply, param: string, param2: string) => void | Promise<void>) => (res: uWS.HttpResponse, req: uWS.HttpRequest) => {
     const ok = authorized(req, options.adminToken);
     const param = req.getParameter(0) ?? '';
+    const param2 = req.getParameter(1) ?? '';
     route((reply) => {
       if (adminClosed) {
         return reply.error(403, 'forbidden', 'the admin routes are closed: this server listens beyond loopback without --admin-token; restart it with --admin-token T (or --allow-open-admin)');
       }
-      if (!ok) return reply.error(401, 'unauthorized', 'this endpoint needs "Authorization: Bearer TOKEN" (the --admin-token of the server)', { 'WWW-Authenticate': 'Bearer' });
-      return handler(reply, param);
+      if (!ok) return reply.error(401, 'unauthorized', 'this endpoint needs "Authorization: Bearer TOKEN" (the --admin-token of the server)', undefined, { 'WWW-Authenticate': 'Bearer' });
+      return handler(reply, param, param2);
     })(res);
   };
 
   app.get('/health', route((reply) => reply.json(200, { status: 'ok', engine: 'expertweave', device: service.info.device, model: service.modelName, model_type: service.info.modelType })));
   app.get('/v1/models', route((reply) => {
     const created = 0;
-    // Public: names and residency only; where an adapter lives on disk is for admins (GET /v1/adapters).
+    const maxLen = service.info.maxPositionEmbeddings;
+    // vLLM's model cards, minus the paths (vLLM puts an adapter's directory in `root`; where
+    // adapters live on disk is for admins: GET /v1/adapters).
     const data = [
-      { id: service.modelName, object: 'model', created, owned_by: 'expertweave' },
-      ...service.adapters.list().map((e) => ({ id: e.name, object: 'model', created, owned_by: 'expertweave', parent: service.modelName, adapter: { residency: e.state, experts: e.experts } })),
+      { id: service.modelName, object: 'model', created, owned_by: 'expertweave', root: service.modelName, parent: null, max_model_len: maxLen },
+      ...service.adapters.list().map((e) => ({
+        id: e.name,
+        object: 'model',
+        created,
+        owned_by: 'expertweave',
+        root: e.name,
+        parent: service.modelName,
+        max_model_len: maxLen,
+        adapter: { residency: e.state, experts: e.experts },
+      })),
     ];
     reply.json(200, { object: 'list', data });
   }));
   app.post('/v1/completions', route((reply) => handleCompletion(reply, service, maxBody, maxBuffered)));
+  app.post('/v1/chat/completions', route((reply) => handleChat(reply, service, maxBody, maxBuffered)));
+  app.post('/v1/load_lora_adapter', admin((reply) => loadLoraAdapter(reply, service, maxBody)));
+  app.post('/v1/unload_lora_adapter', admin((reply) => unloadLoraAdapter(reply, service, maxBody)));
   app.get('/v1/adapters', admin((reply) => listAdapters(reply, service)));
   app.post('/v1/adapters', admin((reply) => registerAdapter(reply, service, maxBody)));
-  app.del('/v1/adapters/:name', admin((reply, raw) => {
+  const removeNamed = (reply: Reply, raw: string) => {
     let name: string;
     try {
       name = decodeURIComponent(raw);
@@ -116,9 +132,12 @@ export function startServer(service: Service, engine: EnginePort, options: Serve
       throw new AdapterError(400, 'bad_request', 'the adapter name in the path is not valid percent-encoding');
     }
     return removeAdapter(reply, service, name);
-  }));
+  };
+  app.del('/v1/adapters/:name', admin(removeNamed));
+  // org/name adapter names, unencoded in the path.
+  app.del('/v1/adapters/:org/:name', admin((reply, org, name) => removeNamed(reply, `${org}/${name}`)));
   app.get('/metrics', route((reply) => reply.send(200, service.metrics.render(engine, service.scheduler, service.modelName), 'text/plain; version=0.0.4')));
-  app.any('/*', route((reply) => reply.error(404, 'not_found', 'no such endpoint; see /v1/completions, /v1/stream, /v1/models, /v1/adapters, /health, /metrics')));
+  app.any('/*', route((reply) => reply.error(404, 'not_found', 'no such endpoint; see /v1/chat/completions, /v1/completions, /v1/stream, /v1/models, /v1/adapters, /v1/load_lora_adapter, /v1/unload_lora_adapter, /health, /metrics')));
 
   const EXCLUSIVE = 1; // LIBUS_LISTEN_EXCLUSIVE_PORT: no SO_REUSEPORT, so a taken port is an error
   const listenOn = (port: number) =>

@@ -1,22 +1,42 @@
-// What both transports call: resolves a request's model (base or adapter), encodes
-// its prompt (off the event loop when long, refused before any work when over the
-// byte limit), holds the adapter resident while it runs, and feeds the scheduler.
+// What every transport calls: resolves a request's model (the served base name or an
+// adapter), turns chat messages into a prompt with the model's template, encodes prompts
+// (off the event loop when long, refused before any work when over the byte limit),
+// holds the adapter resident while a request runs, and feeds the scheduler.
 import type { ModelInfo } from '../engine/binding.js';
 import { AdapterError } from '../adapters/expert-cfg.js';
 import type { AdapterEntry, AdapterRegistry } from '../adapters/adapter-registry.js';
 import type { AdapterStateFile } from '../adapters/adapter-state.js';
 import type { BatchScheduler } from '../scheduler/batch-scheduler.js';
 import { RequestError, type DoneEvent, type GenerationSink, type TokenEvent } from '../scheduler/request.js';
+import type { ModelDefaults } from '../engine/model-defaults.js';
+import type { ChatMessage, ChatTemplate } from '../tokenizer/chat-template.js';
 import { PromptTooLong, type PromptEncoder } from '../tokenizer/prompt-encoder.js';
-import type { SamplingInput } from './generate-params.js';
+import type { TextTokenizer } from '../tokenizer/tokenizer.js';
+import type { ParseContext, SamplingInput } from './generate-params.js';
 import type { Metrics } from './metrics.js';
 
 export interface ServiceRequest extends SamplingInput {
   /** Adapter name; null: the base model. */
   adapter: string | null;
   prompt: string | number[];
+  /** The prompt text is a rendered chat template (it holds its special tokens: none are added). */
+  rendered?: boolean;
   /** Who asked, for fairness (see GenerationParams.client). */
   client: string;
+}
+
+/** The pieces a Service works with (built by startDaemon). */
+export interface ServiceParts {
+  info: ModelInfo;
+  /** The name requests give for the base model (--served-model-name, else the model directory's). */
+  modelName: string;
+  scheduler: BatchScheduler;
+  adapters: AdapterRegistry;
+  encoder: PromptEncoder | null;
+  tokenizer: TextTokenizer | null;
+  chat: ChatTemplate | null;
+  defaults: ModelDefaults;
+  metrics: Metrics;
 }
 
 export interface ServiceOptions {
@@ -32,16 +52,28 @@ export interface Running {
 
 export class Service {
   private readonly live = new Set<Running>();
+  readonly info: ModelInfo;
+  readonly modelName: string;
+  readonly scheduler: BatchScheduler;
+  readonly adapters: AdapterRegistry;
+  readonly metrics: Metrics;
+  readonly tokenizer: TextTokenizer | null;
+  private readonly encoder: PromptEncoder | null;
+  private readonly chat: ChatTemplate | null;
+  private readonly defaults: ModelDefaults;
 
   constructor(
-    readonly info: ModelInfo,
-    readonly modelName: string,
-    readonly scheduler: BatchScheduler,
-    readonly adapters: AdapterRegistry,
-    readonly encoder: PromptEncoder | null,
-    readonly metrics: Metrics,
+    parts: ServiceParts,
     readonly options: ServiceOptions,
-  ) {}
+  ) {
+    ({ info: this.info, modelName: this.modelName, scheduler: this.scheduler, adapters: this.adapters, metrics: this.metrics } = parts);
+    ({ tokenizer: this.tokenizer, encoder: this.encoder, chat: this.chat, defaults: this.defaults } = parts);
+  }
+
+  /** What request fields are checked against and default to, for an endpoint's default max_tokens. */
+  parseContext(defaultMaxTokens: number | undefined): ParseContext {
+    return { vocabSize: this.info.vocabSize, defaults: this.defaults.sampling, defaultMaxTokens };
+  }
 
   /**
    * Starts a request. Refusals before it is queued go to sink.onError too, so callers
@@ -87,7 +119,7 @@ export class Service {
     void (async () => {
       await Promise.resolve(); // report asynchronously, after start() has returned
       try {
-        const promptIds = await this.encode(req.prompt);
+        const promptIds = await this.encodePrompt(req.prompt, req.rendered === true);
         let row = 0;
         if (req.adapter !== null) {
           if (!this.adapters.get(req.adapter)) {
@@ -112,7 +144,19 @@ export class Service {
     return handle;
   }
 
-  private async encode(prompt: string | number[]): Promise<number[]> {
+  /** The prompt of a chat: the messages through the model's chat template (text with its special tokens). */
+  chatPrompt(messages: readonly ChatMessage[]): string {
+    if (!this.chat) {
+      throw new RequestError('bad_request', 'this model has no chat template (tokenizer_config.json chat_template or chat_template.jinja); use /v1/completions with a prompt', 'messages');
+    }
+    return this.chat.render(messages, true);
+  }
+
+  /**
+   * Token ids of a prompt: ids pass through; text is encoded with the tokenizer's special
+   * tokens, or without when `rendered` (a chat template's output already holds them).
+   */
+  async encodePrompt(prompt: string | number[], rendered = false): Promise<number[]> {
     if (typeof prompt !== 'string') return prompt;
     if (!this.encoder) throw new RequestError('bad_request', 'the model has no tokenizer.json; send the prompt as an array of token ids');
     // A UTF-16 unit is at most 3 UTF-8 bytes: most prompts pass without counting.
@@ -122,7 +166,7 @@ export class Service {
     }
     const context = this.info.maxPositionEmbeddings;
     try {
-      return await this.encoder.encode(prompt, context - 1);
+      return await this.encoder.encode(prompt, context - 1, !rendered);
     } catch (err) {
       if (err instanceof PromptTooLong) {
         throw new RequestError('bad_request', `the prompt has ${err.tokens} tokens; the model's context is ${context}, leave room for at least one generated token`);
@@ -154,8 +198,16 @@ export class Service {
   /** The model name a request's `model` field resolves to: null for the base. */
   resolveModel(model: unknown): string | null {
     if (model === undefined || model === null || model === this.modelName) return null;
-    if (typeof model !== 'string') throw new RequestError('bad_request', '"model" must be a string');
+    if (typeof model !== 'string') throw new RequestError('bad_request', '"model" must be a string', 'model');
     return model;
+  }
+
+  /**
+   * Text of one token (logprob entries); a partial UTF-8 character decodes to U+FFFD.
+   * Without a tokenizer: "token_id:N", vLLM's form (return_tokens_as_token_ids).
+   */
+  tokenText(id: number): string {
+    return this.tokenizer ? this.tokenizer.decode([id]) : `token_id:${id}`;
   }
 
   /** Cancels every live request (shutdown). */

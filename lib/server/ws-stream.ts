@@ -10,9 +10,24 @@
 // code there is 1006 and cannot be changed from JavaScript).
 import type { TemplatedApp, WebSocket } from 'uWebSockets.js';
 
-import { RequestError } from '../scheduler/request.js';
-import { parsePrompt, parseSampling } from './generate-params.js';
+import { RequestError, type TokenEvent } from '../scheduler/request.js';
+import { parseMessages } from '../tokenizer/chat-template.js';
+import { parsePrompt, parseSampling, refuseUnsupported } from './generate-params.js';
 import type { Running, Service } from './service.js';
+
+const DEFAULT_MAX_TOKENS = 16;
+
+/** `adapter`, or `model` as OpenAI clients name it (the base model's name or an adapter's); both: they must agree. */
+function streamAdapter(service: Service, frame: Record<string, unknown>): string | null {
+  const { adapter, model } = frame;
+  if (adapter !== undefined && adapter !== null && typeof adapter !== 'string') throw new RequestError('bad_request', '"adapter" must be a string or null', 'adapter');
+  const viaModel = service.resolveModel(model);
+  const viaAdapter = typeof adapter === 'string' ? adapter : null;
+  if (model !== undefined && model !== null && adapter !== undefined && viaModel !== viaAdapter) {
+    throw new RequestError('bad_request', `"model" (${JSON.stringify(model)}) and "adapter" (${JSON.stringify(adapter)}) name different models; give one`, 'model');
+  }
+  return model !== undefined && model !== null ? viaModel : viaAdapter;
+}
 
 export interface StreamOptions {
   maxBufferedBytes: number;
@@ -101,19 +116,40 @@ export function mountStream(app: TemplatedApp, service: Service, opts: StreamOpt
           return;
         }
         if (frame.type !== 'generate') throw new RequestError('bad_request', '"type" must be "generate" or "cancel"');
-        if (conn.requests.has(id)) throw new RequestError('bad_request', `request id '${id}' is already running on this connection`);
+        if (conn.requests.has(id)) throw new RequestError('duplicate_id', `request id '${id}' is already running on this connection (that request goes on)`, 'id');
         if (conn.requests.size >= opts.maxRequestsPerConnection) {
           throw new RequestError('overloaded', `this connection already runs ${conn.requests.size} requests (limit ${opts.maxRequestsPerConnection})`);
         }
-        const adapter = frame.adapter;
-        if (adapter !== undefined && adapter !== null && typeof adapter !== 'string') throw new RequestError('bad_request', '"adapter" must be a string or null');
-        const prompt = parsePrompt(frame.prompt);
-        const sampling = parseSampling(frame, 16);
+        const adapter = streamAdapter(service, frame);
+        refuseUnsupported(frame, 'stream');
+        const sampling = parseSampling(frame, service.parseContext(DEFAULT_MAX_TOKENS));
+        sampling.logprobs = frame.logprobs === true || typeof frame.top_logprobs === 'number';
+        const top = frame.top_logprobs;
+        if (top !== undefined && top !== null) {
+          if (typeof top !== 'number' || !Number.isInteger(top) || top < 0 || top > 20) throw new RequestError('bad_request', '"top_logprobs" must be an integer in [0, 20]', 'top_logprobs');
+          if (top > 0) sampling.topLogprobs = top;
+        }
+        // A chat (messages through the model's template) or a prompt (text or token ids).
+        let prompt: string | number[];
+        if (frame.messages !== undefined) {
+          if (frame.prompt !== undefined) throw new RequestError('bad_request', 'give "messages" or "prompt", not both', 'messages');
+          prompt = service.chatPrompt(parseMessages(frame.messages));
+        } else prompt = parsePrompt(frame.prompt);
+        const chat = frame.messages !== undefined;
         const rid = id;
+        const tokenFrame = (ev: TokenEvent) => ({
+          type: 'token',
+          id: rid,
+          index: ev.index,
+          token: ev.token,
+          text: ev.text,
+          ...(ev.logprob !== undefined ? { logprob: ev.logprob } : {}),
+          ...(ev.top ? { top_logprobs: ev.top.map((t) => ({ token: t.token, text: service.tokenText(t.token), logprob: t.logprob })) } : {}),
+        });
         const running = service.start(
-          { ...sampling, prompt, adapter: typeof adapter === 'string' ? adapter : null, client: conn.client },
+          { ...sampling, prompt, ...(chat ? { rendered: true } : {}), adapter, client: conn.client },
           {
-            onToken: (ev) => send(ws, { type: 'token', id: rid, index: ev.index, token: ev.token, text: ev.text, ...(ev.logprob !== undefined ? { logprob: ev.logprob } : {}) }),
+            onToken: (ev) => send(ws, tokenFrame(ev)),
             onDone: (ev) => {
               conn.requests.delete(rid);
               // `text`: held-back text released at the end (only when non-empty; an extension of api.md).

@@ -38,16 +38,20 @@ export class PromptEncoder {
     this.inlineChars = options.inlineChars ?? 2048;
   }
 
-  /** Token ids of `text`; rejects with PromptTooLong past `maxTokens` (then no array is built). */
-  encode(text: string, maxTokens = Infinity): Promise<number[]> {
+  /**
+   * Token ids of `text`, with the tokenizer's special tokens (BOS) unless `addSpecial` is
+   * false (a rendered chat template has them already); rejects with PromptTooLong past
+   * `maxTokens` (then no array is built).
+   */
+  encode(text: string, maxTokens = Infinity, addSpecial = true): Promise<number[]> {
     if (text.length <= this.inlineChars) {
-      const ids = this.tokenizer.encode(text);
+      const ids = this.tokenizer.encode(text, addSpecial);
       return ids.length > maxTokens ? Promise.reject(new PromptTooLong(ids.length)) : Promise.resolve(ids);
     }
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject, maxTokens });
-      this.ensureWorker().postMessage({ id, text });
+      this.ensureWorker().postMessage({ id, text, addSpecial });
     });
   }
 

@@ -21,6 +21,7 @@ sample adapters under adapters/.
 
 Options:
   --model DIR                   Hugging Face style model directory (config.json, *.safetensors)
+  --served-model-name NAME      the base model's name in the API (default: the directory's name)
   --adapter NAME=DIR            register an ESFT adapter at startup (repeatable)
   --adapters-dir DIR            register every subdirectory of DIR holding an expert_cfg.json,
                                 named after the subdirectory (a volume of adapters)
@@ -80,6 +81,7 @@ async function run(argv: string[]): Promise<number> {
     allowPositionals: true,
     options: {
       model: { type: 'string' },
+      'served-model-name': { type: 'string' },
       adapter: { type: 'string', multiple: true },
       'adapters-dir': { type: 'string' },
       host: { type: 'string' },
@@ -147,6 +149,7 @@ async function run(argv: string[]): Promise<number> {
       onEvent: log,
     },
     ...(values['state-dir'] ? { stateDir: values['state-dir'] } : {}),
+    ...(values['served-model-name'] ? { servedModelName: values['served-model-name'] } : {}),
     onProgress: log,
   });
   let stopping = false;

@@ -1,0 +1,48 @@
+// Server-sent events on a uWS response (OpenAI streaming): `data: <json>\n\n` lines,
+// headers on the first write, corked writes, and a backlog budget: a client that stops
+// reading past maxBufferedBytes is cut off (onCut then cancels its work).
+import { statusLine, type Reply } from './http-io.js';
+
+export class SseWriter {
+  private started = false;
+  private backlog = 0;
+
+  constructor(
+    private readonly reply: Reply,
+    private readonly maxBufferedBytes: number,
+    private readonly onCut: () => void,
+  ) {}
+
+  /** Whether anything was sent (after that, errors go in the stream, not as a status). */
+  get sent(): boolean {
+    return this.started;
+  }
+
+  send(data: object | string): void {
+    const reply = this.reply;
+    if (reply.aborted) return;
+    const line = `data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`;
+    const res = reply.res;
+    res.cork(() => {
+      if (!this.started) {
+        this.started = true;
+        res.writeStatus(statusLine(200)).writeHeader('Content-Type', 'text/event-stream').writeHeader('Cache-Control', 'no-cache');
+      }
+      if (res.write(line)) this.backlog = 0;
+      else this.backlog += line.length;
+    });
+    if (this.backlog > this.maxBufferedBytes) {
+      reply.aborted = true;
+      res.close();
+      this.onCut();
+    }
+  }
+
+  /** Ends the stream with [DONE]. */
+  end(): void {
+    this.send('[DONE]');
+    if (this.reply.aborted) return;
+    this.reply.aborted = true;
+    this.reply.res.cork(() => this.reply.res.end());
+  }
+}
