@@ -65,7 +65,7 @@ export function mountStream(app: TemplatedApp, service: Service, opts: StreamOpt
     ws.send(text, false);
   };
   const error = (ws: WebSocket<Conn>, id: string | null, err: RequestError) =>
-    send(ws, { type: 'error', id, code: err.code, message: err.message });
+    send(ws, { type: 'error', id, code: err.code, ...(err.param ? { param: err.param } : {}), message: err.message });
 
   app.ws<Conn>('/v1/stream', {
     // Twice the limit, so a frame past it is still read and refused with 1009 (uWS closes beyond).
