@@ -9,7 +9,6 @@ import { randomUUID } from 'node:crypto';
 import { RequestError, type TokenEvent } from '../scheduler/request.js';
 import { parseMessages } from '../tokenizer/chat-template.js';
 import { openaiFinish, runChoices } from './choices.js';
-import { httpStatus } from './completions.js';
 import { parseN, parseSampling, refuseUnsupported } from './generate-params.js';
 import { readJson, type Reply } from './http-io.js';
 import type { Service } from './service.js';
@@ -91,7 +90,7 @@ export async function handleChat(reply: Reply, service: Service, maxBody: number
           })),
           usage: usage(),
         }),
-      onError: (err) => reply.error(httpStatus(err.code), err.code, err.message, err.param),
+      onError: (err) => reply.requestError(err),
     });
     reply.whenAborted(() => running.cancel());
     return;
@@ -129,11 +128,7 @@ export async function handleChat(reply: Reply, service: Service, maxBody: number
       if (includeUsage) sse.send({ id, object: 'chat.completion.chunk', created, model, choices: [], usage: usage() });
       sse.end();
     },
-    onError: (err) => {
-      if (!sse.sent) return reply.error(httpStatus(err.code), err.code, err.message, err.param);
-      sse.send({ error: { message: err.message, type: err.code, param: err.param ?? null, code: err.code } });
-      sse.end();
-    },
+    onError: (err) => sse.fail(err),
   });
   reply.whenAborted(() => running.cancel());
 }

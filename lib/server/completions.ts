@@ -5,16 +5,12 @@
 // with no choices carries the usage, as OpenAI and vLLM send it).
 import { randomUUID } from 'node:crypto';
 
-import { RequestError, type ErrorCode, type TokenEvent } from '../scheduler/request.js';
+import { RequestError, type TokenEvent } from '../scheduler/request.js';
 import { openaiFinish, runChoices } from './choices.js';
 import { parseN, parsePrompts, parseSampling, refuseUnsupported } from './generate-params.js';
 import { readJson, type Reply } from './http-io.js';
 import type { Service } from './service.js';
 import { SseWriter } from './sse.js';
-
-export function httpStatus(code: ErrorCode): number {
-  return code === 'bad_request' || code === 'duplicate_id' ? 400 : code === 'unknown_adapter' ? 404 : code === 'overloaded' ? 429 : code === 'shutting_down' ? 503 : 500;
-}
 
 /** OpenAI's completions default (vLLM's too). */
 const DEFAULT_MAX_TOKENS = 16;
@@ -100,7 +96,7 @@ export async function handleCompletion(reply: Reply, service: Service, maxBody: 
           choices: texts.map((text, index) => ({ index, text, logprobs: logprobs[index], finish_reason: finish[index] })),
           usage: usage(),
         }),
-      onError: (err) => reply.error(httpStatus(err.code), err.code, err.message, err.param),
+      onError: (err) => reply.requestError(err),
     });
     reply.whenAborted(() => running.cancel());
     return;
@@ -127,11 +123,7 @@ export async function handleCompletion(reply: Reply, service: Service, maxBody: 
       if (includeUsage) sse.send({ id, object: 'text_completion', created, model, choices: [], usage: usage() });
       sse.end();
     },
-    onError: (err) => {
-      if (!sse.sent) return reply.error(httpStatus(err.code), err.code, err.message, err.param);
-      sse.send({ error: { message: err.message, type: err.code, param: err.param ?? null, code: err.code } });
-      sse.end();
-    },
+    onError: (err) => sse.fail(err),
   });
   reply.whenAborted(() => running.cancel());
 }

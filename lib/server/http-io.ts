@@ -2,6 +2,13 @@
 // always corks, and a capped JSON body reader (onData + onAborted).
 import type { HttpResponse } from 'uWebSockets.js';
 
+import type { ErrorCode, RequestError } from '../scheduler/request.js';
+
+/** The HTTP status of a request error code. */
+export function httpStatus(code: ErrorCode): number {
+  return code === 'bad_request' || code === 'duplicate_id' ? 400 : code === 'unknown_adapter' ? 404 : code === 'overloaded' ? 429 : code === 'shutting_down' ? 503 : 500;
+}
+
 export class Reply {
   aborted = false;
   private onAbort: (() => void)[] = [];
@@ -32,6 +39,11 @@ export class Reply {
       for (const [k, v] of Object.entries(headers)) this.res.writeHeader(k, v);
       this.res.end(body);
     });
+  }
+
+  /** A request's error as its HTTP answer. */
+  requestError(err: RequestError): void {
+    this.error(httpStatus(err.code), err.code, err.message, err.param);
   }
 
   /** Error body in the OpenAI shape, with the daemon's code; a 429 says when to retry. */

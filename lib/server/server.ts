@@ -9,7 +9,7 @@ import { AdapterError } from '../adapters/expert-cfg.js';
 import { RequestError } from '../scheduler/request.js';
 import { authorized, listAdapters, loadLoraAdapter, registerAdapter, removeAdapter, unloadLoraAdapter } from './admin-routes.js';
 import { handleChat } from './chat.js';
-import { handleCompletion, httpStatus } from './completions.js';
+import { handleCompletion } from './completions.js';
 import { FdGuard } from './fd-guard.js';
 import { BodyError, Reply } from './http-io.js';
 import type { Service } from './service.js';
@@ -44,7 +44,7 @@ export interface RunningServer {
 
 function fail(reply: Reply, err: unknown): void {
   if (err instanceof AdapterError) reply.error(err.status, err.code, err.message);
-  else if (err instanceof RequestError) reply.error(httpStatus(err.code), err.code, err.message, err.param);
+  else if (err instanceof RequestError) reply.requestError(err);
   else if (err instanceof BodyError) reply.error(err.status, 'bad_request', err.message);
   else reply.error(500, 'internal', (err as Error)?.message ?? String(err));
 }

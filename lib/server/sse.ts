@@ -1,6 +1,7 @@
 // Server-sent events on a uWS response (OpenAI streaming): `data: <json>\n\n` lines,
 // headers on the first write, corked writes, and a backlog budget: a client that stops
 // reading past maxBufferedBytes is cut off (onCut then cancels its work).
+import type { RequestError } from '../scheduler/request.js';
 import { statusLine, type Reply } from './http-io.js';
 
 export class SseWriter {
@@ -36,6 +37,13 @@ export class SseWriter {
       res.close();
       this.onCut();
     }
+  }
+
+  /** A request error: its HTTP answer when nothing was streamed yet, else an error event and the end. */
+  fail(err: RequestError): void {
+    if (!this.started) return this.reply.requestError(err);
+    this.send({ error: { message: err.message, type: err.code, param: err.param ?? null, code: err.code } });
+    this.end();
   }
 
   /** Ends the stream with [DONE]. */
