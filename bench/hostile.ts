@@ -5,15 +5,16 @@
 //   hog          256 long requests kept in flight on one connection
 //   big-prompts  1 MB text prompts sent back to back over HTTP
 // Reports the victim's TTFT median / p99 per phase and as a ratio to the alone phases
-// around it. Loopback only; bounded in time (phases of --seconds) and count.
+// around it. The hostile client runs on a worker thread (bench/hostile-client.ts), the
+// victim on the main thread. Loopback only; bounded in time (phases of --seconds) and count.
 //
-//   npm run bench:hostile -- [--seconds 4] [--rounds 2]
+//   npm run bench:hostile -- [--seconds 4] [--rounds 2] [--serve="--token-budget 64"]
 import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { Worker } from 'node:worker_threads';
 
 import { repoRoot } from '../test/helpers/paths.js';
 import { StreamClient } from '../test/helpers/ws-client.js';
@@ -25,8 +26,8 @@ function quantile(xs: number[], q: number): number {
   return s.length === 0 ? NaN : s[Math.min(s.length - 1, Math.floor(q * s.length))];
 }
 
-async function startServer(): Promise<{ url: string; stop(): Promise<void> }> {
-  const child = spawn(process.execPath, [join(repoRoot(), 'bin', 'expertweave.js'), 'serve', '--port', '0', '--device', 'cpu'], { stdio: ['ignore', 'pipe', 'inherit'] });
+async function startServer(extra: string[]): Promise<{ url: string; stop(): Promise<void> }> {
+  const child = spawn(process.execPath, [join(repoRoot(), 'bin', 'expertweave.js'), 'serve', '--port', '0', '--device', 'cpu', ...extra], { stdio: ['ignore', 'pipe', 'ignore'] });
   const url = await new Promise<string>((resolve, reject) => {
     let out = '';
     child.stdout!.on('data', (d: Buffer) => {
@@ -46,58 +47,11 @@ async function startServer(): Promise<{ url: string; stop(): Promise<void> }> {
   };
 }
 
-/** One hostile client for the length of a phase; stop() ends it. */
-function hostile(kind: Exclude<Phase, 'alone'>, url: string): { stop(): void } {
-  let stopped = false;
-  const ws = url.replace('http', 'ws') + '/v1/stream';
-  const longRequest = (id: string) => ({ type: 'generate', id, adapter: null, prompt: 'rot13: the quick brown fox\n=', max_tokens: 200, temperature: 1, seed: 7, ignore_eos: true });
-  if (kind === 'slow-reader') {
-    let sock: Socket | undefined;
-    const open = () => {
-      if (stopped) return;
-      // A raw WebSocket client that never reads after the handshake.
-      sock = connect(Number(new URL(url).port), '127.0.0.1', () => {
-        sock!.write('GET /v1/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
-        for (let i = 0; i < 256; i++) sock!.write(maskedTextFrame(JSON.stringify(longRequest(`s${i}`))));
-        sock!.pause();
-      });
-      sock.on('error', () => {});
-      sock.on('close', () => setTimeout(open, 10)); // cut off: come back
-    };
-    open();
-    return { stop: () => ((stopped = true), sock?.destroy()) };
-  }
-  if (kind === 'hog') {
-    let client: StreamClient | undefined;
-    void StreamClient.open(ws).then((c) => {
-      client = c;
-      let n = 0;
-      const submit = () => {
-        if (stopped) return;
-        const id = `h${n++}`;
-        c.onFrame(id, (f) => {
-          if (f.type !== 'token') submit();
-        });
-        c.send(longRequest(id));
-      };
-      for (let i = 0; i < 256; i++) submit();
-    });
-    return { stop: () => ((stopped = true), client?.close()) };
-  }
-  const body = JSON.stringify({ prompt: 'the quick brown fox jumps over the lazy dog. '.repeat(23_000), max_tokens: 1 });
-  void (async () => {
-    while (!stopped) await fetch(url + '/v1/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body }).then((r) => r.arrayBuffer(), () => undefined);
-  })();
-  return { stop: () => void (stopped = true) };
-}
-
-/** A client-to-server WebSocket text frame (masked, as clients must send). */
-function maskedTextFrame(text: string): Buffer {
-  const payload = Buffer.from(text);
-  const header = payload.length < 126 ? Buffer.from([0x81, 0x80 | payload.length]) : Buffer.from([0x81, 0x80 | 126, payload.length >> 8, payload.length & 0xff]);
-  const mask = Buffer.from([1, 2, 3, 4]);
-  const masked = Buffer.from(payload.map((b, i) => b ^ mask[i % 4]));
-  return Buffer.concat([header, mask, masked]);
+/** One hostile client for the length of a phase, on a worker thread (so its work never delays the victim's clock). */
+function hostile(kind: Exclude<Phase, 'alone'>, url: string): { stop(): Promise<void> } {
+  const w = new Worker(new URL('./hostile-client.js', import.meta.url), { workerData: { kind, url } });
+  w.on('error', (err) => console.error(`hostile ${kind}: ${err.message}`));
+  return { stop: () => w.terminate().then(() => undefined) };
 }
 
 /** The victim: one short greedy request at a time for `seconds`; TTFT of each. */
@@ -120,10 +74,11 @@ async function victim(url: string, seconds: number): Promise<number[]> {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { seconds: { type: 'string', default: '4' }, rounds: { type: 'string', default: '2' } } });
+  const { values } = parseArgs({ options: { seconds: { type: 'string', default: '4' }, rounds: { type: 'string', default: '2' }, serve: { type: 'string', default: '' } } });
   const seconds = Number(values.seconds);
   const rounds = Number(values.rounds);
-  const server = await startServer();
+  const serveArgs = values.serve.split(' ').filter((a) => a !== '');
+  const server = await startServer(serveArgs);
   const samples = new Map<Phase, number[][]>();
   const kinds: Exclude<Phase, 'alone'>[] = ['slow-reader', 'hog', 'big-prompts'];
   try {
@@ -131,7 +86,7 @@ async function main(): Promise<void> {
       const h = phase === 'alone' ? undefined : hostile(phase, server.url);
       await new Promise((r) => setTimeout(r, 500)); // let the hostile client get going
       const t = await victim(server.url, seconds);
-      h?.stop();
+      await h?.stop();
       await new Promise((r) => setTimeout(r, 1500)); // and let its work drain
       if (!samples.has(phase)) samples.set(phase, []);
       samples.get(phase)!.push(t);
@@ -161,8 +116,8 @@ async function main(): Promise<void> {
   const md = [
     '# Victim TTFT beside a hostile client',
     '',
-    `Machine: ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}; ${new Date().toISOString().slice(0, 10)}; \`npm run bench:hostile -- --seconds ${seconds} --rounds ${rounds}\`.`,
-    'Daemon: `expertweave serve` (embedded model, 4 adapters, defaults) in its own process; victim: one greedy `rot13` request',
+    `Machine: ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}; ${new Date().toISOString().slice(0, 10)}; \`npm run bench:hostile -- --seconds ${seconds} --rounds ${rounds}${serveArgs.length ? ` --serve="${serveArgs.join(' ')}"` : ''}\`.`,
+    `Daemon: \`expertweave serve ${serveArgs.join(' ')}\` (embedded model, 4 adapters) in its own process; victim: one greedy \`rot13\` request`,
     '(6 tokens) at a time over WebSocket; phases alternate alone / hostile, ratios against all alone phases.',
     `Alone-phase medians: ${spread} ms.`,
     '',
@@ -174,7 +129,7 @@ async function main(): Promise<void> {
   console.log('\n' + md);
   const dir = join(repoRoot(), 'bench', 'results');
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'hostile.md'), md);
+  writeFileSync(join(dir, serveArgs.length ? 'hostile-tuned.md' : 'hostile.md'), md);
 }
 
 await main();

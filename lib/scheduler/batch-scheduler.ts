@@ -120,8 +120,10 @@ export class BatchScheduler {
     this.tokenBudget = options.tokenBudget ?? 512;
     this.longPrefillTokens = Math.max(1, options.longPrefillTokens ?? Math.ceil(this.tokenBudget / 4));
     this.maxWaiting = options.maxWaiting ?? 1024;
-    // Every running sequence decodes each step: never more of them than a step's tokens.
-    this.maxRunning = Math.min(options.maxRunning ?? 256, this.tokenBudget);
+    // Every running sequence decodes each step, and at least half a step is left for
+    // prefills (a newcomer's prompt must not trickle in a token per step behind a full
+    // batch of decodes): so at most half the token budget runs.
+    this.maxRunning = Math.max(1, Math.min(options.maxRunning ?? 256, Math.floor(this.tokenBudget / 2)));
     this.maxPositions = engine.info.maxPositionEmbeddings;
     this.eos = new Set(options.eosTokenIds ?? [engine.info.eosTokenId]);
   }

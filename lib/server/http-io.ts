@@ -1,6 +1,6 @@
 // Safe uWS HTTP plumbing: a response wrapper that never writes after an abort and
 // always corks, and a capped JSON body reader (onData + onAborted).
-import type { HttpResponse } from 'uWebSockets.js';
+import type { HttpRequest, HttpResponse } from 'uWebSockets.js';
 
 import type { ErrorCode, RequestError } from '../scheduler/request.js';
 
@@ -14,13 +14,26 @@ export class Reply {
   private onAbort: (() => void)[] = [];
   /** Who asked, for fair scheduling: the peer's address (read now: uWS forbids it after an await). */
   readonly client: string;
+  /** The declared body length (content-length), or -1. */
+  readonly contentLength: number;
+  /** Close the connection after this response (a body we refused is still arriving). */
+  private closeAfter = false;
 
-  constructor(readonly res: HttpResponse) {
+  constructor(
+    readonly res: HttpResponse,
+    req: HttpRequest,
+  ) {
     this.client = `http:${Buffer.from(res.getRemoteAddressAsText()).toString()}`;
+    const len = req.getHeader('content-length');
+    this.contentLength = /^\d+$/.test(len) ? Number(len) : -1;
     res.onAborted(() => {
       this.aborted = true;
       for (const f of this.onAbort) f();
     });
+  }
+
+  closeAfterResponse(): void {
+    this.closeAfter = true;
   }
 
   whenAborted(f: () => void): void {
@@ -37,7 +50,7 @@ export class Reply {
     this.res.cork(() => {
       this.res.writeStatus(statusLine(status)).writeHeader('Content-Type', contentType);
       for (const [k, v] of Object.entries(headers)) this.res.writeHeader(k, v);
-      this.res.end(body);
+      this.res.end(body, this.closeAfter);
     });
   }
 
@@ -86,13 +99,19 @@ export function readJson(reply: Reply, maxBytes: number): Promise<Record<string,
     const parts: Buffer[] = [];
     let size = 0;
     let failed = false;
+    const tooBig = () => {
+      failed = true;
+      // Answer now and close: reading the rest of a body we refused would only cost us.
+      reply.closeAfterResponse();
+      reject(new BodyError(413, `the request body is over ${maxBytes} bytes`));
+    };
     reply.whenAborted(() => reject(new BodyError(400, 'the client aborted the request')));
+    if (reply.contentLength > maxBytes) return tooBig();
     reply.res.onData((chunk, isLast) => {
       if (failed) return;
       size += chunk.byteLength;
       if (size > maxBytes) {
-        failed = true;
-        reject(new BodyError(413, `the request body is over ${maxBytes} bytes`));
+        tooBig();
         return;
       }
       // uWS reuses the chunk's memory after this callback: copy it.

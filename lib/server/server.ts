@@ -74,8 +74,8 @@ export function startServer(service: Service, engine: EnginePort, options: Serve
     sockets as Set<WebSocket<never>>,
   );
 
-  const route = (handler: (reply: Reply) => void | Promise<void>) => (res: uWS.HttpResponse) => {
-    const reply = new Reply(res);
+  const route = (handler: (reply: Reply) => void | Promise<void>) => (res: uWS.HttpResponse, req: uWS.HttpRequest) => {
+    const reply = new Reply(res, req);
     try {
       const p = handler(reply);
       if (p) p.catch((err) => fail(reply, err));
@@ -94,7 +94,7 @@ export function startServer(service: Service, engine: EnginePort, options: Serve
       }
       if (!ok) return reply.error(401, 'unauthorized', 'this endpoint needs "Authorization: Bearer TOKEN" (the --admin-token of the server)', undefined, { 'WWW-Authenticate': 'Bearer' });
       return handler(reply, param, param2);
-    })(res);
+    })(res, req);
   };
 
   app.get('/health', route((reply) => reply.json(200, { status: 'ok', engine: 'expertweave', device: service.info.device, model: service.modelName, model_type: service.info.modelType })));

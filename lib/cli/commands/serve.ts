@@ -41,7 +41,8 @@ Options:
   --kv-cache-tokens N           KV-cache capacity in tokens (default: the engine's)
   --token-budget N              most tokens per engine step (default 512)
   --max-waiting N               most queued requests before "overloaded" (default 1024)
-  --max-running N               most sequences running at once (vLLM's --max-num-seqs; default 256)
+  --max-running N               most sequences running at once (vLLM's --max-num-seqs; default 256,
+                                at most half the token budget)
   -h, --help                    this help
 `;
 
