@@ -19,6 +19,30 @@ export interface ExpertLayout {
   expertTensors(l: number, e: number): ExpertTensor[];
 }
 
+/** The tensor names of the MLP `prefix`.{gate,up,down}_proj.weight (DeepSeek, Qwen). */
+export const mlpNames = (prefix: string) => ({ gate: `${prefix}.gate_proj.weight`, up: `${prefix}.up_proj.weight`, down: `${prefix}.down_proj.weight` });
+
+/** The layout of a family whose routed experts are SwiGLU MLPs named by `names(l, e)`. */
+export function swigluExperts(o: {
+  layers: number;
+  nRouted: number;
+  hidden: number;
+  width: number;
+  isMoeLayer(l: number): boolean;
+  names(l: number, e: number): { gate: string; up: string; down: string };
+}): ExpertLayout {
+  const { hidden: H, width: I } = o;
+  return {
+    layers: o.layers,
+    nRouted: o.nRouted,
+    isMoeLayer: o.isMoeLayer,
+    expertTensors: (l, e) => {
+      const n = o.names(l, e);
+      return [{ name: n.gate, shape: [I, H] }, { name: n.up, shape: [I, H] }, { name: n.down, shape: [H, I] }];
+    },
+  };
+}
+
 export class Weights {
   private readonly cache = new Map<string, Float64Array>();
 

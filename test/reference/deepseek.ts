@@ -16,7 +16,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { loadWeights, type ExpertLayout, type Weights } from './checkpoint.js';
+import { loadWeights, mlpNames, swigluExperts, type ExpertLayout, type Weights } from './checkpoint.js';
 import { ConfigKeys } from './config-keys.js';
 import { DecoderReference, attendCached, mixExperts, swiglu, type LayerCache, type ReferenceOptions } from './decoder.js';
 import { matvec, rmsNorm } from './ops.js';
@@ -160,20 +160,16 @@ export function softmaxScale(cfg: DeepseekConfig): number {
 }
 
 export function expertLayout(cfg: DeepseekConfig): ExpertLayout {
-  const { hidden: H, moeIntermediate: I } = cfg;
-  return {
+  return swigluExperts({
     layers: cfg.layers,
     nRouted: cfg.nRouted,
+    hidden: cfg.hidden,
+    width: cfg.moeIntermediate,
     isMoeLayer: (l) => isMoeLayer(cfg, l),
-    expertTensors: (l, e) => [
-      { name: `model.layers.${l}.mlp.experts.${e}.gate_proj.weight`, shape: [I, H] },
-      { name: `model.layers.${l}.mlp.experts.${e}.up_proj.weight`, shape: [I, H] },
-      { name: `model.layers.${l}.mlp.experts.${e}.down_proj.weight`, shape: [H, I] },
-    ],
-  };
+    names: (l, e) => mlpNames(`model.layers.${l}.mlp.experts.${e}`),
+  });
 }
 
-const mlpNames = (prefix: string) => ({ gate: `${prefix}.gate_proj.weight`, up: `${prefix}.up_proj.weight`, down: `${prefix}.down_proj.weight` });
 
 export class DeepseekReference extends DecoderReference {
   private readonly rope: RopeTable;
