@@ -6,19 +6,19 @@ import type { FloatDType } from '../../lib/safetensors/format.js';
 import { TensorStore } from '../../lib/safetensors/reader.js';
 import { writeSafetensors, type TensorToWrite } from '../../lib/safetensors/writer.js';
 
-import { buildConfig, type PresetName } from '../../tools/fixtures/config.js';
+import { presetConfig, type AnyPresetName } from '../../tools/fixtures/families.js';
 import { makeModel, type FixtureDType } from '../../tools/fixtures/model.js';
 import { tempDir } from './tmp.js';
 
 const cache = new Map<string, string>();
 
-/** The directory of preset `preset` in `dtype` with `seed` (written on first use). */
-export function presetModel(preset: PresetName, dtype: FixtureDType = 'f32', seed = 1): string {
+/** The directory of preset `preset` (any family) in `dtype` with `seed` (written on first use). */
+export function presetModel(preset: AnyPresetName, dtype: FixtureDType = 'f32', seed = 1): string {
   const key = `${preset}-${dtype}-${seed}`;
   let dir = cache.get(key);
   if (!dir) {
     dir = join(tempDir('ew-fixture-'), key);
-    makeModel(dir, buildConfig(preset), { dtype, seed });
+    makeModel(dir, presetConfig(preset), { dtype, seed });
     cache.set(key, dir);
   }
   return dir;
