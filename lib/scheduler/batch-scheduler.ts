@@ -10,6 +10,7 @@
 // Fair share: when a client below its share of the running sequences (maxRunning over
 // the clients with work) waits for room that another client above its share holds,
 // the latter's youngest sequence is preempted to make it.
+import type { StepOutput } from '../engine/binding.js';
 import type { ChunkSpec } from '../engine/engine.js';
 import type { EnginePort } from './engine-port.js';
 import { StopFilter } from './stop-filter.js';
@@ -106,6 +107,8 @@ export class BatchScheduler {
   private running: Sequence[] = [];
   private readonly runningByClient = new Map<string, number>();
   private readonly eos: ReadonlySet<number>;
+  /** While a step is absorbed: the sinks' events, delivered once the next step is launched. */
+  private emitting: (() => void)[] | undefined;
   private nextSeqId = 1;
   private looping = false;
   private closed = false;
@@ -211,12 +214,22 @@ export class BatchScheduler {
 
   private async loop(): Promise<void> {
     try {
-      for (;;) {
-        const batch = this.buildBatch();
-        if (batch.length === 0) break;
-        await this.runStep(batch);
-        // Let I/O (new requests, cancels, socket writes) in between steps.
-        await new Promise((r) => setImmediate(r));
+      let batch = this.buildBatch();
+      let step = batch.length > 0 ? this.launch(batch) : undefined;
+      while (step) {
+        const out = await step;
+        // Absorb the step (new lengths, sampled tokens, which sequences end) but hold
+        // the sinks' events; start the next step; then deliver the events while the
+        // engine computes it: detokenizing, JSON and socket writes overlap the step
+        // instead of sitting between two of them. Absorb, launch and deliver run in one
+        // tick, so no cancel or request can come between them.
+        this.emitting = [];
+        if (out) this.absorb(batch, out);
+        batch = this.buildBatch();
+        step = batch.length > 0 ? this.launch(batch) : undefined;
+        const events = this.emitting;
+        this.emitting = undefined;
+        for (const e of events) e();
       }
     } finally {
       this.looping = false;
@@ -225,6 +238,12 @@ export class BatchScheduler {
       this.idleWaiters = [];
       for (const w of waiters) w();
     }
+  }
+
+  /** Runs `event` now, or after the next step is launched while a step is being absorbed. */
+  private deliver(event: () => void): void {
+    if (this.emitting) this.emitting.push(event);
+    else event();
   }
 
   private updateCounts(): void {
@@ -433,8 +452,8 @@ export class BatchScheduler {
     return freed;
   }
 
-  private async runStep(batch: { seq: Sequence; n: number }[]): Promise<void> {
-    const chunks: ChunkSpec[] = batch.map(({ seq, n }) => {
+  private chunksOf(batch: readonly { seq: Sequence; n: number }[]): ChunkSpec[] {
+    return batch.map(({ seq, n }) => {
       const p = seq.params;
       const sample = seq.kvLen + n === seq.tokens.length;
       const chunk: ChunkSpec = {
@@ -455,23 +474,33 @@ export class BatchScheduler {
       }
       return chunk;
     });
+  }
+
+  /** Starts a step on the engine; resolves with its output, or undefined when it failed (its sequences failed). */
+  private launch(batch: { seq: Sequence; n: number }[]): Promise<{ out: StepOutput; chunks: ChunkSpec[] } | undefined> {
+    const chunks = this.chunksOf(batch);
     const tokens = chunks.reduce((s, c) => s + c.tokens.length, 0);
     const start = performance.now();
-    let out;
-    try {
-      out = await this.engine.step(chunks);
-    } catch (err) {
-      const e = new RequestError('internal', `engine step failed: ${(err as Error).message}`);
-      for (const { seq } of batch) this.fail(seq, e);
-      return;
-    }
-    const ms = performance.now() - start;
-    this.stats.steps++;
-    this.stats.lastBatchSize = batch.length;
-    this.stats.lastBatchTokens = tokens;
-    this.stats.lastStepMs = ms;
-    for (const o of this.observers) o(ms, batch.length, tokens);
+    return this.engine.step(chunks).then(
+      (out) => {
+        const ms = performance.now() - start;
+        this.stats.steps++;
+        this.stats.lastBatchSize = batch.length;
+        this.stats.lastBatchTokens = tokens;
+        this.stats.lastStepMs = ms;
+        for (const o of this.observers) o(ms, batch.length, tokens);
+        return { out, chunks };
+      },
+      (err) => {
+        const e = new RequestError('internal', `engine step failed: ${(err as Error).message}`);
+        for (const { seq } of batch) this.fail(seq, e);
+        return undefined;
+      },
+    );
+  }
 
+  /** Takes in a step's output: new lengths, sampled tokens, per-chunk refusals. */
+  private absorb(batch: { seq: Sequence; n: number }[], { out, chunks }: { out: StepOutput; chunks: ChunkSpec[] }): void {
     let topAt = 0; // top logprobs come in chunk order, for the sampled chunks that asked
     batch.forEach(({ seq, n }, i) => {
       const err = out.errors?.[i];
@@ -501,18 +530,29 @@ export class BatchScheduler {
     if (seq.counts) seq.counts.set(token, (seq.counts.get(token) ?? 0) + 1);
     seq.tokens.push(token);
     const index = seq.generated++;
+    const extra = { ...(seq.params.logprobs ? { logprob } : {}), ...(top ? { top } : {}) };
+    const last = seq.generated >= seq.limit;
+    if (!seq.stop.active) {
+      // No stop strings: the text is only for the client, so it is made with the event.
+      this.deliver(() => {
+        const text = (seq.text?.push(token) ?? '') + (last ? (seq.text?.flush() ?? '') : '');
+        seq.sink.onToken({ index, token, text, ...extra });
+      });
+      if (last) this.finish(seq, 'length');
+      return;
+    }
+    // Stop strings decide whether the sequence goes on: the text is needed now.
     const piece = seq.text ? seq.text.push(token) : '';
     const { text, stopped } = seq.stop.push(piece);
-    const last = !stopped && seq.generated >= seq.limit;
-    const tail = last ? seq.stop.flush() + (seq.text?.flush() ?? '') : '';
     if (stopped) {
       // The token that completed the stop string is not emitted (its text is the stop string's).
-      if (text !== '') seq.sink.onToken({ index, token, text, ...(seq.params.logprobs ? { logprob } : {}), ...(top ? { top } : {}) });
+      if (text !== '') this.deliver(() => seq.sink.onToken({ index, token, text, ...extra }));
       else seq.generated--;
       this.finish(seq, 'stop');
       return;
     }
-    seq.sink.onToken({ index, token, text: text + tail, ...(seq.params.logprobs ? { logprob } : {}), ...(top ? { top } : {}) });
+    const tail = last ? seq.stop.flush() + (seq.text?.flush() ?? '') : '';
+    this.deliver(() => seq.sink.onToken({ index, token, text: text + tail, ...extra }));
     if (last) this.finish(seq, 'length');
   }
 
@@ -527,12 +567,16 @@ export class BatchScheduler {
 
   private finish(seq: Sequence, reason: FinishReason): void {
     if (!this.detach(seq)) return;
-    const text = reason === 'length' || reason === 'stop' ? '' : seq.stop.flush() + (seq.text?.flush() ?? '');
-    seq.sink.onDone({ finishReason: reason, promptTokens: seq.params.promptIds.length, completionTokens: seq.generated, text });
+    const completionTokens = seq.generated;
+    this.deliver(() => {
+      // After the sequence's earlier events: they may have text still to push.
+      const text = reason === 'length' || reason === 'stop' ? '' : seq.stop.flush() + (seq.text?.flush() ?? '');
+      seq.sink.onDone({ finishReason: reason, promptTokens: seq.params.promptIds.length, completionTokens, text });
+    });
   }
 
   private fail(seq: Sequence, err: RequestError): void {
-    if (this.detach(seq)) seq.sink.onError(err);
+    if (this.detach(seq)) this.deliver(() => seq.sink.onError(err));
   }
 }
 

@@ -6,6 +6,11 @@ export class StopFilter {
 
   constructor(private readonly stops: readonly string[]) {}
 
+  /** Whether there is any stop string to watch for. */
+  get active(): boolean {
+    return this.stops.length > 0;
+  }
+
   /** Adds a piece; returns the releasable text and whether a stop string was hit. */
   push(piece: string): { text: string; stopped: boolean } {
     const buf = this.held + piece;

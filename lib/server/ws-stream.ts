@@ -1,9 +1,9 @@
 // WebSocket /v1/stream: many concurrent requests per connection, told apart by id.
-// Each connection is one client for fair scheduling. Backpressure policy: each
-// connection may have at most `maxBufferedBytes` unsent; a frame that would go past
-// it is not sent: the connection ends with 1008 after the frames already queued
-// (whole frames only, so a client that does read late sees a clean close) and its
-// requests are cancelled, freeing their KV blocks. Memory per connection is bounded
+// Each connection is one client for fair scheduling. Frames leave corked, once per
+// connection per tick. Backpressure policy: a connection with more than
+// `maxBufferedBytes` unsent after a flush is not reading: it ends with 1008 after the
+// frames already queued (whole frames only, so a client that does read late sees a
+// clean close) and its requests are cancelled, freeing their KV blocks. Memory per connection is bounded
 // and a slow reader never stalls the batch of others. Frames over maxFrameBytes end
 // the connection with 1009 (up to twice that size; beyond, uWebSockets.js itself
 // drops the connection, as it does for text frames that are not UTF-8: its close
@@ -54,15 +54,30 @@ export function mountStream(app: TemplatedApp, service: Service, opts: StreamOpt
     conn.closed = true;
     ws.end(code, reason); // the close handler cancels the connection's requests
   };
-  const send = (ws: WebSocket<Conn>, msg: object) => {
-    const conn = ws.getUserData();
-    if (conn.closed) return;
-    const text = JSON.stringify(msg);
-    if (ws.getBufferedAmount() + text.length > opts.maxBufferedBytes) {
-      cutOff(ws, 1008, 'client is not reading its stream (send buffer over limit)');
-      return;
+  // Frames go out corked, once per connection per tick: a step's tokens for the many
+  // requests of one connection leave in one write, not one each.
+  // The budget is checked after each flush, on what the kernel would not take: a
+  // connection that has that much unsent is not reading.
+  const queued = new Map<WebSocket<Conn>, string[]>();
+  const flush = () => {
+    for (const [ws, frames] of queued) {
+      if (ws.getUserData().closed) continue;
+      ws.cork(() => {
+        for (const f of frames) ws.send(f, false);
+      });
+      if (ws.getBufferedAmount() > opts.maxBufferedBytes) cutOff(ws, 1008, 'client is not reading its stream (send buffer over limit)');
     }
-    ws.send(text, false);
+    queued.clear();
+  };
+  const send = (ws: WebSocket<Conn>, msg: object) => {
+    if (ws.getUserData().closed) return;
+    let frames = queued.get(ws);
+    if (!frames) {
+      if (queued.size === 0) queueMicrotask(flush);
+      frames = [];
+      queued.set(ws, frames);
+    }
+    frames.push(JSON.stringify(msg));
   };
   const error = (ws: WebSocket<Conn>, id: string | null, err: RequestError) =>
     send(ws, { type: 'error', id, code: err.code, ...(err.param ? { param: err.param } : {}), message: err.message });
@@ -176,6 +191,7 @@ export function mountStream(app: TemplatedApp, service: Service, opts: StreamOpt
     close: (ws) => {
       const conn = ws.getUserData();
       conn.closed = true;
+      queued.delete(ws);
       sockets.delete(ws);
       for (const r of conn.requests.values()) r.cancel();
       conn.requests.clear();
