@@ -9,7 +9,7 @@ import type { Daemon } from '../../lib/server/daemon.js';
 import type { DoneEvent, RequestError } from '../../lib/scheduler/request.js';
 import { withAddon } from '../helpers/engine.js';
 import { someTokens } from '../helpers/fixtures.js';
-import { ENGINE, Expected, fixture, start, type Case, type Continuation } from './daemon-helpers.js';
+import { ENGINE, Expected, fixture, start, waitFor, type Case, type Continuation } from './daemon-helpers.js';
 
 const { after, before, describe, test } = withAddon();
 
@@ -143,7 +143,11 @@ describe('requests queued for an adapter that is removed', () => {
       });
     const first = run(running, () => {
       // While 'law' requests wait: remove it and register another adapter, which takes the freed row.
+      // The engine frees the row once no step in flight can still start a sequence on it
+      // (a removal during a step applies when that step ends): wait for that, so the new
+      // adapter really takes the old row.
       swapped = daemon.service.removeAdapter('law').then(async () => {
+        await waitFor(() => !daemon.engine.adapters().some((a) => a.row === lawRow), 'the row to be freed');
         await daemon.service.adapters.register('math', fx.adapters[1].dir);
       });
     });
