@@ -42,8 +42,12 @@ test('a line chart: one polyline and one marker per point, escaped labels, the t
   assert.ok(svg.includes('TTFT &lt;ratio&gt; &amp; TPOT') && svg.includes('machine &amp; date'));
   assert.equal((svg.match(/<polyline/g) ?? []).length, 1, 'series b has one finite point: no line');
   assert.equal((svg.match(/<circle/g) ?? []).length, 4);
-  // y ticks 1..2: the value 2 sits at the plot's top edge (margin 40), x = 20 at the right edge (720 - 170).
-  assert.ok(svg.includes('cx="550.0" cy="40.0"'), 'point (20, 2) at the top right corner of the plot');
+  // Ticks 1..2 and 0..20: the point (20, 2) sits at the plot's top right corner (margin 40; 70 + 550 wide),
+  // its series drawn 2 px left of centre (two series side by side); (0, 1) at the bottom left.
+  assert.ok(svg.includes('cx="618.0" cy="40.0"'), 'point (20, 2) at the top right corner of the plot');
+  assert.ok(svg.includes('cx="68.0" cy="350.0"'), 'point (0, 1) at the bottom left corner');
+  assert.match(svg, /width="(\d+)"/);
+  assert.ok(Number(/width="(\d+)"/.exec(svg)![1]) >= 70 + 550 + 120, 'room for the legend right of the plot');
 });
 
 test('a bar chart: one bar per finite value, values labelled; mismatched series are refused', () => {
