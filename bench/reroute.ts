@@ -9,8 +9,9 @@
 //  2. The decode step it is a share of: the V2-shaped bench model on the engine, T
 //     sequences on T different adapter rows, and, interleaved with it, the same 16
 //     sequences all on the base, and one-sequence steps of each (16 merged models
-//     time-sharing the CPU would run those). Tokens of a sequence must not depend on
-//     the batch: the mixed batch's greedy tokens must equal the one-sequence steps'.
+//     time-sharing the CPU would run those); and a prefill on the base vs on an adapter.
+//     Tokens of a sequence must not depend on the batch: the mixed batch's greedy tokens
+//     must equal the one-sequence steps'.
 //
 //   npm run bench:reroute -- [--rounds 20] [--tolerance 0.0001] [--max-batches 6] [--quick]
 import { execFileSync } from 'node:child_process';
@@ -91,6 +92,30 @@ for (let r = 0; r < args.rounds + 2; r++) {
     if (r >= 2) g.ms.push(ms); // two warm-up rounds
   }
 }
+// Prefill of one 128-token prompt on the base vs on an adapter (rows cycled), interleaved.
+const prefillBase: number[] = [];
+const prefillAdapter: number[] = [];
+{
+  const long = Array.from({ length: 128 }, (_, i) => 2 + ((i * 977 + 13) % (cfg.vocab_size - 2)));
+  const once = async (row: number) => {
+    const id = nextSeq++;
+    const t0 = performance.now();
+    await engine.step([{ seqId: id, adapter: row, tokens: long }]);
+    const ms = performance.now() - t0;
+    engine.freeSequence(id);
+    return ms;
+  };
+  await once(0);
+  for (let r = 0; r < args.rounds; r++) {
+    if (r % 2 === 0) {
+      prefillBase.push(await once(0));
+      prefillAdapter.push(await once(rows[r % ADAPTERS]));
+    } else {
+      prefillAdapter.push(await once(rows[r % ADAPTERS]));
+      prefillBase.push(await once(0));
+    }
+  }
+}
 mixed16.seqs.forEach((s, i) => assertSameTokens(`reroute: sequence on adapter row ${s.row}, mixed batch of 16 vs alone`, s.tokens, alone16.seqs[i].tokens));
 engine.close();
 
@@ -98,6 +123,8 @@ const stepMs = (t: number) => median((t === 16 ? mixed16 : byT.get(t)!).ms);
 const mixedVsBase = pairedRatios(mixed16.ms, base16.ms);
 const mixedCi = bootstrapMedianCI(mixed16.ms.map((m, i) => m / base16.ms[i]));
 const vsAlone = pairedRatios(alone16.ms, mixed16.ms); // throughput ratio: 16 tokens in one step vs 16 steps
+const prefillRatio = pairedRatios(prefillAdapter, prefillBase);
+const prefillCi = bootstrapMedianCI(prefillAdapter.map((m, i) => m / prefillBase[i]));
 
 // ---- 1. The router step, paired ----
 const exe = nativeBench('reroute_cost');
@@ -185,7 +212,7 @@ const md = [
   '',
   routerTable(routerLite, false),
   '',
-  '## Decode step of 16 sequences: mixed adapters vs the base alone vs one sequence at a time',
+  '## Engine steps: mixed adapters vs the base alone vs one sequence at a time',
   '',
   mdTable(
     ['step', 'median ms', 'ratio'],
@@ -193,6 +220,8 @@ const md = [
       ['16 sequences, all on the base', f(median(base16.ms), 2), '1'],
       ['16 sequences on 16 different adapters', f(median(mixed16.ms), 2), `${f(mixedVsBase.value, 3)} (paired ratio; 95% CI ${f(mixedCi.lo, 3)}-${f(mixedCi.hi, 3)}; range ${f(mixedVsBase.min, 2)}-${f(mixedVsBase.max, 2)})`],
       ['16 one-sequence steps, same 16 adapters (16 merged models time-sharing the CPU)', f(median(alone16.ms), 2), `${f(vsAlone.value, 2)}x the mixed step's time (range ${f(vsAlone.min, 2)}-${f(vsAlone.max, 2)}): the mixed batch's throughput advantage`],
+      ['prefill, one 128-token prompt on the base', f(median(prefillBase), 2), '1'],
+      ['prefill, the same prompt on an adapter (rows cycled)', f(median(prefillAdapter), 2), `${f(prefillRatio.value, 3)} (paired ratio; 95% CI ${f(prefillCi.lo, 3)}-${f(prefillCi.hi, 3)}; range ${f(prefillRatio.min, 2)}-${f(prefillRatio.max, 2)}): the prefill reads the adapter's copies as well as the base experts`],
     ],
   ),
   '',
