@@ -8,7 +8,7 @@
 //   npm run bench:load -- [--model DIR] [--rates 2,4,8,16] [--requests 48] [--seconds 30] [--max-tokens 32]
 // Without --model it uses models/default with adapters/ when present, else a
 // generated 'tiny' random fixture with adapters fitted from the ESFT selections.
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
@@ -21,8 +21,9 @@ import { Rng } from '../tools/fixtures/prng.js';
 import { StreamClient } from '../test/helpers/ws-client.js';
 import { repoRoot } from '../test/helpers/paths.js';
 import { tempDir } from '../test/helpers/tmp.js';
-
-const TASKS = ['intent', 'law', 'summary', 'translation'];
+import { ESFT_TASKS } from './lib/bench-model.js';
+import { quantile } from './lib/stats.js';
+import { evalPrompts } from './lib/workload.js';
 
 function setup(modelArg: string | undefined, preset: string): { model: string; adapters: { name: string; dir: string }[] } {
   const root = repoRoot();
@@ -38,32 +39,12 @@ function setup(modelArg: string | undefined, preset: string): { model: string; a
   const dir = tempDir('ew-load-');
   const cfg = buildConfig(preset);
   makeModel(join(dir, 'model'), cfg, { dtype: 'f32', seed: 1 });
-  const adapters = TASKS.map((task, i) => {
+  const adapters = ESFT_TASKS.map((task, i) => {
     const out = join(dir, task);
     makeAdapter(out, join(dir, 'model'), fitSelection(cfg, loadEsftSelection(task)), { seed: 100 + i });
     return { name: task, dir: out };
   });
   return { model: join(dir, 'model'), adapters };
-}
-
-function evalPrompts(): string[] {
-  const dir = join(repoRoot(), '..', 'shared', 'data', 'esft', 'eval');
-  const prompts: string[] = [];
-  for (const f of readdirSync(dir).filter((n) => n.endsWith('.jsonl'))) {
-    for (const line of readFileSync(join(dir, f), 'utf8').split('\n')) {
-      if (line.trim() === '') continue;
-      const p = (JSON.parse(line) as { prompt?: unknown }).prompt;
-      if (typeof p === 'string') prompts.push(p);
-    }
-  }
-  if (prompts.length === 0) throw new Error(`no prompts in ${dir}`);
-  return prompts;
-}
-
-function quantile(xs: number[], q: number): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
 }
 
 interface Result {
@@ -94,7 +75,7 @@ async function main(): Promise<void> {
   const tokenizer = await TextTokenizer.load(model);
   const maxPrompt = Math.max(1, Math.min(512, info.maxPositionEmbeddings - maxTokens - 1));
   // Token ids: the tokenizer's when the model has one, else the prompt's bytes folded into the vocabulary.
-  const prompts = evalPrompts().map((p) =>
+  const prompts = evalPrompts().map(({ bytes }) => bytes.toString('utf8')).map((p) =>
     (tokenizer ? tokenizer.encode(p) : [...Buffer.from(p, 'utf8')].map((b) => 2 + (b % (info.vocabSize - 2)))).slice(0, maxPrompt),
   );
   const names: (string | null)[] = [null, ...adapters.map((a) => a.name)];

@@ -94,7 +94,7 @@ export class AdapterRegistry {
         row: info.row,
         state: 'resident',
         experts: info.experts,
-        bytes: info.experts * info.expertBytes,
+        bytes: info.expertBytes, // all its experts' bytes (ew::AdapterInfo::expert_bytes)
         pinned,
         active: 0,
         loads: 1,

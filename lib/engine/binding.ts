@@ -114,6 +114,7 @@ export interface NativeAdapterInfo {
   dir: string;
   /** Tuned experts over all MoE layers. */
   experts: number;
+  /** Bytes of all those experts (gate, up and down of each), not per expert. */
   expertBytes: number;
   /** Expert-pool bytes this adapter newly committed when registered. */
   backedBytes: number;

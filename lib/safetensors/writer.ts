@@ -10,12 +10,21 @@ import { INDEX_FILE } from './reader.js';
 /** Fills `out` with the tensor's values starting at flat element `start` (row-major). */
 export type TensorFill = (out: Float32Array, start: number) => void;
 
+/** The tensor's bytes exactly as stored (already in `dtype`, little-endian), read when written. */
+export interface RawTensorBytes {
+  bytes: () => Uint8Array;
+}
+
 export interface TensorToWrite {
   name: string;
   dtype: FloatDType;
   shape: readonly number[];
-  /** All values at once, or a fill callback the writer calls chunk by chunk, in order. */
-  data: ArrayLike<number> | TensorFill;
+  /** All values at once, a fill callback the writer calls chunk by chunk, in order, or raw bytes (copied as they are). */
+  data: ArrayLike<number> | TensorFill | RawTensorBytes;
+}
+
+function isRaw(data: TensorToWrite['data']): data is RawTensorBytes {
+  return typeof data === 'object' && data !== null && typeof (data as Partial<RawTensorBytes>).bytes === 'function';
 }
 
 /** Elements converted and written per chunk. */
@@ -49,7 +58,7 @@ function checkTensor(path: string, t: TensorToWrite): void {
   if (!t.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
     throw new SafetensorsError(path, `bad shape [${t.shape.join(', ')}]`, t.name);
   }
-  if (typeof t.data !== 'function' && t.data.length !== numel(t.shape)) {
+  if (typeof t.data !== 'function' && !isRaw(t.data) && t.data.length !== numel(t.shape)) {
     throw new SafetensorsError(path, `${t.data.length} values given for shape [${t.shape.join(', ')}]`, t.name);
   }
 }
@@ -89,10 +98,20 @@ export function writeSafetensors(path: string, tensors: readonly TensorToWrite[]
     const encoded = new Uint8Array(CHUNK * 4);
     for (const t of tensors) {
       const n = numel(t.shape);
+      const data = t.data;
+      if (isRaw(data)) {
+        const raw = data.bytes();
+        if (raw.length !== n * DTYPE_BYTES[t.dtype]) {
+          throw new SafetensorsError(path, `${raw.length} raw bytes given for ${t.dtype} [${t.shape.join(', ')}]`, t.name);
+        }
+        writeSync(fd, raw);
+        total += raw.length;
+        continue;
+      }
       for (let start = 0; start < n; start += CHUNK) {
         const chunk = values.subarray(0, Math.min(CHUNK, n - start));
-        if (typeof t.data === 'function') t.data(chunk, start);
-        else for (let i = 0; i < chunk.length; i++) chunk[i] = t.data[start + i];
+        if (typeof data === 'function') data(chunk, start);
+        else for (let i = 0; i < chunk.length; i++) chunk[i] = data[start + i];
         const bytes = encodeChunk(chunk, t.dtype, encoded);
         writeSync(fd, encoded, 0, bytes);
         total += bytes;
