@@ -378,7 +378,7 @@ for (const { c, rounds, profile: prof } of results) {
       mdTable(['category (innermost project module on the stack)', 'between steps ms', 'share of between', 'us per token (scaled to the timed runs\' gap)', 'during steps ms', 'share of during'], rowsP),
       '',
       `Within "WebSocket frames": JSON.stringify of one ${f(jsonUs.bytes, 0)}-byte token frame takes ${f(jsonUs.us, 2)} us (microbenchmark, this process); the rest is uWebSockets.js's send(), ` +
-        'which outside a uWS callback writes each message at once (one sendto per token frame under strace; lib/server/ws-stream.ts does not cork).',
+        'corked once per connection per tick by lib/server/ws-stream.ts (one write per connection per step; before, one sendto per token frame under strace).',
       '',
     );
   }
