@@ -2,7 +2,6 @@
 #include <napi.h>
 
 #include "addon/engine_wrap.h"
-#include "addon/router_bench.h"
 #include "util/membw.h"
 
 #ifdef EW_WITH_CUDA
@@ -89,7 +88,6 @@ static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaAvailable", Napi::Function::New<CudaAvailable>(env, "cudaAvailable"));
   exports.Set("buildInfo", Napi::Function::New<BuildInfo>(env, "buildInfo"));
   exports.Set("measureMemoryBandwidth", Napi::Function::New<MeasureMemoryBandwidth>(env, "measureMemoryBandwidth"));
-  RegisterRouterBench(env, exports);  // benchmark-only (bench/router-reroute.ts)
   return exports;
 }
 

@@ -22,7 +22,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "engine/tensor.h"
+#include "util/tensor.h"
 #include "memory/expert_store.h"
 
 namespace ew {
