@@ -10,17 +10,22 @@
 //   ew_bench_gpu_decode [--quick] [--adapters N] [--ctx C] [--prefill P] [--iters I] [--esft DIR] [--pool plain|vmm]
 // --quick: batch 1 and 32 only, 512-token prefill, 5 iterations (the bounded pass of
 // bench/gpu/verify.sh). Prints "no CUDA device" and exits 0 on a machine without one.
+// Under EW_REQUIRE_CUDA=1 (bench/gpu/verify.sh) a missing device or CUDA build exits 1 instead.
 #ifndef EW_WITH_CUDA
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 int main() {
   std::printf("no CUDA device: this build has no CUDA backend (configure with -DEW_CUDA=ON and nvcc)\n");
-  return 0;
+  const char* req = std::getenv("EW_REQUIRE_CUDA");
+  return req && std::strcmp(req, "1") == 0 ? 1 : 0;
 }
 #else
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -174,7 +179,8 @@ int main(int argc, char** argv) {
   }
   if (!device_available()) {
     std::printf("no CUDA device: nothing to benchmark\n");
-    return 0;
+    const char* req = std::getenv("EW_REQUIRE_CUDA");
+    return req && std::strcmp(req, "1") == 0 ? 1 : 0;
   }
   try {
     std::printf("device: %s\n", device_description().c_str());
