@@ -149,7 +149,8 @@ double step_weight_bytes(const RandomModel& m, int64_t T, const std::vector<int>
   const double expert = 3.0 * c.moe_intermediate_size * c.hidden_size * 2;
   size_t mi = 0;
   for (const auto& L : m.layers) {
-    b += bytes_of(L.input_norm) + bytes_of(L.post_norm) + bytes_of(L.q_proj) + bytes_of(L.kv_a) +
+    b += bytes_of(L.input_norm) + bytes_of(L.post_norm) + bytes_of(L.q_proj) + bytes_of(L.q_a) + bytes_of(L.q_a_norm) +
+         bytes_of(L.q_b) + bytes_of(L.kv_a) +
          bytes_of(L.kv_a_norm) + bytes_of(L.kv_b) + bytes_of(L.o_proj) + bytes_of(L.gate_up) + bytes_of(L.down) +
          bytes_of(L.router);
     if (L.moe) b += expert * distinct.at(mi++);

@@ -66,7 +66,7 @@ class ModelEngine final : public Engine {
     if (cuda) {
       if (!w_.experts) fail(dir, ": the CUDA backend serves MoE models; this one has no routed experts");
       std::vector<cuda::DeviceBuffer> storage;
-      ModelTensors tensors = upload_model_tensors(w_, *w_.experts, storage);
+      ModelTensors tensors = upload_model_tensors(w_, storage);
       runner_ = std::make_unique<CudaRunner>(cfg_, std::move(tensors), *kv_, tables_.n_rows(), std::move(storage));
       warm_up();
       return;

@@ -18,18 +18,6 @@ RouterParams router_params(const ModelConfig& cfg) {
   return p;
 }
 
-MoeWeights moe_weights(const ExpertStore& store, int moe_layer) {
-  MoeWeights m;
-  m.gate = store.base(moe_layer, ExpertMat::Gate);
-  m.up = store.base(moe_layer, ExpertMat::Up);
-  m.down = store.base(moe_layer, ExpertMat::Down);
-  m.dtype = store.dtype();
-  m.n_slots = store.capacity();
-  m.H = store.hidden();
-  m.I = store.width();
-  return m;
-}
-
 ForwardPass::ForwardPass(const ModelConfig& cfg, const ModelTensors& w, Ops& ops, float softmax_scale)
     : cfg_(cfg), w_(w), ops_(ops), router_(router_params(cfg)) {
   if (static_cast<int64_t>(w.layers.size()) != cfg.num_hidden_layers)

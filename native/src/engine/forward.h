@@ -20,7 +20,6 @@
 #include "engine/config.h"
 #include "kernels/ops.h"
 #include "memory/arena.h"
-#include "memory/expert_store.h"
 
 namespace ew {
 
@@ -43,9 +42,6 @@ struct ModelTensors {
   Weight embed, norm, lm_head;  // [V, H], [H], [V, H]
   std::vector<LayerTensors> layers;
 };
-
-// One MoE layer of an expert store as the moe op reads it.
-MoeWeights moe_weights(const ExpertStore& store, int moe_layer);
 
 // The step's token metadata in the backend's memory: the sections of
 // engine/step_metadata.h (int32 ids, step-local sequences, positions, adapter rows [T];

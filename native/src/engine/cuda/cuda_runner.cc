@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "engine/model_tensors.h"
 #include "engine/rope_config.h"
 #include "memory/cuda/device_arena.h"
 #include "util/error.h"
@@ -28,57 +29,29 @@ struct CudaRunner::Graph {
   }
 };
 
-ModelTensors upload_model_tensors(const ModelWeights& w, const ExpertStore& pool,
-                                  std::vector<cuda::DeviceBuffer>& storage) {
-  if (!pool.device_memory())
+ModelTensors upload_model_tensors(const ModelWeights& w, std::vector<cuda::DeviceBuffer>& storage) {
+  if (w.experts && !w.experts->device_memory())
     fail("upload_model_tensors: the routed experts must live in device memory (ExpertPoolCuda)");
-  auto up = [&](const TensorView& t) -> Weight {
+  TensorPlacement upload;
+  upload.place = [&](const TensorView& t) -> Weight {
     if (!t.data) return {};
     storage.emplace_back(t.nbytes());
     storage.back().upload(t.data, t.nbytes());
     return {storage.back().data(), t.dtype};
   };
-  ModelTensors m;
-  m.embed = up(w.embed);
-  m.norm = up(w.norm);
-  m.lm_head = up(w.lm_head);
-  for (size_t l = 0; l < w.layers.size(); ++l) {
-    const LayerWeights& L = w.layers[l];
-    LayerTensors t;
-    t.input_norm = up(L.input_layernorm);
-    t.post_norm = up(L.post_attention_layernorm);
-    t.q_proj = up(L.attn.q_proj);
-    t.q_a = up(L.attn.q_a_proj);
-    t.q_a_norm = up(L.attn.q_a_layernorm);
-    t.q_b = up(L.attn.q_b_proj);
-    t.kv_a = up(L.attn.kv_a_proj_with_mqa);
-    t.kv_a_norm = up(L.attn.kv_a_layernorm);
-    t.kv_b = up(L.attn.kv_b_proj);
-    t.o_proj = up(L.attn.o_proj);
-    const MlpWeights* mlp = L.is_moe ? (L.has_shared ? &L.shared : nullptr) : &L.dense;
-    if (mlp) {
-      if (mlp->gate.dtype != mlp->up.dtype)
-        fail("layer ", l, ": gate_proj is ", dtype_name(mlp->gate.dtype), " but up_proj is ",
-             dtype_name(mlp->up.dtype), ": the CUDA backend needs them in one dtype");
-      // gate [W, H] and up [W, H] in one buffer: matmul_pair reads both in one launch.
-      storage.emplace_back(mlp->gate.nbytes() + mlp->up.nbytes());
-      storage.back().upload(mlp->gate.data, mlp->gate.nbytes());
-      storage.back().upload(mlp->up.data, mlp->up.nbytes(), mlp->gate.nbytes());
-      const auto* base = static_cast<const char*>(storage.back().data());
-      t.gate = {base, mlp->gate.dtype};
-      t.up = {base + mlp->gate.nbytes(), mlp->up.dtype};
-      t.down = up(mlp->down);
-      t.mlp_width = mlp->gate.dim(0);
-    }
-    t.moe = L.is_moe;
-    if (L.is_moe) {
-      t.moe_index = L.moe_index;
-      t.router = up(L.router);
-      t.experts = moe_weights(pool, L.moe_index);
-    }
-    m.layers.push_back(t);
-  }
-  return m;
+  upload.place_gate_up = [&](const TensorView& gate, const TensorView& up, Weight* g, Weight* u) {
+    if (gate.dtype != up.dtype)
+      fail("gate_proj is ", dtype_name(gate.dtype), " but up_proj is ", dtype_name(up.dtype),
+           ": the CUDA backend needs them in one dtype");
+    // gate [W, H] and up [W, H] in one buffer: matmul_pair reads both in one launch.
+    storage.emplace_back(gate.nbytes() + up.nbytes());
+    storage.back().upload(gate.data, gate.nbytes());
+    storage.back().upload(up.data, up.nbytes(), gate.nbytes());
+    const auto* base = static_cast<const char*>(storage.back().data());
+    *g = {base, gate.dtype};
+    *u = {base + gate.nbytes(), up.dtype};
+  };
+  return model_tensors(w, upload);
 }
 
 CudaRunner::CudaRunner(const ModelConfig& cfg, ModelTensors tensors, const KvCache& kv, int n_reroute_rows,

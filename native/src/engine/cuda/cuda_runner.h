@@ -37,9 +37,8 @@
 namespace ew {
 
 // Copies the checkpoint's non-expert weights to the device and points the MoE layers at
-// `pool` (device memory). `storage` keeps the copies alive.
-ModelTensors upload_model_tensors(const ModelWeights& w, const ExpertStore& pool,
-                                  std::vector<cuda::DeviceBuffer>& storage);
+// its expert store (which must be in device memory). `storage` keeps the copies alive.
+ModelTensors upload_model_tensors(const ModelWeights& w, std::vector<cuda::DeviceBuffer>& storage);
 
 class CudaRunner final : public StepRunner {
  public:
