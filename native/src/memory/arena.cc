@@ -66,7 +66,7 @@ void Arena::reset() {
     for (size_t i = 0; i <= last_used_ && i < chunks_.size(); ++i) total += chunks_[i].bytes;
     for (Chunk& c : chunks_) memory_->release(c.p);
     chunks_.clear();
-    add_chunk(total);
+    add_chunk(align_up(total + total / 4));  // headroom: a slightly longer step does not spill again
   }
   cur_ = off_ = last_used_ = 0;
 }

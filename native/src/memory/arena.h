@@ -5,7 +5,7 @@
 //  - mark() / rewind() let the forward pass give back a layer's intermediates before the
 //    next layer, so a step needs its largest layer's scratch, not the sum over layers.
 //  - reset() starts the next step; when the last step used more than one chunk it replaces
-//    them by one chunk that holds them all, so steady-state steps run in one chunk and
+//    them by one chunk that holds them all (and a quarter more), so steady-state steps run in one chunk and
 //    never allocate. Every replacement bumps generation(): addresses handed out before
 //    (e.g. captured in a CUDA graph) are stale from then on.
 // Memory comes from an ArenaMemory: host_arena_memory() here, device memory in
