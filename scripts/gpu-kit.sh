@@ -6,7 +6,7 @@
 #                   and the four Node-API headers: the addon is compiled there by CMake with
 #                   nvcc, together with the C++ tests and the GPU benchmark (one build, sm_90)
 # The GPU session then runs bench/gpu/verify.sh (build, CUDA tests, parity, a bounded
-# benchmark pass: about 5 minutes on a 16-core host) and, with lease time left, the full
+# benchmark pass, within an 8-minute budget) and, with lease time left, the full
 # benchmark bench/gpu/run.sh.
 # Run here (after `npm install`); prints the carry list and the command for the GPU session.
 set -euo pipefail

@@ -3,9 +3,10 @@
 # with the kit that scripts/gpu-kit.sh packed into .gpu-kit/. It must fit a device lease
 # with room to run it twice, so it does each thing once:
 #   1. one CMake build with nvcc for sm_90 (EW_CUDA_ARCHS overrides): the addon,
-#      ew_native_tests and ew_bench_gpu_decode (~2.5 CPU-minutes: about a minute on a
-#      16-core host; EW_VERIFY_REUSE_BUILD=1 reuses an existing build tree instead, for a
-#      rerun of unchanged sources);
+#      ew_native_tests and ew_bench_gpu_decode (2.5 CPU-minutes on the 2-core build host, so
+#      about a minute expected on 16 cores; capped at 2/3 of the budget;
+#      EW_VERIFY_REUSE_BUILD=1 reuses an existing build tree instead, for a rerun of
+#      unchanged sources);
 #   2. the C++ CUDA tests (ew_native_tests cuda_) under EW_REQUIRE_CUDA=1: a missing device
 #      or CUDA build fails instead of skipping, and the engine tests assert that decode steps
 #      were replayed from CUDA graphs without a failed capture;
