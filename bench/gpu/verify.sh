@@ -141,8 +141,12 @@ fi
 parity() {
   node --test dist/test/engine/cuda-parity.test.js | tee "$KIT/parity.tap"
   local rc=${PIPESTATUS[0]}
-  if grep -q '# SKIP' "$KIT/parity.tap" || grep -q '^# pass 0$' "$KIT/parity.tap"; then
+  if grep -q '# SKIP' "$KIT/parity.tap"; then
     echo "FAIL: the parity test skipped on a GPU machine"
+    return 1
+  fi
+  if [ "$rc" -eq 0 ] && grep -q '^# pass 0$' "$KIT/parity.tap"; then
+    echo "FAIL: the parity test ran no test"
     return 1
   fi
   return "$rc"
@@ -153,6 +157,7 @@ rc=$?
 tap="$(grep -E '^# (pass|fail|skipped) ' "$RESULTS/ts-parity.txt" | sed 's/^# //' | tr '\n' ' ')"
 if [ "$rc" -eq 0 ]; then record PASS "TS CUDA parity" "${tap:-?}(cuda-parity.test.ts: logits, mixed-batch greedy tokens, adapter churn)"
 elif grep -q 'skipped on a GPU machine' "$RESULTS/ts-parity.txt"; then record FAIL "TS CUDA parity" "${tap}: the suite skipped (the addon saw no CUDA device), see ts-parity.txt"
+elif grep -q 'ran no test' "$RESULTS/ts-parity.txt"; then record FAIL "TS CUDA parity" "${tap}: no test ran, see ts-parity.txt"
 else record FAIL "TS CUDA parity" "$(timed_out "$rc" && echo "timed out; " )${tap}see ts-parity.txt"; fi
 
 # ---- 4. one bounded benchmark pass: a timeout is a WARN, a failure (or no graph replay) a FAIL
