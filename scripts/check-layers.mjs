@@ -2,8 +2,9 @@
 // or import only from its own layer or one below.
 //   native: util <- memory <- kernels <- engine <- addon   (the order of native/sources.txt;
 //           tests and bench see every layer, no layer sees them)
-//   lib:    safetensors, tokenizer <- engine <- scheduler, adapters <- server <- cli
-//           (layers on one level do not import each other)
+//   lib:    safetensors <- engine <- scheduler, adapters <- tokenizer <- server <- cli
+//           (layers on one level do not import each other; the tokenizer, with chat templates,
+//           is the server's and the CLI's request-side text layer)
 // Prints every upward include and exits 1 when there is one. `npm test` runs it first.
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join, normalize, relative, sep } from 'node:path';
@@ -67,7 +68,7 @@ for (const file of walk(join(root, 'native'), ['.h', '.cc', '.cu', '.cuh'])) {
 }
 
 // ---- lib: levels from the architecture note
-const libLevel = { safetensors: 0, tokenizer: 0, engine: 1, scheduler: 2, adapters: 2, server: 3, cli: 4 };
+const libLevel = { safetensors: 0, engine: 1, scheduler: 2, adapters: 2, tokenizer: 3, server: 4, cli: 5 };
 for (const file of walk(join(root, 'lib'), ['.ts'])) {
   const path = rel(file);
   const layer = path.split('/')[1];
