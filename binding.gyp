@@ -1,5 +1,7 @@
-# node-gyp fallback for machines without CMake: the CPU engine only (no CUDA, no
-# C++ tests), same sources as CMakeLists.txt. Output: build/Release/expertweave.node.
+# node-gyp fallback for machines without CMake: the CPU engine (no CUDA), its addon and
+# the C++ tests, from the same source list as CMakeLists.txt (native/sources.txt, expanded
+# by scripts/gyp-sources.mjs). Outputs: build/Release/expertweave.node and
+# build/Release/ew_native_tests. .ci/run checks this build (scripts/check-node-gyp.sh).
 {
   'variables': {
     'ew_version': '<!(node -p "require(\'./package.json\').version")',
@@ -9,9 +11,6 @@
     'cflags_cc!': ['-fno-exceptions', '-fno-rtti', '-std=gnu++14', '-std=gnu++17'],
     'cflags_cc': ['-std=c++17', '-O3', '-Wall', '-Wextra', '-Wno-unused-parameter'],
     'include_dirs': ['native/src'],
-    'conditions': [
-      ['target_arch=="x64"', { 'defines': ['EW_HAVE_AVX2_KERNELS=1'] }],
-    ],
   },
   'targets': [
     {
@@ -26,12 +25,28 @@
       ],
     },
     {
-      'target_name': 'expertweave',
+      # util, memory, kernels and engine: what CMake builds as ew_util ... ew_engine.
+      'target_name': 'ew_core',
+      'type': 'static_library',
       'dependencies': ['ew_avx2'],
-      'sources': ['<!@(node scripts/gyp-sources.mjs core)', '<!@(node scripts/gyp-sources.mjs addon)'],
+      'sources': ['<!@(node scripts/gyp-sources.mjs core)'],
+      'conditions': [
+        ['target_arch=="x64"', { 'defines': ['EW_HAVE_AVX2_KERNELS=1'] }],
+      ],
+      'link_settings': { 'libraries': ['-lpthread', '-ldl'] },
+    },
+    {
+      'target_name': 'expertweave',
+      'dependencies': ['ew_core'],
+      'sources': ['<!@(node scripts/gyp-sources.mjs addon)'],
       'include_dirs': ['<!(node -p "require(\'node-addon-api\').include_dir")'],
       'defines': ['NAPI_VERSION=8', 'NODE_ADDON_API_DISABLE_DEPRECATED', 'NAPI_CPP_EXCEPTIONS', 'NODE_ADDON_API_CPP_EXCEPTIONS_ALL', 'EW_VERSION="<(ew_version)"'],
-      'libraries': ['-lpthread', '-ldl'],
+    },
+    {
+      'target_name': 'ew_native_tests',
+      'type': 'executable',
+      'dependencies': ['ew_core'],
+      'sources': ['<!@(node scripts/gyp-sources.mjs tests)'],
     },
   ],
 }

@@ -5,6 +5,9 @@
 #   tree.tar.xz     dist/ (compiled TypeScript, built fresh here), node_modules/node-addon-api
 #                   and the four Node-API headers: the addon is compiled there by CMake with
 #                   nvcc, together with the C++ tests and the GPU benchmark (one build, sm_90)
+# The GPU session then runs bench/gpu/verify.sh (build, CUDA tests, parity, a bounded
+# benchmark pass, within an 8-minute budget) and, with lease time left, the full
+# benchmark bench/gpu/run.sh.
 # Run here (after `npm install`); prints the carry list and the command for the GPU session.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,7 +45,10 @@ node -p "process.version" > "$KIT/node-version.txt"
 
 echo
 echo "gpu-kit: $(du -sh "$KIT" | cut -f1) in .gpu-kit/ ($(du -b "$KIT/node.xz" | cut -f1) bytes node, $(du -b "$KIT/tree.tar.xz" | cut -f1) bytes tree)"
-echo "GPU session, one call of the device tool:"
-echo "  run(carry=[\".gpu-kit\"], timeout_s=600, command=\"bash bench/gpu/verify.sh\")"
-echo "Results come back as files of \$OUT: summary.txt (PASS/FAIL per stage), env.txt, build.txt,"
-echo "cpp-cuda-tests.txt, ts-parity.txt, bench.txt."
+echo "GPU session: first the check (within EW_VERIFY_BUDGET_S=480 s, so it can run twice in a lease):"
+echo "  run(carry=[\".gpu-kit\"], timeout_s=540, command=\"bash bench/gpu/verify.sh\")"
+echo "Results come back as files of \$OUT: summary.txt (PASS/FAIL/WARN per stage), env.txt, build.txt,"
+echo "cpp-cuda-tests.txt, ts-parity.txt, bench.txt. A rerun in the same lease can keep the build:"
+echo "  run(carry=[\".gpu-kit\"], command=\"EW_VERIFY_REUSE_BUILD=1 bash bench/gpu/verify.sh\")"
+echo "Then, with time left, the full benchmark (reuses build-gpu/ when the machine is still warm):"
+echo "  run(carry=[\".gpu-kit\"], timeout_s=600, command=\"bash bench/gpu/run.sh\")"

@@ -1,22 +1,48 @@
-// Prints the source files of one part of the native build for binding.gyp, with the
-// same globs as CMakeLists.txt (gyp has no globbing): `core`, `avx2` or `addon`.
-import { existsSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
+// Prints the source files of one part of the native build for binding.gyp (gyp has no
+// globbing), from native/sources.txt, the list CMakeLists.txt reads too:
+//   core   the C++ of the util, memory, kernels and engine layers (no AVX2, no CUDA)
+//   avx2   the *_avx2.cc kernels (compiled with -mavx2 -mfma -mf16c)
+//   addon  the Node addon
+//   tests  the C++ tests
+import { readdirSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
-const list = (dir, suffix) =>
-  existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith(suffix)).sort().map((f) => join(dir, f)) : [];
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
-const coreDirs = ['native/src/engine', 'native/src/memory', 'native/src/util', 'native/src/kernels', 'native/src/kernels/cpu'];
-const all = coreDirs.flatMap((d) => list(d, '.cc'));
-const isAvx2 = (f) => f.endsWith('_avx2.cc');
-const parts = {
-  core: all.filter((f) => !isAvx2(f)),
-  avx2: all.filter(isAvx2),
-  addon: list('native/src/addon', '.cc'),
-};
-const part = parts[process.argv[2]];
-if (!part) {
-  console.error(`usage: node scripts/gyp-sources.mjs ${Object.keys(parts).join('|')}`);
-  process.exit(2);
+/** Lines of native/sources.txt as { layer, kind, files } with each pattern (dir/*.ext) expanded. */
+export function nativeSources() {
+  const lines = readFileSync(join(root, 'native', 'sources.txt'), 'utf8').split('\n');
+  return lines
+    .filter((l) => /^[a-z]/.test(l))
+    .map((l) => {
+      const [layer, kind, pattern] = l.trim().split(/\s+/);
+      const dir = dirname(pattern);
+      const suffix = pattern.slice(dir.length + 1).replace(/^\*/, '');
+      let names = [];
+      try {
+        names = readdirSync(join(root, dir)).filter((f) => f.endsWith(suffix));
+      } catch {
+        names = []; // a layer without that directory (yet)
+      }
+      return { layer, kind, files: names.sort().map((f) => `${dir}/${f}`) };
+    });
 }
-console.log(part.join(' '));
+
+const isAvx2 = (f) => f.endsWith('_avx2.cc');
+const cc = (layers) => nativeSources().filter((s) => s.kind === 'cc' && layers.includes(s.layer)).flatMap((s) => s.files);
+const parts = {
+  core: () => cc(['util', 'memory', 'kernels', 'engine']).filter((f) => !isAvx2(f)),
+  avx2: () => cc(['util', 'memory', 'kernels', 'engine']).filter(isAvx2),
+  addon: () => cc(['addon']),
+  tests: () => cc(['tests']),
+};
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  const part = parts[process.argv[2]];
+  if (!part) {
+    console.error(`usage: node scripts/gyp-sources.mjs ${Object.keys(parts).join('|')}`);
+    process.exit(2);
+  }
+  console.log(part().join(' '));
+}

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# GPU benchmark of the CUDA backend on the full DeepSeek-V2-Lite shape (random weights
-# made on the device, no download): builds with CMake + nvcc, runs the CUDA kernel tests,
-# then native/bench/gpu_decode.cc. Needs only cmake, nvcc and a C++ compiler (no Node).
+# The full GPU benchmark of the CUDA backend on the DeepSeek-V2-Lite shape (random weights
+# made on the device, no download): native/bench/gpu_decode.cc with the routed experts in
+# plain cudaMalloc tensors and then in the CUDA VMM expert pool, 20 resident adapters by
+# default. The second command of a GPU session, after bash bench/gpu/verify.sh (which runs
+# the tests and a bounded pass); it reuses verify's build tree when there is one, else
+# builds the benchmark with CMake + nvcc (no Node needed).
 # Extra arguments go to the bench (--adapters N --ctx C --prefill P --iters I --esft DIR).
 # Prints "no CUDA device" and exits 0 on a machine without a GPU.
 set -euo pipefail
@@ -18,18 +21,19 @@ if ! command -v nvcc >/dev/null 2>&1 && [ ! -x /usr/local/cuda/bin/nvcc ]; then
 fi
 command -v nvcc >/dev/null 2>&1 || export PATH="/usr/local/cuda/bin:$PATH"
 
-JOBS="${EW_JOBS:-$(nproc)}"
-cmake -S "$ROOT" -B "$BUILD" -DEW_CUDA=ON -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$BUILD" --target ew_native_tests ew_bench_gpu_decode -j"$JOBS"
+if [ ! -x "$BUILD/ew_bench_gpu_decode" ]; then
+  JOBS="${EW_JOBS:-$(nproc)}"
+  cmake -S "$ROOT" -B "$BUILD" -DEW_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${EW_CUDA_ARCHS:-90}" >/dev/null
+  cmake --build "$BUILD" --target ew_bench_gpu_decode -j"$JOBS"
+fi
 
-mkdir -p "$ROOT/bench/results"
-OUT="$ROOT/bench/results/gpu-$(date -u +%Y%m%dT%H%M%SZ).txt"
+OUTDIR="${OUT:-$ROOT/bench/results}"
+mkdir -p "$OUTDIR"
+RESULT="$OUTDIR/gpu-$(date -u +%Y%m%dT%H%M%SZ).txt"
 {
-  echo "== CUDA tests"
-  "$BUILD/ew_native_tests" cuda_
   echo "== GPU benchmark, routed experts in plain cudaMalloc tensors"
   "$BUILD/ew_bench_gpu_decode" --esft "$ROOT/../shared/data/esft/expert_configs" --pool plain "$@"
   echo "== GPU benchmark, routed experts in the CUDA VMM expert pool"
   "$BUILD/ew_bench_gpu_decode" --esft "$ROOT/../shared/data/esft/expert_configs" --pool vmm "$@"
-} 2>&1 | tee "$OUT"
-echo "results written to $OUT"
+} 2>&1 | tee "$RESULT"
+echo "results written to $RESULT"

@@ -201,27 +201,3 @@ export function loadBinding(): Binding {
   cached = require(found) as Binding;
   return cached;
 }
-
-// ---- Benchmark-only natives (native/src/addon/router_bench.cc); not used for serving ----
-
-export interface RouterBenchOptions {
-  hidden: number;
-  experts: number;
-  topK: number;
-  tokens: number;
-  /** Adapter rows besides the base; tokens cycle over rows 0..adapters. */
-  adapters: number;
-}
-
-export interface RouterBench {
-  /** One route_tokens_cpu call over all tokens: logits, softmax, top-k, and the reroute when true. */
-  run(reroute: boolean): void;
-}
-
-export interface BenchBinding extends Binding {
-  createRouterBench(options: RouterBenchOptions): RouterBench;
-}
-
-export function loadBenchBinding(): BenchBinding {
-  return loadBinding() as BenchBinding;
-}

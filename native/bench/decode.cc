@@ -15,11 +15,10 @@
 #include <vector>
 
 #include "engine/config.h"
-#include "engine/forward.h"
+#include "engine/cpu_runner.h"
 #include "engine/reroute_table.h"
 #include "engine/sampler.h"
 #include "engine/weights.h"
-#include "kernels/backend.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "memory/kv_cache.h"
 #include "util/error.h"
@@ -97,12 +96,18 @@ int main(int argc, char** argv) {
     KvCache kv(static_cast<int>(cfg.num_hidden_layers), cfg.kv_cache_width(), 16,
                static_cast<int>((tokens + 15) / 16 + max_b));
     RerouteTables tables(static_cast<int>(cfg.num_moe_layers()), 1, static_cast<int>(cfg.n_routed_experts));
-    auto backend = make_cpu_backend();
-    ForwardPass fwd(cfg, w, *backend);
+    CpuRunner fwd(cfg, w);
+    int64_t expert_groups = 0;  // distinct (MoE layer, slot) pairs the steps ran
+    fwd.set_slot_observer([&](int, const int32_t* slots, int64_t n) {
+      std::vector<int32_t> v(slots, slots + n);
+      std::sort(v.begin(), v.end());
+      expert_groups += std::unique(v.begin(), v.end()) - v.begin();
+    });
+    auto run = [&](const StepTokens& st) { return fwd.run(st, {}, kv, tables).rows; };
     std::printf("model %s: %ld layers, H %ld, vocab %ld, experts %ld (top-%ld); threads %d, %s kernels\n",
                 dir.c_str(), cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size, cfg.n_routed_experts,
                 cfg.num_experts_per_tok, ThreadPool::global().size(),
-                cpu_path() == CpuPath::Avx2 ? "avx2" : "portable");
+                cpu_path_name(cpu_path()));
     std::printf("non-expert weights %.1f MB, one expert %.2f MB\n", fixed_bytes / 1e6, expert_bytes / 1e6);
     struct Row {
       int B;
@@ -120,7 +125,7 @@ int main(int argc, char** argv) {
         warm.adapter_rows.push_back(0);
       }
       warm.logit_rows.push_back(7);
-      fwd.run(warm, kv, tables);
+      run(warm);
       kv.free(999);
     }
 
@@ -138,7 +143,7 @@ int main(int argc, char** argv) {
         st.logit_rows.push_back(static_cast<int64_t>(st.ids.size()) - 1);
       }
       double t0 = now_s();
-      std::vector<float> logits = fwd.run(st, kv, tables);
+      std::vector<float> logits = run(st);
       const double prefill_s = now_s() - t0;
 
       double decode_s = 0, bytes = 0;
@@ -151,10 +156,11 @@ int main(int argc, char** argv) {
           d.adapter_rows.push_back(0);
           d.logit_rows.push_back(b);
         }
+        expert_groups = 0;
         t0 = now_s();
-        logits = fwd.run(d, kv, tables);
+        logits = run(d);
         decode_s += now_s() - t0;
-        bytes += static_cast<double>(fixed_bytes) + static_cast<double>(fwd.last_expert_groups()) * expert_bytes;
+        bytes += static_cast<double>(fixed_bytes) + static_cast<double>(expert_groups) * expert_bytes;
       }
       for (int b = 0; b < B; ++b) kv.free(1000 + b);
       rows.push_back({B, prefill_s, decode_s / steps, bytes / steps});

@@ -1,24 +1,31 @@
 // GPU benchmark on the full DeepSeek-V2-Lite shape with random weights made on the device
-// (kernels/cuda/random_model.h): decode step time at several batch sizes and its fraction
+// (bench/cuda/random_model.h): decode step time at several batch sizes and its fraction
 // of the HBM roofline, prefill tokens/s, the fused router+reroute (+ align) time per layer,
 // and decode with resident ESFT adapters in a mixed batch over the base model alone.
-// Steps run through cuda::DeviceForward, the engine's own device forward pass (metadata
-// upload, every layer on one stream, decode steps replayed as CUDA graphs; the eager time
-// is printed too), so these figures are the daemon's.
+// Steps run through CudaRunner, the engine's own runner and forward pass (metadata upload,
+// every layer on one stream, decode steps replayed as CUDA graphs; the eager time is
+// printed too), so these figures are the daemon's. The last line gives the runner's
+// graph counters ("graphs: N captured, N replayed, N capture failures").
 //
-//   ew_bench_gpu_decode [--adapters N] [--ctx C] [--prefill P] [--iters I] [--esft DIR] [--pool plain|vmm]
-// Prints "no CUDA device" and exits 0 on a machine without one.
+//   ew_bench_gpu_decode [--quick] [--adapters N] [--ctx C] [--prefill P] [--iters I] [--esft DIR] [--pool plain|vmm]
+// --quick: batch 1 and 32 only, 512-token prefill, 5 iterations (the bounded pass of
+// bench/gpu/verify.sh). Prints "no CUDA device" and exits 0 on a machine without one.
+// Under EW_REQUIRE_CUDA=1 (bench/gpu/verify.sh) a missing device or CUDA build exits 1 instead.
 #ifndef EW_WITH_CUDA
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 int main() {
   std::printf("no CUDA device: this build has no CUDA backend (configure with -DEW_CUDA=ON and nvcc)\n");
-  return 0;
+  const char* req = std::getenv("EW_REQUIRE_CUDA");
+  return req && std::strcmp(req, "1") == 0 ? 1 : 0;
 }
 #else
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -29,11 +36,10 @@ int main() {
 #include <cuda_runtime_api.h>
 
 #include "../tests/esft_selections.h"
-#include "kernels/cuda/cuda_util.h"
-#include "kernels/cuda/device_forward.h"
-#include "kernels/cuda/ops_cuda.h"
-#include "kernels/cuda/random_model.h"
-#include "kernels/cuda/router_cuda.h"
+#include "cuda/random_model.h"
+#include "engine/cuda/cuda_runner.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "util/cuda/cuda_util.h"
 #include "util/error.h"
 
 using namespace ew;
@@ -43,6 +49,7 @@ namespace {
 
 struct Options {
   int adapters = 20, ctx = 256, prefill = 2048, iters = 20;
+  bool quick = false;
   bool vmm = false;  // routed experts in the CUDA VMM expert pool instead of plain cudaMalloc
   std::string esft_dir = "../shared/data/esft/expert_configs";
 };
@@ -142,7 +149,8 @@ double step_weight_bytes(const RandomModel& m, int64_t T, const std::vector<int>
   const double expert = 3.0 * c.moe_intermediate_size * c.hidden_size * 2;
   size_t mi = 0;
   for (const auto& L : m.layers) {
-    b += bytes_of(L.input_norm) + bytes_of(L.post_norm) + bytes_of(L.q_proj) + bytes_of(L.kv_a) +
+    b += bytes_of(L.input_norm) + bytes_of(L.post_norm) + bytes_of(L.q_proj) + bytes_of(L.q_a) + bytes_of(L.q_a_norm) +
+         bytes_of(L.q_b) + bytes_of(L.kv_a) +
          bytes_of(L.kv_a_norm) + bytes_of(L.kv_b) + bytes_of(L.o_proj) + bytes_of(L.gate_up) + bytes_of(L.down) +
          bytes_of(L.router);
     if (L.moe) b += expert * distinct.at(mi++);
@@ -154,8 +162,14 @@ double step_weight_bytes(const RandomModel& m, int64_t T, const std::vector<int>
 
 int main(int argc, char** argv) {
   Options o;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  for (int i = 1; i < argc; i += 2) {
     const std::string a = argv[i];
+    if (a == "--quick") {
+      o.quick = true, o.prefill = 512, o.iters = 5;
+      --i;
+      continue;
+    }
+    if (i + 1 >= argc) { std::fprintf(stderr, "option %s needs a value\n", a.c_str()); return 2; }
     if (a == "--adapters") o.adapters = std::stoi(argv[i + 1]);
     else if (a == "--ctx") o.ctx = std::stoi(argv[i + 1]);
     else if (a == "--prefill") o.prefill = std::stoi(argv[i + 1]);
@@ -166,7 +180,8 @@ int main(int argc, char** argv) {
   }
   if (!device_available()) {
     std::printf("no CUDA device: nothing to benchmark\n");
-    return 0;
+    const char* req = std::getenv("EW_REQUIRE_CUDA");
+    return req && std::strcmp(req, "1") == 0 ? 1 : 0;
   }
   try {
     std::printf("device: %s\n", device_description().c_str());
@@ -194,8 +209,9 @@ int main(int argc, char** argv) {
                /*host_storage=*/false);
     for (int64_t i = 0; i < max_batch; ++i) kv.reserve(i, ctx);
     kv.reserve(1000, P);
-    DeviceForward fwd(cfg, device_model(model), kv, model.n_adapter_rows);
+    CudaRunner fwd(cfg, random_model_tensors(model), kv, model.n_adapter_rows);
     void* stream = fwd.stream();
+    const std::vector<int64_t> batches = o.quick ? std::vector<int64_t>{1, 32} : std::vector<int64_t>{1, 8, 32, 128};
 
     auto decode = [&](int64_t B, bool mixed, bool report) {
       const StepTokens st = decode_tokens(B, ctx, mixed, model.n_adapter_rows, cfg.vocab_size);
@@ -227,7 +243,7 @@ int main(int argc, char** argv) {
                     B / (ms * 1e-3), avg, bytes / 1e9, 100.0 * bytes / (ms * 1e-3) / bw);
       return ms;
     };
-    for (int64_t B : {1, 8, 32, 128}) decode(B, false, true);
+    for (int64_t B : batches) decode(B, false, true);
 
     // Prefill: one sequence of P tokens (positions 0..P-1) in one step, last row's logits.
     {
@@ -247,9 +263,8 @@ int main(int argc, char** argv) {
     // Router + reroute (+ align) per MoE layer, the kernels alone.
     {
       const RandomLayer& L = model.layers[1];
-      RouterParams rp;
-      rp.n_experts = static_cast<int32_t>(cfg.n_routed_experts);
-      rp.top_k = static_cast<int32_t>(cfg.num_experts_per_tok);
+      const RouterParams rp = router_params(cfg);
+      CudaOps ops(stream);
       const RerouteTableView host = model.tables.view(0);
       DeviceBuffer table(static_cast<size_t>(host.n_rows) * host.n_experts * 4);
       table.upload(host.table, table.bytes());
@@ -260,15 +275,15 @@ int main(int argc, char** argv) {
       const int bm = 8;
       DeviceBuffer align_ws(static_cast<size_t>(3 * moe_max_padded(Bmax, rp.top_k, L.n_slots, bm) + 16) * 4);
       void* s = stream;
-      for (int64_t B : {1, 8, 32, 128}) {
+      for (int64_t B : batches) {
         std::vector<int32_t> r(static_cast<size_t>(B));
         for (int64_t i = 0; i < B; ++i) r[i] = static_cast<int32_t>(i % model.n_adapter_rows);
         rows.upload(r.data(), r.size() * 4);
         fill_random(rlogits.data(), DType::F32, B * rp.n_experts, 7, 3.f, 0.f, nullptr);
         EW_CUDA_CHECK(cudaDeviceSynchronize());  // the upload and fill ran on the legacy stream
         const double route = time_ms(stream, 200, [&] {
-          route_topk_reroute(rlogits.as<float>(), B, rp, tv, rows.as<int32_t>(), slots.as<int32_t>(),
-                             weights.as<float>(), nullptr, s);
+          ops.route(rlogits.as<float>(), B, rp, tv, rows.as<int32_t>(), slots.as<int32_t>(), weights.as<float>(),
+                    nullptr);
         });
         int32_t* ws = align_ws.as<int32_t>();
         const int64_t padded = moe_max_padded(B, rp.top_k, L.n_slots, bm);
@@ -282,11 +297,19 @@ int main(int argc, char** argv) {
 
     // Resident adapters, mixed batch (token i uses row i mod (1 + adapters)) over base alone.
     if (o.adapters > 0)
-      for (int64_t B : {1, 8, 32, 128}) {
+      for (int64_t B : batches) {
         const double base = decode(B, false, false), mixed = decode(B, true, true);
         std::printf("  %d adapters, batch %lld: mixed / base step time = %.3f\n", o.adapters, static_cast<long long>(B),
                     mixed / base);
       }
+    const RunnerStats rs = fwd.stats();
+    std::printf("graphs: %lld captured, %lld replayed, %lld capture failures, %lld eager steps\n",
+                static_cast<long long>(rs.graph_captures), static_cast<long long>(rs.graph_replays),
+                static_cast<long long>(rs.capture_failures), static_cast<long long>(rs.eager_steps));
+    if (rs.graph_replays == 0 || rs.capture_failures > 0) {
+      std::fprintf(stderr, "gpu bench: decode steps did not replay as CUDA graphs\n");
+      return 1;
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "gpu bench failed: %s\n(out of memory? fewer resident adapters: --adapters 8)\n", e.what());
     return 1;

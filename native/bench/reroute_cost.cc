@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "engine/reroute_table.h"
-#include "kernels/router.h"
+#include "kernels/cpu/route.h"
 #include "util/thread_pool.h"
 
 using namespace ew;

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "engine/config.h"
-#include "engine/tensor.h"
+#include "util/tensor.h"
 #include "st_writer.h"
 
 namespace ewtest {

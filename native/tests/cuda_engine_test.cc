@@ -1,8 +1,9 @@
-// The engine on --device cuda (cuda::DeviceForward: weights, latent cache, expert pool
-// and reroute tables on the GPU) against the same engine on the CPU: logits within bf16
-// tolerance, greedy tokens equal (except where the CPU's top two are a near tie), graph
-// replays equal eager steps, adapters registered and removed between steps. Without a
-// CUDA device every test prints a skip line and passes.
+// The engine on --device cuda (CudaRunner: weights, latent cache, expert pool and reroute
+// tables on the GPU, the one forward pass on CudaOps) against the same engine on the CPU:
+// logits within bf16 tolerance, greedy tokens equal (except where the CPU's top two are a
+// near tie), decode steps replayed from CUDA graphs (counted: at least one replay, no
+// failed capture) and equal to eager steps, adapters registered and removed between steps.
+// Without a CUDA device every test skips (EW_REQUIRE_CUDA=1: fails).
 #ifdef EW_WITH_CUDA
 #include <algorithm>
 #include <cmath>
@@ -11,9 +12,9 @@
 #include <sstream>
 #include <vector>
 
+#include "cuda_fixtures.h"
 #include "engine/engine.h"
 #include "engine_fixtures.h"
-#include "kernels/cuda/cuda_util.h"
 #include "model_fixtures.h"
 #include "test.h"
 
@@ -24,12 +25,6 @@ namespace {
 
 using Selection = std::vector<std::pair<int64_t, std::vector<int64_t>>>;
 constexpr double kTol = 1e-2;  // bf16 weights, fp32 accumulation in a different order
-
-bool have_device() {
-  if (cuda::device_available()) return true;
-  std::printf("     skipped: no CUDA device\n");
-  return false;
-}
 
 EngineOptions options(const char* device) { return engine_options(device, 512, 16, 4); }
 
@@ -107,7 +102,7 @@ std::vector<int32_t> step_both(Engine& cpu, Engine& gpu, StepBatch batch, bool l
 }  // namespace
 
 TEST(cuda_engine_logits_and_greedy_tokens_match_the_cpu_engine) {
-  if (!have_device()) return;
+  ewtest::need_cuda_device();
   World w;
   auto cpu = Engine::Load(w.dir(), options("cpu"));
   auto gpu = Engine::Load(w.dir(), options("cuda"));
@@ -125,10 +120,16 @@ TEST(cuda_engine_logits_and_greedy_tokens_match_the_cpu_engine) {
     next = step_both(*cpu, *gpu, d, i % 3 == 0, "decode step " + std::to_string(i));
   }
   CHECK_EQ(gpu->SequenceLength(1), int64_t{25});
+  // One decode shape (T 1, one logit row, one context bucket) runs eagerly once, is
+  // captured the next time and replayed from then on; a capture failure would run eagerly.
+  const RunnerStats rs = gpu->runner_stats();
+  CHECK_EQ(rs.capture_failures, int64_t{0});
+  CHECK(rs.graph_captures >= 1);
+  CHECK(rs.graph_replays >= 8);
 }
 
 TEST(cuda_engine_mixed_adapter_batch_matches_the_cpu_engine) {
-  if (!have_device()) return;
+  ewtest::need_cuda_device();
   World w;
   auto cpu = Engine::Load(w.dir(), options("cpu"));
   auto gpu = Engine::Load(w.dir(), options("cuda"));
@@ -159,11 +160,13 @@ TEST(cuda_engine_mixed_adapter_batch_matches_the_cpu_engine) {
 }
 
 TEST(cuda_engine_adapter_churn_between_graph_replays) {
-  if (!have_device()) return;
+  ewtest::need_cuda_device();
   World w;
   auto cpu = Engine::Load(w.dir(), options("cpu"));
   auto gpu = Engine::Load(w.dir(), options("cuda"));
-  const size_t backed0 = gpu->expert_stats().backed_bytes;
+  // The tiny model's expert regions sit inside the pages the base already backs, so
+  // backed_bytes need not move: the slots and expert bytes stored must.
+  const ExpertPoolStats stats0 = gpu->expert_stats();
   const int32_t a = gpu->RegisterAdapter(w.adapters[0]).row;
   CHECK_EQ(cpu->RegisterAdapter(w.adapters[0]).row, a);
   StepBatch b;
@@ -174,7 +177,10 @@ TEST(cuda_engine_adapter_churn_between_graph_replays) {
     if (i == 4) {  // a second adapter arrives while sequence 1 decodes (reroute tables change)
       const int32_t r = gpu->RegisterAdapter(w.adapters[1]).row;
       CHECK_EQ(cpu->RegisterAdapter(w.adapters[1]).row, r);
-      CHECK(gpu->expert_stats().backed_bytes > backed0);
+      const ExpertPoolStats now = gpu->expert_stats();
+      CHECK(now.used_slots > stats0.used_slots);
+      CHECK(now.expert_bytes > stats0.expert_bytes);
+      CHECK(now.backed_bytes >= stats0.backed_bytes);
     }
     StepBatch d;
     d.tokens = {next[0]};
@@ -184,12 +190,17 @@ TEST(cuda_engine_adapter_churn_between_graph_replays) {
   gpu->FreeSequence(1);
   cpu->FreeSequence(1);
   for (const AdapterInfo& info : gpu->adapters()) gpu->UnregisterAdapter(info.row);
-  CHECK_EQ(gpu->expert_stats().backed_bytes, backed0);
+  CHECK_EQ(gpu->expert_stats().backed_bytes, stats0.backed_bytes);
+  CHECK_EQ(gpu->expert_stats().used_slots, stats0.used_slots);
+  CHECK_EQ(gpu->expert_stats().expert_bytes, stats0.expert_bytes);
   CHECK(gpu->adapters().empty());
+  // The reroute tables changed under captured graphs (they live in device memory): replays went on.
+  CHECK(gpu->runner_stats().graph_replays >= 4);
+  CHECK_EQ(gpu->runner_stats().capture_failures, int64_t{0});
 }
 
 TEST(cuda_engine_temperature_sampling_draws_what_the_cpu_draws) {
-  if (!have_device()) return;
+  ewtest::need_cuda_device();
   World w;
   auto cpu = Engine::Load(w.dir(), options("cpu"));
   auto gpu = Engine::Load(w.dir(), options("cuda"));

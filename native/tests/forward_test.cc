@@ -19,7 +19,7 @@
 #include "st_writer.h"
 #include "test.h"
 #ifdef EW_WITH_CUDA
-#include "kernels/cuda/cuda_util.h"
+#include "util/cuda/cuda_util.h"
 #endif
 
 using namespace ew;

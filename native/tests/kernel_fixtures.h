@@ -7,7 +7,7 @@
 #include <random>
 #include <vector>
 
-#include "engine/tensor.h"
+#include "util/tensor.h"
 
 namespace ewtest {
 

@@ -1,17 +1,19 @@
-// CPU kernels against straightforward double-precision references.
+// The CPU op set (kernels/cpu/cpu_ops.h) against straightforward double-precision
+// references, over every weight dtype and every dispatch path this machine runs
+// (cpu_paths(): portable, and avx2 where the CPU has it; a test names the path on failure).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <string>
 #include <vector>
 
+#include "engine/rope_config.h"
 #include "kernel_fixtures.h"
-#include "kernels/cpu/cpu_kernels.h"
-#include "kernels/cpu/embedding.h"
+#include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/matmul.h"
-#include "kernels/cpu/mla_attention.h"
-#include "kernels/cpu/mlp.h"
-#include "kernels/cpu/norm.h"
-#include "kernels/cpu/rope.h"
+#include "kernels/rope_rows.h"
 #include "memory/kv_cache.h"
 #include "test.h"
 #include "util/membw.h"
@@ -24,10 +26,13 @@ namespace {
 
 const DType kDtypes[] = {DType::F32, DType::BF16, DType::F16};
 
-std::vector<CpuPath> paths() {
-  std::vector<CpuPath> p{CpuPath::Portable};
-  if (cpu_path() == CpuPath::Avx2) p.push_back(CpuPath::Avx2);
-  return p;
+const std::vector<CpuPath>& paths() { return cpu_paths(); }
+
+// Fails naming the dtype and path when err is not below tol.
+void check_rel(double err, double tol, DType dt, CpuPath p, const char* what, int line) {
+  if (err < tol) return;
+  ewtest::fail_at(__FILE__, line, std::string(what) + " (" + dtype_name(dt) + ", " + cpu_path_name(p) +
+                                      "): relative error " + std::to_string(err) + " >= " + std::to_string(tol));
 }
 
 // Max |got - ref| / max |ref| over the output.
@@ -127,14 +132,30 @@ TEST(matmul_long_rows_and_token_blocks_are_batch_independent) {
   }
 }
 
+namespace {
+
+// The gated MLP as the forward pass composes it: matmul_pair (gate | up), silu_mul, matmul.
+void mlp(Ops& ops, const float* x, int64_t T, const StoredWeight& gate, const StoredWeight& up,
+         const StoredWeight& down, int64_t H, int64_t I, float* y) {
+  std::vector<float> gu(T * 2 * I), a(T * I);
+  ops.matmul_pair(x, T, {gate.bytes.data(), gate.dtype}, I, {up.bytes.data(), up.dtype}, I, H, gu.data());
+  ops.silu_mul(gu.data(), gu.data() + I, 2 * I, a.data(), T, I);
+  ops.matmul(a.data(), T, {down.bytes.data(), down.dtype}, H, I, y);
+}
+
+}  // namespace
+
 TEST(mlp_matches_reference_and_is_batch_independent) {
   const int64_t T = 5, H = 40, I = 24;
   const auto x = random_floats(T * H, 15);
-  const StoredWeight gate = make_weight(random_floats(I * H, 16), DType::BF16);
-  const StoredWeight up = make_weight(random_floats(I * H, 17), DType::BF16);
-  const StoredWeight down = make_weight(random_floats(H * I, 18), DType::BF16);
+  for (DType dt : kDtypes)
+    for (CpuPath p : paths()) {
+  CpuOps ops(p);
+  const StoredWeight gate = make_weight(random_floats(I * H, 16), dt);
+  const StoredWeight up = make_weight(random_floats(I * H, 17), dt);
+  const StoredWeight down = make_weight(random_floats(H * I, 18), dt);
   std::vector<float> y(T * H), one(H);
-  mlp_cpu(x.data(), T, gate.view({I, H}), up.view({I, H}), down.view({H, I}), y.data());
+  mlp(ops, x.data(), T, gate, up, down, H, I, y.data());
   for (int64_t t = 0; t < T; ++t) {
     std::vector<double> h(I);
     for (int64_t i = 0; i < I; ++i) {
@@ -150,9 +171,10 @@ TEST(mlp_matches_reference_and_is_batch_independent) {
       for (int64_t i = 0; i < I; ++i) r += h[i] * down.values[n * I + i];
       CHECK_NEAR(y[t * H + n], r, 1e-4);
     }
-    mlp_cpu(x.data() + t * H, 1, gate.view({I, H}), up.view({I, H}), down.view({H, I}), one.data());
+    mlp(ops, x.data() + t * H, 1, gate, up, down, H, I, one.data());
     CHECK(same_bits(one.data(), y.data() + t * H, H));
   }
+    }
 }
 
 TEST(matmul_results_do_not_depend_on_thread_count) {
@@ -171,29 +193,35 @@ TEST(matmul_results_do_not_depend_on_thread_count) {
 TEST(matmul_transposed_matches_reference_and_is_batch_independent) {
   const int64_t T = 3, K = 45, N = 130;
   const auto x = random_floats(T * K, 9);
-  const StoredWeight w = make_weight(random_floats(K * N, 10), DType::BF16);
-  std::vector<double> ref(T * N, 0.0);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t n = 0; n < N; ++n) ref[t * N + n] += static_cast<double>(x[t * K + k]) * w.values[k * N + n];
-  std::vector<float> y(T * N), one(N);
-  matmul_t_cpu_raw(x.data(), T, w.bytes.data(), w.dtype, K, N, y.data());
-  CHECK(rel_err(y, ref) < 1e-5);
-  matmul_t_cpu_raw(x.data() + 2 * K, 1, w.bytes.data(), w.dtype, K, N, one.data());
-  CHECK(same_bits(one.data(), y.data() + 2 * N, N));
+  for (DType dt : kDtypes) {
+    const StoredWeight w = make_weight(random_floats(K * N, 10), dt);
+    std::vector<double> ref(T * N, 0.0);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t n = 0; n < N; ++n) ref[t * N + n] += static_cast<double>(x[t * K + k]) * w.values[k * N + n];
+    for (CpuPath p : paths()) {
+      std::vector<float> y(T * N), one(N);
+      matmul_t_cpu_path(p, x.data(), T, w.bytes.data(), w.dtype, K, N, y.data());
+      check_rel(rel_err(y, ref), 1e-5, dt, p, "matmul_t", __LINE__);
+      matmul_t_cpu_path(p, x.data() + 2 * K, 1, w.bytes.data(), w.dtype, K, N, one.data());
+      CHECK(same_bits(one.data(), y.data() + 2 * N, N));
+    }
+  }
 }
 
 TEST(rms_norm_matches_reference_with_bf16_weight) {
   const int64_t T = 3, n = 100;
   const auto x = random_floats(T * n, 11, 3.f);
-  const StoredWeight w = make_weight(random_floats(n, 12), DType::BF16);
-  std::vector<float> y(T * n);
-  rms_norm_cpu(x.data(), n, T, n, w.view({n}), 1e-6f, y.data(), n);
-  for (int64_t t = 0; t < T; ++t) {
-    double ss = 0;
-    for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[t * n + i]) * x[t * n + i];
-    const double inv = 1 / std::sqrt(ss / n + 1e-6);
-    for (int64_t i = 0; i < n; ++i) CHECK_NEAR(y[t * n + i], w.values[i] * x[t * n + i] * inv, 1e-5);
+  for (DType dt : kDtypes) {  // bf16 first of all, and the other weight dtypes too
+    const StoredWeight w = make_weight(random_floats(n, 12), dt);
+    std::vector<float> y(T * n);
+    CpuOps().rms_norm(x.data(), n, {w.bytes.data(), dt}, 1e-6f, y.data(), n, T, n);
+    for (int64_t t = 0; t < T; ++t) {
+      double ss = 0;
+      for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[t * n + i]) * x[t * n + i];
+      const double inv = 1 / std::sqrt(ss / n + 1e-6);
+      for (int64_t i = 0; i < n; ++i) CHECK_NEAR(y[t * n + i], w.values[i] * x[t * n + i] * inv, 1e-5);
+    }
   }
 }
 
@@ -204,14 +232,14 @@ TEST(embedding_reads_rows_of_every_dtype) {
   for (DType dt : kDtypes) {
     const StoredWeight w = make_weight(v, dt);
     std::vector<float> y(3 * H);
-    embed_cpu(w.view({V, H}), ids, 3, y.data());
+    CpuOps().embed(ids, 3, {w.bytes.data(), dt}, V, H, y.data());
     for (int t = 0; t < 3; ++t)
       for (int64_t h = 0; h < H; ++h) CHECK_EQ(y[t * H + h], w.values[ids[t] * H + h]);
   }
   const StoredWeight w = make_weight(v, DType::F32);
   const int32_t bad = 6;
   std::vector<float> y(H);
-  CHECK_THROWS_WITH(embed_cpu(w.view({V, H}), &bad, 1, y.data()), "token id 6");
+  CHECK_THROWS_WITH(CpuOps().embed(&bad, 1, {w.bytes.data(), DType::F32}, V, H, y.data()), "token id 6");
 }
 
 namespace {
@@ -276,10 +304,12 @@ TEST(rope_equals_deinterleave_plus_rotate_half_with_yarn_and_linear) {
   for (RopeScaling s : {RopeScaling::None, RopeScaling::Linear, RopeScaling::Yarn}) {
     const ModelConfig c = rope_config(s);
     const RopeTable table = make_rope_table(c);
-    for (int64_t pos : {0, 1, 17, 3000, 70000}) {
+    for (const int64_t pos : {int64_t{0}, int64_t{1}, int64_t{17}, int64_t{3000}, int64_t{70000}}) {
       auto v = random_floats(64, static_cast<uint32_t>(pos + 20));
       const auto ref = hf_rope_reference(v, pos, c);
-      apply_rope_cpu(v.data(), 1, 64, pos, table);
+      std::vector<float> cs, sn;
+      rope_cos_sin(table, &pos, 1, cs, sn);
+      CpuOps().rope(v.data(), 1, 1, 64, 64, 64, cs.data(), sn.data());
       for (int64_t i = 0; i < 32; ++i) {
         CHECK_NEAR(v[2 * i], ref[i], 2e-5);
         CHECK_NEAR(v[2 * i + 1], ref[32 + i], 2e-5);
@@ -298,11 +328,38 @@ TEST(rope_softmax_scale_follows_mscale_all_dim) {
   CHECK_NEAR(make_rope_table(rope_config(RopeScaling::None)).softmax_scale, 1 / std::sqrt(192.0), 1e-7);
 }
 
+namespace {
+
+// One layer of a host KvCache as the attention op reads it, with the block tables of
+// `seqs` (step-local sequence i = seqs[i]).
+struct CacheView {
+  std::vector<int32_t> tables;
+  LatentCacheView view;
+};
+CacheView cache_view(KvCache& cache, int layer, const std::vector<int64_t>& seqs) {
+  CacheView c;
+  int32_t max_blocks = 0;
+  for (int64_t s : seqs) max_blocks = std::max<int32_t>(max_blocks, static_cast<int32_t>(cache.block_table(s).size()));
+  c.tables.assign(seqs.size() * max_blocks, 0);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const auto& b = cache.block_table(seqs[i]);
+    std::copy(b.begin(), b.end(), c.tables.begin() + static_cast<int64_t>(i) * max_blocks);
+  }
+  c.view.data = cache.block_layer(0, layer);
+  c.view.block_stride = static_cast<int64_t>(cache.n_layers()) * cache.block_size() * cache.width();
+  c.view.block_size = cache.block_size();
+  c.view.width = static_cast<int32_t>(cache.width());
+  c.view.block_tables = c.tables.data();
+  c.view.max_blocks = max_blocks;
+  return c;
+}
+
+}  // namespace
+
 TEST(mla_absorbed_attention_equals_expanded_keys_and_values) {
   // Plain MLA: k_h = [W_k[h] c_kv, k_pe], v_h = W_v[h] c_kv; attention per head in double.
   const int64_t heads = 3, nope = 8, rope = 4, V = 6, R = 16, L = 2;
   const int64_t qd = nope + rope, width = R + rope;
-  const StoredWeight kvb = make_weight(random_floats(heads * (nope + V) * R, 30, 0.5f), DType::BF16);
   KvCache cache(L, width, 4, 8);
   const int64_t seq_a = 11, seq_b = 12, len_a = 9, len_b = 3;
   CHECK(cache.reserve(seq_a, len_a));
@@ -312,26 +369,25 @@ TEST(mla_absorbed_attention_equals_expanded_keys_and_values) {
     float* e = s < len_a ? cache.entry(1, seq_a, s) : cache.entry(1, seq_b, s - len_a);
     std::copy(&ents[s * width], &ents[(s + 1) * width], e);
   }
-  // Tokens: seq_a at positions 8 and 5, seq_b at position 2.
+  const CacheView cv = cache_view(cache, 1, {seq_a, seq_b});
+  // Tokens: seq_a at positions 8 and 5, seq_b at position 2 (step-local sequences 0, 0, 1).
   const int64_t seq[3] = {seq_a, seq_a, seq_b}, pos[3] = {8, 5, 2};
+  const int32_t local_seq[3] = {0, 0, 1}, pos32[3] = {8, 5, 2};
   const auto q = random_floats(3 * heads * qd, 32);
+  MlaShape shape;
+  shape.n_heads = heads;
+  shape.nope = nope;
+  shape.rope = rope;
+  shape.v_dim = V;
+  shape.kv_rank = R;
+  shape.softmax_scale = 0.3f;
+  for (DType dt : kDtypes)
+    for (CpuPath path : paths()) {
+  CpuOps ops(path);
+  const StoredWeight kvb = make_weight(random_floats(heads * (nope + V) * R, 30, 0.5f), dt);
+  const Weight w_kvb{kvb.bytes.data(), dt};
   std::vector<float> out(3 * heads * V);
-  MlaAttentionArgs a;
-  a.q = q.data();
-  a.T = 3;
-  a.n_heads = heads;
-  a.nope = nope;
-  a.rope = rope;
-  a.v_dim = V;
-  a.rank = R;
-  a.kv_b = kvb.view({heads * (nope + V), R});
-  a.cache = &cache;
-  a.layer = 1;
-  a.seq = seq;
-  a.pos = pos;
-  a.scale = 0.3f;
-  a.out = out.data();
-  mla_attention_cpu(a);
+  ops.mla_attention(q.data(), 3, cv.view, local_seq, pos32, w_kvb, shape, 9, out.data(), nullptr);
 
   const float* W = kvb.values.data();
   for (int64_t t = 0; t < 3; ++t)
@@ -366,13 +422,131 @@ TEST(mla_absorbed_attention_equals_expanded_keys_and_values) {
 
   // The token at seq_a position 5 alone gives the same bits as inside the batch.
   std::vector<float> one(heads * V);
-  a.q = q.data() + heads * qd;
-  a.T = 1;
-  a.seq = seq + 1;
-  a.pos = pos + 1;
-  a.out = one.data();
-  mla_attention_cpu(a);
+  ops.mla_attention(q.data() + heads * qd, 1, cv.view, local_seq + 1, pos32 + 1, w_kvb, shape, 9, one.data(), nullptr);
   CHECK(same_bits(one.data(), out.data() + heads * V, heads * V));
+    }
+}
+
+TEST(matmul_pair_and_accumulate_equal_separate_matmuls_bitwise) {
+  // matmul_pair is the two matmuls side by side; accumulate adds the very result matmul gives.
+  const int64_t T = 6, Na = 37, Nb = 21, K = 70;
+  const auto x = random_floats(T * K, 60);
+  for (DType dt : kDtypes)
+    for (CpuPath p : paths()) {
+      CpuOps ops(p);
+      const StoredWeight a = make_weight(random_floats(Na * K, 61), dt), b = make_weight(random_floats(Nb * K, 62), dt);
+      std::vector<float> pair(T * (Na + Nb)), ya(T * Na), yb(T * Nb);
+      ops.matmul_pair(x.data(), T, {a.bytes.data(), dt}, Na, {b.bytes.data(), dt}, Nb, K, pair.data());
+      ops.matmul(x.data(), T, {a.bytes.data(), dt}, Na, K, ya.data());
+      ops.matmul(x.data(), T, {b.bytes.data(), dt}, Nb, K, yb.data());
+      for (int64_t t = 0; t < T; ++t) {
+        CHECK(same_bits(&pair[t * (Na + Nb)], &ya[t * Na], Na));
+        CHECK(same_bits(&pair[t * (Na + Nb) + Na], &yb[t * Nb], Nb));
+      }
+      std::vector<float> acc = random_floats(T * Na, 63), sum = acc;
+      ops.matmul(x.data(), T, {a.bytes.data(), dt}, Na, K, acc.data(), /*accumulate=*/true);
+      for (int64_t i = 0; i < T * Na; ++i) sum[i] += ya[i];
+      CHECK(same_bits(acc.data(), sum.data(), sum.size()));
+    }
+}
+
+TEST(moe_matches_reference_and_is_batch_independent_every_dtype_and_path) {
+  const int64_t H = 24, I = 16, k = 3, T = 7;
+  const int S = 10;
+  const auto x = random_floats(T * H, 70);
+  std::vector<int32_t> slots(T * k);
+  std::vector<float> wts = random_floats(T * k, 71);
+  for (int64_t i = 0; i < T * k; ++i) slots[i] = static_cast<int32_t>((i * 7 + 3) % S);
+  slots[4] = slots[3];  // one token choosing a slot twice still sums both
+  for (DType dt : kDtypes)
+    for (CpuPath p : paths()) {
+      CpuOps ops(p);
+      const StoredWeight gate = make_weight(random_floats(S * I * H, 72, 0.5f), dt);
+      const StoredWeight up = make_weight(random_floats(S * I * H, 73, 0.5f), dt);
+      const StoredWeight down = make_weight(random_floats(S * H * I, 74, 0.5f), dt);
+      const MoeWeights mw{gate.bytes.data(), up.bytes.data(), down.bytes.data(), dt, S, H, I};
+      std::vector<uint8_t> ws(ops.moe_workspace_bytes(T, k, mw));
+      std::vector<float> y(T * H);
+      ops.moe(x.data(), T, k, slots.data(), wts.data(), mw, y.data(), false, ws.data());
+      std::vector<double> ref(T * H, 0.0);
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t j = 0; j < k; ++j) {
+          const int sl = slots[t * k + j];
+          std::vector<double> h(I);
+          for (int64_t i = 0; i < I; ++i) {
+            double g = 0, u = 0;
+            for (int64_t c = 0; c < H; ++c) {
+              g += double(gate.values[(sl * I + i) * H + c]) * x[t * H + c];
+              u += double(up.values[(sl * I + i) * H + c]) * x[t * H + c];
+            }
+            h[i] = g / (1 + std::exp(-g)) * u;
+          }
+          for (int64_t r = 0; r < H; ++r) {
+            double acc = 0;
+            for (int64_t i = 0; i < I; ++i) acc += double(down.values[(sl * H + r) * I + i]) * h[i];
+            ref[t * H + r] += wts[t * k + j] * acc;
+          }
+        }
+      check_rel(rel_err(y, ref), 1e-5, dt, p, "moe", __LINE__);
+      for (int64_t t : {int64_t{0}, int64_t{3}, T - 1}) {
+        std::vector<float> one(H);
+        std::vector<uint8_t> ws1(ops.moe_workspace_bytes(1, k, mw));
+        ops.moe(x.data() + t * H, 1, k, slots.data() + t * k, wts.data() + t * k, mw, one.data(), false, ws1.data());
+        CHECK(same_bits(one.data(), y.data() + t * H, H));
+      }
+      std::vector<float> acc(T * H, 1.f);
+      ops.moe(x.data(), T, k, slots.data(), wts.data(), mw, acc.data(), /*accumulate=*/true, ws.data());
+      for (int64_t i = 0; i < T * H; ++i) CHECK_NEAR(acc[i], y[i] + 1.0, 1e-5 * (1 + std::fabs(y[i])));
+      std::vector<int32_t> bad = slots;
+      bad[5] = S;
+      CHECK_THROWS_WITH(ops.moe(x.data(), T, k, bad.data(), wts.data(), mw, y.data(), false, ws.data()), "slot 10");
+    }
+}
+
+TEST(elementwise_ops_kv_write_and_argmax) {
+  CpuOps ops;
+  const int64_t T = 4, D = 9, ld = 20;
+  const auto g = random_floats(T * ld, 80, 4.f);
+  std::vector<float> out(T * D);
+  ops.silu_mul(g.data(), g.data() + 10, ld, out.data(), T, D);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < D; ++i) {
+      const double a = g[t * ld + i], b = g[t * ld + 10 + i];
+      CHECK_NEAR(out[t * D + i], a / (1 + std::exp(-a)) * b, 1e-5);
+    }
+  std::vector<float> y = random_floats(50, 81), x = random_floats(50, 82), want(50);
+  for (int i = 0; i < 50; ++i) want[i] = y[i] + x[i];
+  ops.add(y.data(), x.data(), 50);
+  CHECK(same_bits(y.data(), want.data(), 50));
+  const int32_t rows[3] = {3, 0, 3};
+  std::vector<float> gathered(3 * D);
+  ops.gather_rows(g.data(), ld, rows, 3, D, gathered.data());
+  for (int i = 0; i < 3; ++i) CHECK(same_bits(&gathered[i * D], &g[rows[i] * ld], D));
+
+  // kv_write puts each token's row where the block table says.
+  const int32_t width = 5, bs = 2;
+  std::vector<float> cache(4 * 2 * bs * width, 0.f);  // 4 blocks x 2 layers
+  const int32_t tables[4] = {2, 0, 3, 1};             // sequence 0: blocks 2, 0; sequence 1: 3, 1
+  LatentCacheView cv{cache.data() + bs * width, 2 * bs * width, bs, width, tables, 2};  // layer 1
+  const auto lat = random_floats(3 * width, 83);
+  const int32_t seq[3] = {0, 1, 0}, pos[3] = {3, 0, 0};
+  ops.kv_write(cv, lat.data(), 3, seq, pos);
+  auto at = [&](int block, int slot) { return &cache[(block * 2 + 1) * bs * width + slot * width]; };
+  CHECK(same_bits(at(0, 1), &lat[0], width));          // sequence 0 position 3: block 0, slot 1
+  CHECK(same_bits(at(3, 0), &lat[width], width));      // sequence 1 position 0: block 3, slot 0
+  CHECK(same_bits(at(2, 0), &lat[2 * width], width));  // sequence 0 position 0: block 2, slot 0
+
+  // argmax: first maximum, NaN wins only at id 0; logprob = log softmax there.
+  const float nan = NAN;
+  std::vector<float> logits = {1.f, 3.f, 3.f, -2.f, 0.f, nan, 5.f, nan, nan, 2.f, 1.f, 0.f};
+  int32_t ids[3];
+  float lp[3];
+  ops.argmax(logits.data(), 3, 4, ids, lp);
+  CHECK_EQ(ids[0], 1);
+  CHECK_EQ(ids[1], 2);
+  CHECK_EQ(ids[2], 0);
+  const double z = std::log(std::exp(1.0 - 3) + 2 * std::exp(0.0) + std::exp(-2.0 - 3));
+  CHECK_NEAR(lp[0], -z, 1e-6);
 }
 
 TEST(membw_measures_a_positive_bandwidth) {

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "engine/config.h"
-#include "kernels/rope_tables.h"
+#include "engine/rope_config.h"
 #include "test.h"
 
 using namespace ew;

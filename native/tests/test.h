@@ -1,6 +1,7 @@
 // Minimal C++ test harness: TEST(name) { CHECK(...); } in any native/tests/*.cc.
 // ew_native_tests [filter] runs every test whose name contains filter and prints
-// "N passed, N failed" as its last line.
+// "N passed, N failed, N skipped" as its last line. SKIP(reason) ends a test as skipped
+// (reported as such, never as a pass); it exits 1 only on failures.
 #pragma once
 #include <cmath>
 #include <functional>
@@ -24,6 +25,9 @@ struct Register {
 struct Failure : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+struct Skipped : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 [[noreturn]] inline void fail_at(const char* file, int line, const std::string& what) {
   std::ostringstream os;
@@ -39,6 +43,8 @@ struct Failure : std::runtime_error {
   static void EW_CAT(test_fn_, name)();                                     \
   static ::ewtest::Register EW_CAT(test_reg_, name)(#name, EW_CAT(test_fn_, name)); \
   static void EW_CAT(test_fn_, name)()
+
+#define SKIP(reason) throw ::ewtest::Skipped(reason)
 
 #define CHECK(cond)                                                         \
   do {                                                                      \

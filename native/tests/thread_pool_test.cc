@@ -34,7 +34,12 @@ TEST(thread_pool_global_resize_while_another_thread_runs_loops) {
       ThreadPool::global().parallel_for(100, [&](int64_t b, int64_t e) { total += e - b; });
     done = true;
   });
-  for (int i = 0; !done; ++i) ThreadPool::set_global_threads(1 + i % 3);
+  // Bounded: every replaced pool keeps its threads (asleep) for the process's life, and an
+  // unbounded loop on a busy machine made thousands of them until thread creation failed.
+  for (int i = 0; !done && i < 200; ++i) {
+    ThreadPool::set_global_threads(1 + i % 3);
+    std::this_thread::yield();
+  }
   user.join();
   CHECK_EQ(total.load(), int64_t{400 * 100});
   ThreadPool::set_global_threads(0);

@@ -1,8 +1,10 @@
 // Module init of expertweave.node: the functions lib/engine/binding.ts declares.
 #include <napi.h>
 
+#include <algorithm>
+
 #include "addon/engine_wrap.h"
-#include "addon/router_bench.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "util/membw.h"
 
 #ifdef EW_WITH_CUDA
@@ -27,11 +29,8 @@ bool CudaDevicePresent() {
 
 // The AVX2 kernels are compiled in and this CPU can run them.
 bool Avx2Usable() {
-#if defined(EW_HAVE_AVX2_KERNELS) && (defined(__x86_64__) || defined(_M_X64))
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-#else
-  return false;
-#endif
+  const auto& paths = ew::cpu_paths();
+  return std::find(paths.begin(), paths.end(), ew::CpuPath::Avx2) != paths.end();
 }
 
 // measureMemoryBandwidth() -> Promise<GB/s>: about a second of streaming reads, so off the main thread.
@@ -89,7 +88,6 @@ static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaAvailable", Napi::Function::New<CudaAvailable>(env, "cudaAvailable"));
   exports.Set("buildInfo", Napi::Function::New<BuildInfo>(env, "buildInfo"));
   exports.Set("measureMemoryBandwidth", Napi::Function::New<MeasureMemoryBandwidth>(env, "measureMemoryBandwidth"));
-  RegisterRouterBench(env, exports);  // benchmark-only (bench/router-reroute.ts)
   return exports;
 }
 

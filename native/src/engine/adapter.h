@@ -10,7 +10,7 @@
 
 #include "engine/config.h"
 #include "engine/safetensors.h"
-#include "engine/tensor.h"
+#include "util/tensor.h"
 
 namespace ew {
 

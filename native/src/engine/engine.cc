@@ -1,6 +1,6 @@
 // Engine: owns weights, KV cache, reroute tables and adapters, and runs the forward
-// pass through a StepRunner: ForwardPass on the CPU backend, or cuda::DeviceForward
-// (weights, cache and expert pool on the GPU) when built with CUDA and asked for.
+// pass through a StepRunner: CpuRunner, or CudaRunner (weights, cache and expert pool on
+// the GPU) when built with CUDA and asked for.
 // Step validates the whole batch before touching any sequence, then runs the
 // forward pass and samples per chunk.
 #include "engine/engine.h"
@@ -11,18 +11,17 @@
 #include <cstdint>
 #include <unordered_set>
 
-#include "engine/forward.h"
+#include "engine/cpu_runner.h"
 #include "engine/reroute_table.h"
 #include "engine/sampler.h"
 #include "engine/step_runner.h"
 #include "engine/weights.h"
-#include "kernels/backend.h"
 #include "util/error.h"
 #include "util/thread_pool.h"
 #ifdef EW_WITH_CUDA
-#include "kernels/cuda/cuda_util.h"
-#include "kernels/cuda/device_forward.h"
+#include "engine/cuda/cuda_runner.h"
 #include "memory/cuda/expert_pool_cuda.h"
+#include "util/cuda/cuda_util.h"
 #endif
 
 namespace ew {
@@ -38,25 +37,6 @@ int64_t default_kv_tokens(const ModelConfig& cfg) {
   const int64_t cap = static_cast<int64_t>(pages) * page / 4 / per_token;
   return std::max<int64_t>(1, std::min(kDefaultKvTokens, cap));
 }
-
-// The CPU runner: ForwardPass on a Backend. Every logit row comes back whole.
-class BackendRunner final : public StepRunner {
- public:
-  BackendRunner(const ModelConfig& cfg, const ModelWeights& w, std::unique_ptr<Backend> backend)
-      : backend_(std::move(backend)), forward_(cfg, w, *backend_) {}
-  std::string device_name() const override { return backend_->name(); }
-  StepLogits run(const StepTokens& st, const std::vector<uint8_t>&, KvCache& kv,
-                 const RerouteTables& tables) override {
-    StepLogits out;
-    out.rows = forward_.run(st, kv, tables);
-    for (size_t i = 0; i < st.logit_rows.size(); ++i) out.row_of.push_back(static_cast<int64_t>(i));
-    return out;
-  }
-
- private:
-  std::unique_ptr<Backend> backend_;
-  ForwardPass forward_;
-};
 
 class ModelEngine final : public Engine {
  public:
@@ -86,13 +66,13 @@ class ModelEngine final : public Engine {
     if (cuda) {
       if (!w_.experts) fail(dir, ": the CUDA backend serves MoE models; this one has no routed experts");
       std::vector<cuda::DeviceBuffer> storage;
-      cuda::DeviceModel dm = cuda::upload_model(w_, *w_.experts, storage);
-      runner_ = std::make_unique<cuda::DeviceForward>(cfg_, std::move(dm), *kv_, tables_.n_rows(), std::move(storage));
+      ModelTensors tensors = upload_model_tensors(w_, storage);
+      runner_ = std::make_unique<CudaRunner>(cfg_, std::move(tensors), *kv_, tables_.n_rows(), std::move(storage));
       warm_up();
       return;
     }
 #endif
-    runner_ = std::make_unique<BackendRunner>(cfg_, w_, make_cpu_backend());
+    runner_ = std::make_unique<CpuRunner>(cfg_, w_);
   }
 
   const ModelConfig& config() const override { return cfg_; }
@@ -239,6 +219,7 @@ class ModelEngine final : public Engine {
     return kv_->has(seq_id) ? kv_->length(seq_id) : -1;
   }
   KvStats kv_stats() const override { return kv_->stats(); }
+  RunnerStats runner_stats() const override { return runner_->stats(); }
   ExpertPoolStats expert_stats() const override { return w_.experts ? w_.experts->stats() : ExpertPoolStats{}; }
 
   AdapterInfo RegisterAdapter(const std::string& dir) override {

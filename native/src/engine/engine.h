@@ -26,6 +26,14 @@ struct EngineOptions {
   int max_adapters = 0;        // adapter rows in the reroute tables (row 0 is the base)
 };
 
+// What the step runner did with the steps (CUDA graphs; all zero on the CPU).
+struct RunnerStats {
+  int64_t eager_steps = 0;       // steps enqueued op by op
+  int64_t graph_captures = 0;    // decode shapes captured as CUDA graphs
+  int64_t graph_replays = 0;     // steps run by replaying a captured graph
+  int64_t capture_failures = 0;  // captures that failed (logged; those shapes then run eagerly)
+};
+
 struct SamplingParams {
   float temperature = 0.f;  // below kMinTemperature (0 included): greedy, ties to the lower token id
   int32_t top_k = 0;        // 0: off
@@ -91,6 +99,7 @@ class Engine {
   virtual void FreeSequence(int64_t seq_id) = 0;
   virtual int64_t SequenceLength(int64_t seq_id) const = 0;  // -1 when unknown
   virtual KvStats kv_stats() const = 0;
+  virtual RunnerStats runner_stats() const = 0;  // CUDA graph captures and replays (zero on the CPU)
   virtual ExpertPoolStats expert_stats() const = 0;
 
   // ESFT adapters, delegated to the engine's AdapterRegistry (engine/adapter_registry.h):

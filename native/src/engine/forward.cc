@@ -1,7 +1,6 @@
 #include "engine/forward.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "util/error.h"
 
@@ -11,7 +10,7 @@ RouterParams router_params(const ModelConfig& cfg) {
   RouterParams p;
   p.n_experts = static_cast<int32_t>(cfg.n_routed_experts);
   p.top_k = static_cast<int32_t>(cfg.num_experts_per_tok);
-  p.method = cfg.topk_method;
+  p.group_limited = cfg.topk_method == TopkMethod::GroupLimitedGreedy;
   p.n_group = static_cast<int32_t>(cfg.n_group);
   p.topk_group = static_cast<int32_t>(cfg.topk_group);
   p.norm_topk_prob = cfg.norm_topk_prob;
@@ -19,100 +18,130 @@ RouterParams router_params(const ModelConfig& cfg) {
   return p;
 }
 
-ForwardPass::ForwardPass(const ModelConfig& cfg, const ModelWeights& w, Backend& backend)
-    : cfg_(cfg), w_(w), be_(backend), rope_(make_rope_table(cfg)), router_(router_params(cfg)) {}
+ForwardPass::ForwardPass(const ModelConfig& cfg, const ModelTensors& w, Ops& ops, float softmax_scale)
+    : cfg_(cfg), w_(w), ops_(ops), router_(router_params(cfg)) {
+  if (static_cast<int64_t>(w.layers.size()) != cfg.num_hidden_layers)
+    fail("forward pass: ", w.layers.size(), " layers of tensors for a config of ", cfg.num_hidden_layers);
+  mla_.n_heads = static_cast<int32_t>(cfg.num_attention_heads);
+  mla_.nope = static_cast<int32_t>(cfg.qk_nope_head_dim);
+  mla_.rope = static_cast<int32_t>(cfg.qk_rope_head_dim);
+  mla_.v_dim = static_cast<int32_t>(cfg.v_head_dim);
+  mla_.kv_rank = static_cast<int32_t>(cfg.kv_lora_rank);
+  mla_.softmax_scale = softmax_scale;
+}
 
-void ForwardPass::attention(int layer, const std::vector<float>& xn, const StepTokens& st, KvCache& kv,
-                            float* out) {
-  const AttentionWeights& a = w_.layers[layer].attn;
-  const int64_t T = static_cast<int64_t>(st.ids.size()), heads = cfg_.num_attention_heads;
-  const int64_t nope = cfg_.qk_nope_head_dim, rope = cfg_.qk_rope_head_dim, R = cfg_.kv_lora_rank;
-  const int64_t qd = cfg_.q_head_dim(), width = R + rope;
+// x += Attention(RMSNorm(x)).
+void ForwardPass::attention(int layer, const StepInputs& in, const LatentCache& cache, Arena& arena, float* xn,
+                            float* x) {
+  const LayerTensors& L = w_.layers[layer];
+  const int64_t T = in.T, H = cfg_.hidden_size, heads = cfg_.num_attention_heads, qd = cfg_.q_head_dim();
+  const int64_t nope = cfg_.qk_nope_head_dim, R = cfg_.kv_lora_rank, rd = cfg_.qk_rope_head_dim, width = R + rd;
+  const int64_t vd = cfg_.v_head_dim;
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
 
-  std::vector<float> q(static_cast<size_t>(T * heads * qd));
+  ops_.rms_norm(x, H, L.input_norm, eps, xn, H, T, H);
+  float* q = arena.take_n<float>(T * heads * qd);
   if (cfg_.q_lora_rank > 0) {
-    std::vector<float> qa(static_cast<size_t>(T * cfg_.q_lora_rank));
-    be_.matmul(xn.data(), T, a.q_a_proj, qa.data());
-    be_.rms_norm(qa.data(), cfg_.q_lora_rank, T, cfg_.q_lora_rank, a.q_a_layernorm, eps, qa.data(),
-                 cfg_.q_lora_rank);
-    be_.matmul(qa.data(), T, a.q_b_proj, q.data());
+    const int64_t qr = cfg_.q_lora_rank;
+    float* qa = arena.take_n<float>(T * qr);
+    ops_.matmul(xn, T, L.q_a, qr, H, qa);
+    ops_.rms_norm(qa, qr, L.q_a_norm, eps, qa, qr, T, qr);
+    ops_.matmul(qa, T, L.q_b, heads * qd, qr, q);
   } else {
-    be_.matmul(xn.data(), T, a.q_proj, q.data());
+    ops_.matmul(xn, T, L.q_proj, heads * qd, H, q);
   }
-  std::vector<float> kva(static_cast<size_t>(T * width));  // [c_kv | k_pe] per token
-  be_.matmul(xn.data(), T, a.kv_a_proj_with_mqa, kva.data());
-  be_.rms_norm(kva.data(), width, T, R, a.kv_a_layernorm, eps, kva.data(), width);
-  be_.rope(q.data() + nope, T, heads * qd, heads, qd, st.pos.data(), rope_);
-  be_.rope(kva.data() + R, T, width, 1, rope, st.pos.data(), rope_);
-  for (int64_t t = 0; t < T; ++t)
-    std::memcpy(kv.entry(layer, st.seq[t], st.pos[t]), &kva[t * width], static_cast<size_t>(width) * sizeof(float));
+  float* kva = arena.take_n<float>(T * width);  // [c_kv | k_pe] per token
+  ops_.matmul(xn, T, L.kv_a, width, H, kva);
+  ops_.rms_norm(kva, width, L.kv_a_norm, eps, kva, width, T, R);
+  ops_.rope(q + nope, T, heads, heads * qd, qd, rd, in.cos, in.sin);
+  ops_.rope(kva + R, T, 1, width, rd, rd, in.cos, in.sin);
 
-  MlaAttentionArgs args;
-  args.q = q.data();
-  args.T = T;
-  args.n_heads = heads;
-  args.nope = nope;
-  args.rope = rope;
-  args.v_dim = cfg_.v_head_dim;
-  args.rank = R;
-  args.kv_b = a.kv_b_proj;
-  args.cache = &kv;
-  args.layer = layer;
-  args.seq = st.seq.data();
-  args.pos = st.pos.data();
-  args.scale = rope_.softmax_scale;
-  std::vector<float> heads_out(static_cast<size_t>(T * heads * cfg_.v_head_dim));
-  args.out = heads_out.data();
-  be_.mla_attention(args);
-  be_.matmul(heads_out.data(), T, a.o_proj, out);
+  LatentCacheView cv;
+  cv.data = cache.data + static_cast<int64_t>(layer) * cache.block_size * cache.width;
+  cv.block_stride = static_cast<int64_t>(cache.n_layers) * cache.block_size * cache.width;
+  cv.block_size = cache.block_size;
+  cv.width = static_cast<int32_t>(width);
+  cv.block_tables = in.block_tables;
+  cv.max_blocks = static_cast<int32_t>(in.max_blocks);
+  ops_.kv_write(cv, kva, T, in.seq, in.pos);
+
+  // Token chunks whose workspace (the scores of every head over max_ctx positions, on the
+  // GPU) fits the bound; each token's result is the same in any chunk.
+  float* attn = arena.take_n<float>(T * heads * vd);
+  int64_t chunk = T;
+  while (chunk > 1 && ops_.mla_workspace_bytes(chunk, mla_, in.max_ctx) > kMaxAttentionWorkspace)
+    chunk = (chunk + 1) / 2;
+  void* ws = arena.take(ops_.mla_workspace_bytes(chunk, mla_, in.max_ctx));
+  for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+    const int64_t n = std::min(chunk, T - t0);
+    ops_.mla_attention(q + t0 * heads * qd, n, cv, in.seq + t0, in.pos + t0, L.kv_b, mla_, in.max_ctx,
+                       attn + t0 * heads * vd, ws);
+  }
+  ops_.matmul(attn, T, L.o_proj, H, heads * vd, x, /*accumulate=*/true);
 }
 
-void ForwardPass::ffn(int layer, const std::vector<float>& xn, const StepTokens& st, const RerouteTables& tables,
-                      float* out) {
-  const LayerWeights& L = w_.layers[layer];
-  const int64_t T = static_cast<int64_t>(st.ids.size()), H = cfg_.hidden_size;
-  if (!L.is_moe) {
-    be_.mlp(xn.data(), T, L.dense.gate, L.dense.up, L.dense.down, out);
-    return;
+// x += FFN(RMSNorm(x)): the routed experts and the shared experts summed into one delta
+// first (routed, then shared), then added to x; a dense layer's MLP likewise.
+void ForwardPass::ffn(int layer, const StepInputs& in, const RerouteTablesView& tables, Arena& arena, float* xn,
+                      float* x, const SlotObserver* observe) {
+  const LayerTensors& L = w_.layers[layer];
+  const int64_t T = in.T, H = cfg_.hidden_size;
+  ops_.rms_norm(x, H, L.post_norm, static_cast<float>(cfg_.rms_norm_eps), xn, H, T, H);
+  float* delta = arena.take_n<float>(T * H);
+  bool have = false;
+  if (L.moe) {
+    const int64_t M = router_.n_experts, k = router_.top_k;
+    float* logits = arena.take_n<float>(T * M);
+    // fp32 at every batch size: bf16-rounded activations could flip a near-tie in the
+    // top-k, and with it whole experts.
+    ops_.matmul_exact(xn, T, L.router, M, H, logits);
+    int32_t* slots = arena.take_n<int32_t>(T * k);
+    float* weights = arena.take_n<float>(T * k);
+    const RerouteTableView tv{tables.data + static_cast<int64_t>(L.moe_index) * tables.n_rows * tables.n_experts,
+                              tables.n_rows, tables.n_experts};
+    ops_.route(logits, T, router_, tv, in.rows, slots, weights, nullptr);
+    if (observe) (*observe)(L.moe_index, slots, T * k);
+    void* ws = arena.take(ops_.moe_workspace_bytes(T, k, L.experts));
+    ops_.moe(xn, T, k, slots, weights, L.experts, delta, /*accumulate=*/false, ws);
+    have = true;
   }
-  const int k = router_.top_k;
-  std::vector<int32_t> slots(static_cast<size_t>(T * k));
-  std::vector<float> weights(static_cast<size_t>(T * k));
-  be_.route(xn.data(), T, H, L.router, router_, tables.view(L.moe_index), st.adapter_rows.data(), slots.data(),
-            weights.data());
-  std::vector<int32_t> distinct = slots;
-  std::sort(distinct.begin(), distinct.end());
-  expert_groups_ += std::unique(distinct.begin(), distinct.end()) - distinct.begin();
-  be_.grouped_experts(xn.data(), T, *w_.experts, L.moe_index, slots.data(), weights.data(), k, out);
-  if (L.has_shared) {
-    std::vector<float> shared(static_cast<size_t>(T * H));
-    be_.mlp(xn.data(), T, L.shared.gate, L.shared.up, L.shared.down, shared.data());
-    for (int64_t i = 0; i < T * H; ++i) out[i] += shared[i];
+  if (L.mlp_width > 0) {
+    const int64_t W = L.mlp_width;
+    float* gu = arena.take_n<float>(T * 2 * W);
+    float* a = arena.take_n<float>(T * W);
+    ops_.matmul_pair(xn, T, L.gate, W, L.up, W, H, gu);
+    ops_.silu_mul(gu, gu + W, 2 * W, a, T, W);
+    ops_.matmul(a, T, L.down, H, W, delta, /*accumulate=*/have);
+    have = true;
   }
+  if (have) ops_.add(x, delta, T * H);
 }
 
-std::vector<float> ForwardPass::run(const StepTokens& st, KvCache& kv, const RerouteTables& tables) {
-  const int64_t T = static_cast<int64_t>(st.ids.size()), H = cfg_.hidden_size, V = cfg_.vocab_size;
-  const float eps = static_cast<float>(cfg_.rms_norm_eps);
-  std::vector<float> x(static_cast<size_t>(T * H)), xn(x.size()), delta(x.size());
-  expert_groups_ = 0;
-  be_.embed(w_.embed, st.ids.data(), T, x.data());
-  for (int layer = 0; layer < static_cast<int>(cfg_.num_hidden_layers); ++layer) {
-    const LayerWeights& L = w_.layers[layer];
-    be_.rms_norm(x.data(), H, T, H, L.input_layernorm, eps, xn.data(), H);
-    attention(layer, xn, st, kv, delta.data());
-    for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
-    be_.rms_norm(x.data(), H, T, H, L.post_attention_layernorm, eps, xn.data(), H);
-    ffn(layer, xn, st, tables, delta.data());
-    for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
+float* ForwardPass::run(const StepInputs& in, const LatentCache& cache, const RerouteTablesView& tables,
+                        Arena& arena, float* logits, const SlotObserver* observe) {
+  const int64_t T = in.T, H = cfg_.hidden_size, V = cfg_.vocab_size;
+  if (T <= 0) fail("forward pass: a step needs at least one token");
+  if (cache.width != cfg_.kv_cache_width() || cache.n_layers != cfg_.num_hidden_layers)
+    fail("forward pass: latent cache of ", cache.n_layers, " layers x ", cache.width, " for a config of ",
+         cfg_.num_hidden_layers, " x ", cfg_.kv_cache_width());
+  if (cfg_.num_moe_layers() > 0 && tables.n_experts != router_.n_experts)
+    fail("forward pass: reroute tables of ", tables.n_experts, " experts for a router of ", router_.n_experts);
+  float* x = arena.take_n<float>(T * H);
+  float* xn = arena.take_n<float>(T * H);
+  ops_.embed(in.ids, T, w_.embed, V, H, x);
+  for (int l = 0; l < static_cast<int>(w_.layers.size()); ++l) {
+    const Arena::Mark m = arena.mark();  // the layer's intermediates go back before the next layer
+    attention(l, in, cache, arena, xn, x);
+    arena.rewind(m);
+    ffn(l, in, tables, arena, xn, x, observe);
+    arena.rewind(m);
   }
-  const int64_t n_out = static_cast<int64_t>(st.logit_rows.size());
-  std::vector<float> last(static_cast<size_t>(n_out * H));
-  for (int64_t i = 0; i < n_out; ++i)
-    be_.rms_norm(&x[st.logit_rows[i] * H], H, 1, H, w_.norm, eps, &last[i * H], H);
-  std::vector<float> logits(static_cast<size_t>(n_out * V));
-  be_.matmul(last.data(), n_out, w_.lm_head, logits.data());
+  if (in.n_out == 0) return nullptr;
+  float* last = arena.take_n<float>(in.n_out * H);
+  ops_.gather_rows(x, H, in.out_rows, in.n_out, H, last);
+  ops_.rms_norm(last, H, w_.norm, static_cast<float>(cfg_.rms_norm_eps), last, H, in.n_out, H);
+  if (!logits) logits = arena.take_n<float>(in.n_out * V);
+  ops_.matmul(last, in.n_out, w_.lm_head, V, H, logits);
   return logits;
 }
 

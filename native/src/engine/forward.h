@@ -1,52 +1,106 @@
-// The DeepSeek-V2 forward pass over one step's tokens, written once against Backend.
-// Tokens of many sequences (prefill chunks and decode tokens alike) go through every
-// layer together; each token carries its sequence, position and adapter row.
+// The DeepSeek-V2 forward pass, written once over the op set (kernels/ops.h) and a scratch
+// arena (memory/arena.h); every backend runs this same code. Tokens of many sequences
+// (prefill chunks and decode tokens alike) go through every layer together; each token
+// carries its step-local sequence, position and adapter row. A runner (engine/cpu_runner.h,
+// engine/cuda/cuda_runner.h) owns the memory: it puts the weights, the step's metadata,
+// the latent cache and the reroute tables where its ops can read them and hands this pass
+// their addresses; the pass only enqueues ops.
+//
+// Each layer's intermediates are given back to the arena before the next layer, and
+// attention runs over token chunks whose workspace stays under kMaxAttentionWorkspace, so
+// a step's scratch is one layer's, bounded at any prompt length.
+//
+// A new model family is a new pass like this one over the same ops (and its own
+// ModelTensors), not a change to any backend.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "engine/config.h"
-#include "engine/reroute_table.h"
-#include "engine/weights.h"
-#include "kernels/backend.h"
-#include "kernels/cpu/rope.h"
-#include "memory/kv_cache.h"
+#include "kernels/ops.h"
+#include "memory/arena.h"
 
 namespace ew {
 
-struct StepTokens {
-  std::vector<int32_t> ids;           // token ids
-  std::vector<int64_t> seq;           // sequence of each token
-  std::vector<int64_t> pos;           // position of each token in its sequence
-  std::vector<int32_t> adapter_rows;  // reroute-table row of each token
-  std::vector<int64_t> logit_rows;    // tokens whose logits are wanted, in output order
+// One decoder layer's weights in the backend's memory.
+struct LayerTensors {
+  Weight input_norm, post_norm;       // [H]
+  Weight q_proj;                      // [heads * q_head_dim, H] when q_lora_rank == 0
+  Weight q_a, q_a_norm, q_b;          // [q_lora_rank, H], [q_lora_rank], [heads * q_head_dim, q_lora_rank]
+  Weight kv_a, kv_a_norm, kv_b;       // [kv_lora_rank + rope, H], [kv_lora_rank], [heads * (nope + v), kv_lora_rank]
+  Weight o_proj;                      // [H, heads * v]
+  Weight gate, up, down;              // the dense MLP, or a MoE layer's shared experts: [W, H], [W, H], [H, W]
+  int64_t mlp_width = 0;              // W; 0: neither
+  bool moe = false;
+  int moe_index = -1;                 // index among the MoE layers (expert store, reroute tables)
+  Weight router;                      // [M, H]
+  MoeWeights experts;                 // the layer's expert slots
 };
 
-// The config's routing rule (softmax top-k, groups, weight normalisation) for the router kernels.
+struct ModelTensors {
+  Weight embed, norm, lm_head;  // [V, H], [H], [V, H]
+  std::vector<LayerTensors> layers;
+};
+
+// The step's token metadata in the backend's memory: the sections of
+// engine/step_metadata.h (int32 ids, step-local sequences, positions, adapter rows [T];
+// logit rows [n_out]; block tables [n_seqs, max_blocks]; RoPE cos / sin rows [T, rope / 2]).
+struct StepInputs {
+  int64_t T = 0, n_out = 0, max_ctx = 0, max_blocks = 0;
+  const int32_t *ids = nullptr, *seq = nullptr, *pos = nullptr, *rows = nullptr, *out_rows = nullptr;
+  const int32_t* block_tables = nullptr;
+  const float *cos = nullptr, *sin = nullptr;
+};
+
+// The block-paged latent cache in the backend's memory, in memory/kv_cache.h's layout:
+// [blocks][layers][block_size][width] floats.
+struct LatentCache {
+  float* data = nullptr;
+  int n_layers = 0, block_size = 0;
+  int64_t width = 0;
+};
+
+// Every MoE layer's reroute table in the backend's memory: [moe layer][row][expert].
+struct RerouteTablesView {
+  const int32_t* data = nullptr;
+  int32_t n_rows = 0, n_experts = 0;
+};
+
+// Called after each MoE layer's routing with the layer's [T, k] expert slots (backend
+// memory), in layer order: benchmarks count the distinct experts a step reads.
+using SlotObserver = std::function<void(int moe_layer, const int32_t* slots, int64_t n)>;
+
+// The config's routing rule as the route op's parameters.
 RouterParams router_params(const ModelConfig& cfg);
 
 class ForwardPass {
  public:
-  ForwardPass(const ModelConfig& cfg, const ModelWeights& w, Backend& backend);
-  // Writes every token's latent KV entries into `kv` (room must be reserved) and returns
-  // the logits of the logit_rows, [logit_rows.size(), vocab].
-  std::vector<float> run(const StepTokens& st, KvCache& kv, const RerouteTables& tables);
+  // Attention for a long prompt runs over token chunks whose workspace stays under this.
+  static constexpr size_t kMaxAttentionWorkspace = size_t{256} << 20;
 
-  const RopeTable& rope() const { return rope_; }
-  // Distinct (MoE layer, expert slot) pairs the last run() computed: with the
-  // non-expert weights, what a step has to read from memory (the benchmark's figure).
-  int64_t last_expert_groups() const { return expert_groups_; }
+  // softmax_scale: attention's (engine/rope_config.h's RopeTable::softmax_scale).
+  ForwardPass(const ModelConfig& cfg, const ModelTensors& w, Ops& ops, float softmax_scale);
+
+  // Enqueues the whole step on the ops: every token's latent KV entry is written into
+  // `cache` (room reserved) and the logits of the logit rows, [n_out, vocab], are written
+  // to `logits` when given, else to the arena; returns where they are (null when n_out == 0).
+  // Scratch comes from `arena` (not reset here: the runner resets it between steps).
+  float* run(const StepInputs& in, const LatentCache& cache, const RerouteTablesView& tables, Arena& arena,
+             float* logits = nullptr, const SlotObserver* observe = nullptr);
+
+  const ModelConfig& config() const { return cfg_; }
 
  private:
-  void attention(int layer, const std::vector<float>& xn, const StepTokens& st, KvCache& kv, float* out);
-  void ffn(int layer, const std::vector<float>& xn, const StepTokens& st, const RerouteTables& tables, float* out);
+  void attention(int layer, const StepInputs& in, const LatentCache& cache, Arena& arena, float* xn, float* x);
+  void ffn(int layer, const StepInputs& in, const RerouteTablesView& tables, Arena& arena, float* xn, float* x,
+           const SlotObserver* observe);
 
   const ModelConfig& cfg_;
-  const ModelWeights& w_;
-  Backend& be_;
-  RopeTable rope_;
+  const ModelTensors& w_;
+  Ops& ops_;
   RouterParams router_;
-  int64_t expert_groups_ = 0;
+  MlaShape mla_;
 };
 
 }  // namespace ew

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "kernels/router.h"
+#include "kernels/ops.h"
 
 namespace ew {
 

@@ -4,7 +4,6 @@
 #include <cstring>
 #include <unordered_map>
 
-#include "kernels/rope_tables.h"
 #include "util/error.h"
 
 namespace ew {
@@ -80,6 +79,25 @@ StepMetadata pack_step_metadata(const StepTokens& st, const KvCache& kv, const R
   put(StepMetadata::kCos, cos_rows.data());
   put(StepMetadata::kSin, sin_rows.data());
   return m;
+}
+
+StepInputs step_inputs(const StepMetadata& meta, const void* base) {
+  const auto* b = static_cast<const uint8_t*>(base);
+  auto i32 = [&](StepMetadata::Section s) { return reinterpret_cast<const int32_t*>(b + meta.offset[s]); };
+  StepInputs in;
+  in.T = meta.T;
+  in.n_out = meta.n_out;
+  in.max_ctx = meta.max_ctx;
+  in.max_blocks = meta.max_blocks;
+  in.ids = i32(StepMetadata::kIds);
+  in.seq = i32(StepMetadata::kSeq);
+  in.pos = i32(StepMetadata::kPos);
+  in.rows = i32(StepMetadata::kRows);
+  in.out_rows = i32(StepMetadata::kOutRows);
+  in.block_tables = i32(StepMetadata::kTables);
+  in.cos = reinterpret_cast<const float*>(b + meta.offset[StepMetadata::kCos]);
+  in.sin = reinterpret_cast<const float*>(b + meta.offset[StepMetadata::kSin]);
+  return in;
 }
 
 }  // namespace ew

@@ -1,12 +1,14 @@
 // StepRunner: runs one validated step's tokens through the model on one device. The
 // engine (engine.cc) validates, reserves cache room and samples; a runner only computes.
-// CPU: ForwardPass over a Backend (engine.cc); CUDA: cuda::DeviceForward.
+// Both run the one ForwardPass (engine/forward.h): CpuRunner (engine/cpu_runner.h) on
+// CpuOps, CudaRunner (engine/cuda/cuda_runner.h) on CudaOps with everything on the GPU.
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
 
-#include "engine/forward.h"
+#include "engine/engine.h"
+#include "engine/step_metadata.h"
 #include "engine/reroute_table.h"
 #include "memory/kv_cache.h"
 
@@ -31,6 +33,7 @@ class StepRunner {
   // need_whole[i]: logit row i must come back whole.
   virtual StepLogits run(const StepTokens& st, const std::vector<uint8_t>& need_whole, KvCache& kv,
                          const RerouteTables& tables) = 0;
+  virtual RunnerStats stats() const { return {}; }
 };
 
 }  // namespace ew

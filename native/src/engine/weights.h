@@ -9,7 +9,7 @@
 
 #include "engine/config.h"
 #include "engine/safetensors.h"
-#include "engine/tensor.h"
+#include "util/tensor.h"
 #include "memory/expert_store.h"
 
 namespace ew {

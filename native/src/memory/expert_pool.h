@@ -10,7 +10,7 @@
 #include <mutex>
 #include <vector>
 
-#include "engine/tensor.h"
+#include "util/tensor.h"
 #include "memory/expert_store.h"
 
 namespace ew {

@@ -10,7 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "engine/tensor.h"
+#include "util/tensor.h"
 
 namespace ew {
 

@@ -50,6 +50,7 @@ class KvCache {
     return data_.data() + (static_cast<size_t>(block) * n_layers_ + layer) * block_size_ * width_;
   }
 
+  bool has_host_storage() const { return host_storage_; }
   int n_layers() const { return n_layers_; }
   int total_blocks() const { return total_blocks_; }
   int64_t width() const { return width_; }

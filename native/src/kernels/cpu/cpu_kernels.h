@@ -4,21 +4,28 @@
 // depends only on the reduction length, never on the batch, tiling or threads.
 // The two paths may differ from each other in the last bits.
 #pragma once
+#include <cmath>
 #include <cstdint>
+#include <vector>
 
-#include "engine/tensor.h"
+#include "util/tensor.h"
 
 namespace ew {
 
+// The dispatch paths: each is one build of the inner loops below. Later paths (AVX-512,
+// AMX) slot in here, in cpu_paths() and in the EW_DISPATCH of matmul.cc.
 enum class CpuPath : uint8_t { Portable, Avx2 };
 
-// Avx2 when the CPU has AVX2, FMA and F16C and the library was built with the AVX2
-// kernels, else Portable. EW_CPU_PATH=portable in the environment forces Portable.
+const char* cpu_path_name(CpuPath path);
+// Every path this build has and this CPU can run, Portable first (the tests run each).
+const std::vector<CpuPath>& cpu_paths();
+// The best of cpu_paths(), unless EW_CPU_PATH names another one ("portable", "avx2"):
+// then that one, or an ew::Error when this CPU or build cannot run it.
 CpuPath cpu_path();
 
-// y[t, n] = x[t, :] . W[n, :] for n in [n0, n1), t in [0, T); x row stride K, y row stride ldy.
+// y[t, n] (+)= x[t, :] . W[n, :] for n in [n0, n1), t in [0, T); x row stride K, y row stride ldy.
 void matmul_rows(CpuPath path, const float* x, int64_t T, const void* W, DType dt, int64_t K,
-                 int64_t n0, int64_t n1, float* y, int64_t ldy);
+                 int64_t n0, int64_t n1, float* y, int64_t ldy, bool accumulate = false);
 // y[t, n] = sum_k x[t, k] * W[k, n] for n in [n0, n1) (W is [K, N] row-major, y row stride N),
 // summed from 0 in ascending k one term at a time.
 void matmul_t_cols(CpuPath path, const float* x, int64_t T, const void* W, DType dt, int64_t K,
@@ -36,7 +43,7 @@ int64_t rows_per_chunk(int64_t rows, int64_t row_bytes, int64_t tokens);
 
 namespace portable {
 void matmul_rows(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t n0, int64_t n1,
-                 float* y, int64_t ldy);
+                 float* y, int64_t ldy, bool accumulate);
 void matmul_t_cols(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t N, int64_t n0,
                    int64_t n1, float* y);
 float dot_f32(const float* a, const float* b, int64_t n);
@@ -44,7 +51,7 @@ void axpy_f32(float a, const float* x, float* y, int64_t n);
 }  // namespace portable
 namespace avx2 {
 void matmul_rows(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t n0, int64_t n1,
-                 float* y, int64_t ldy);
+                 float* y, int64_t ldy, bool accumulate);
 void matmul_t_cols(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t N, int64_t n0,
                    int64_t n1, float* y);
 float dot_f32(const float* a, const float* b, int64_t n);
@@ -60,24 +67,22 @@ inline float bf16_to_f32(uint16_t h) {
   return v.f;
 }
 float f16_to_f32(uint16_t h);
+// Throws ew::Error: a DType value no kernel knows (a switch over DType fell through).
+[[noreturn]] void unknown_dtype(const char* where, DType dt);
 // Element i of a stored tensor as fp32.
 inline float load_as_f32(const void* data, DType dt, int64_t i) {
   switch (dt) {
     case DType::F32: return static_cast<const float*>(data)[i];
     case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(data)[i]);
-    default: return f16_to_f32(static_cast<const uint16_t*>(data)[i]);
+    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(data)[i]);
   }
+  unknown_dtype("load_as_f32", dt);
 }
+// x * sigmoid(x), as every CPU kernel computes it.
+inline float silu(float x) { return x / (1.f + std::exp(-x)); }
+
 // Converts n elements starting at element `first` into out.
 void convert_to_f32(const void* data, DType dt, int64_t first, int64_t n, float* out);
 
 }  // namespace ew
 
-namespace ew {
-// matmul_cpu_raw on an explicit path (tests compare the two paths).
-void matmul_cpu_path(CpuPath path, const float* x, int64_t T, const void* W, DType dtype, int64_t N,
-                     int64_t K, float* y);
-// y[T, N] = x[T, K] . W[K, N] with W stored [K, N] (the transposed layout), multithreaded
-// over columns; per element the sum runs over k ascending, so it is batch independent.
-void matmul_t_cpu_raw(const float* x, int64_t T, const void* W, DType dtype, int64_t K, int64_t N, float* y);
-}  // namespace ew

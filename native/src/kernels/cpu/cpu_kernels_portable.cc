@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "util/error.h"
 
 namespace ew {
 
@@ -38,10 +39,20 @@ void convert_to_f32(const void* data, DType dt, int64_t first, int64_t n, float*
     return;
   }
   const uint16_t* p = static_cast<const uint16_t*>(data) + first;
-  if (dt == DType::BF16)
-    for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(p[i]);
-  else
-    for (int64_t i = 0; i < n; ++i) out[i] = f16_to_f32(p[i]);
+  switch (dt) {
+    case DType::BF16:
+      for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(p[i]);
+      return;
+    case DType::F16:
+      for (int64_t i = 0; i < n; ++i) out[i] = f16_to_f32(p[i]);
+      return;
+    case DType::F32: break;
+  }
+  unknown_dtype("convert_to_f32", dt);
+}
+
+void unknown_dtype(const char* where, DType dt) {
+  fail(where, ": unknown dtype ", static_cast<int>(dt), " (F32, F16 and BF16 are known)");
 }
 
 namespace portable {
@@ -61,11 +72,14 @@ void axpy_f32(float a, const float* x, float* y, int64_t n) {
 }
 
 void matmul_rows(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t n0, int64_t n1,
-                 float* y, int64_t ldy) {
+                 float* y, int64_t ldy, bool accumulate) {
   std::vector<float> row(static_cast<size_t>(K));
   for (int64_t n = n0; n < n1; ++n) {
     convert_to_f32(W, dt, n * K, K, row.data());  // once per row, reused by every token
-    for (int64_t t = 0; t < T; ++t) y[t * ldy + n] = dot_f32(x + t * K, row.data(), K);
+    for (int64_t t = 0; t < T; ++t) {
+      const float s = dot_f32(x + t * K, row.data(), K);
+      y[t * ldy + n] = accumulate ? y[t * ldy + n] + s : s;
+    }
   }
 }
 

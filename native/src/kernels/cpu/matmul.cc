@@ -1,28 +1,51 @@
-// matmul.h on the CPU: picks the AVX2 or portable inner loops once per process and
-// shares the output rows (or columns) among the global pool's threads. Sharing only
-// decides who computes an element, never how, so results are thread-count independent.
+// The matmuls of CpuOps (kernels/ops.h) and the whole-matrix helpers of matmul.h: the
+// dispatch path is chosen once per process (or per CpuOps), and output rows (or columns)
+// are shared among the global pool's threads.
 #include "kernels/cpu/matmul.h"
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
-#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/cpu_ops.h"
 #include "util/error.h"
 #include "util/thread_pool.h"
 
 namespace ew {
 
-CpuPath cpu_path() {
-  static const CpuPath path = [] {
-    const char* env = std::getenv("EW_CPU_PATH");
-    if (env && std::strcmp(env, "portable") == 0) return CpuPath::Portable;
+const char* cpu_path_name(CpuPath path) {
+  switch (path) {
+    case CpuPath::Portable: return "portable";
+    case CpuPath::Avx2: return "avx2";
+  }
+  return "?";
+}
+
+const std::vector<CpuPath>& cpu_paths() {
+  static const std::vector<CpuPath> paths = [] {
+    std::vector<CpuPath> p{CpuPath::Portable};
 #if defined(EW_HAVE_AVX2_KERNELS) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-      return CpuPath::Avx2;
+      p.push_back(CpuPath::Avx2);
 #endif
-    return CpuPath::Portable;
+    return p;
+  }();
+  return paths;
+}
+
+CpuPath cpu_path() {
+  static const CpuPath path = [] {
+    const std::vector<CpuPath>& have = cpu_paths();
+    const char* env = std::getenv("EW_CPU_PATH");
+    if (!env || !*env) return have.back();
+    std::string names;
+    for (CpuPath p : have) {
+      if (std::strcmp(env, cpu_path_name(p)) == 0) return p;
+      names += std::string(names.empty() ? "" : ", ") + cpu_path_name(p);
+    }
+    fail("EW_CPU_PATH=", env, ": this CPU and build run only ", names);
   }();
   return path;
 }
@@ -35,8 +58,8 @@ CpuPath cpu_path() {
 #endif
 
 void matmul_rows(CpuPath path, const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t n0,
-                 int64_t n1, float* y, int64_t ldy) {
-  EW_DISPATCH(path, matmul_rows, x, T, W, dt, K, n0, n1, y, ldy);
+                 int64_t n1, float* y, int64_t ldy, bool accumulate) {
+  EW_DISPATCH(path, matmul_rows, x, T, W, dt, K, n0, n1, y, ldy, accumulate);
 }
 void matmul_t_cols(CpuPath path, const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t N,
                    int64_t n0, int64_t n1, float* y) {
@@ -68,34 +91,64 @@ static int64_t grain_for(int64_t unit_work) {
   return g > 1 ? g : 1;
 }
 
-void matmul_cpu_path(CpuPath path, const float* x, int64_t T, const void* W, DType dtype, int64_t N,
-                     int64_t K, float* y) {
+void matmul_cpu_path(CpuPath path, const float* x, int64_t T, const void* W, DType dtype, int64_t N, int64_t K,
+                     float* y, bool accumulate, int64_t ldy) {
   if (T <= 0 || N <= 0) return;
+  if (ldy == 0) ldy = N;
   if (K <= 0) {
-    std::memset(y, 0, static_cast<size_t>(T * N) * sizeof(float));
+    if (!accumulate)
+      for (int64_t t = 0; t < T; ++t) std::memset(y + t * ldy, 0, static_cast<size_t>(N) * sizeof(float));
     return;
   }
-  ThreadPool::global().parallel_chunks(N, rows_per_chunk(N, K * static_cast<int64_t>(dtype_size(dtype)), T),
-                                       [&](int64_t b, int64_t e) { matmul_rows(path, x, T, W, dtype, K, b, e, y, N); });
+  ThreadPool::global().parallel_chunks(
+      N, rows_per_chunk(N, K * static_cast<int64_t>(dtype_size(dtype)), T),
+      [&](int64_t b, int64_t e) { matmul_rows(path, x, T, W, dtype, K, b, e, y, ldy, accumulate); });
 }
 
 void matmul_cpu_raw(const float* x, int64_t T, const void* W, DType dtype, int64_t N, int64_t K, float* y) {
   matmul_cpu_path(cpu_path(), x, T, W, dtype, N, K, y);
 }
 
-void matmul_cpu(const float* x, int64_t T, const TensorView& W, float* y) {
-  if (W.shape.size() != 2) fail("matmul_cpu: weight must be 2-D, got shape ", shape_str(W.shape));
-  matmul_cpu_raw(x, T, W.data, W.dtype, W.shape[0], W.shape[1], y);
-}
-
-void matmul_t_cpu_raw(const float* x, int64_t T, const void* W, DType dtype, int64_t K, int64_t N, float* y) {
+void matmul_t_cpu_path(CpuPath path, const float* x, int64_t T, const void* W, DType dtype, int64_t K, int64_t N,
+                       float* y) {
   if (T <= 0 || N <= 0) return;
-  const CpuPath path = cpu_path();
   const int64_t units = (N + 7) / 8;
   ThreadPool::global().parallel_for(
       units,
       [&](int64_t b, int64_t e) { matmul_t_cols(path, x, T, W, dtype, K, N, b * 8, std::min(N, e * 8), y); },
       grain_for(8 * K * T));
+}
+
+void matmul_t_cpu_raw(const float* x, int64_t T, const void* W, DType dtype, int64_t K, int64_t N, float* y) {
+  matmul_t_cpu_path(cpu_path(), x, T, W, dtype, K, N, y);
+}
+
+void CpuOps::matmul(const float* x, int64_t T, Weight W, int64_t N, int64_t K, float* y, bool accumulate) {
+  matmul_cpu_path(path_, x, T, W.data, W.dtype, N, K, y, accumulate);
+}
+
+// fp32 activations at every T already: the same as matmul.
+void CpuOps::matmul_exact(const float* x, int64_t T, Weight W, int64_t N, int64_t K, float* y, bool accumulate) {
+  matmul_cpu_path(path_, x, T, W.data, W.dtype, N, K, y, accumulate);
+}
+
+// The rows of A and B laid end to end as one loop, so both share one hand-off to the pool.
+void CpuOps::matmul_pair(const float* x, int64_t T, Weight A, int64_t Na, Weight B, int64_t Nb, int64_t K,
+                         float* y) {
+  if (T <= 0 || Na + Nb <= 0) return;
+  if (A.dtype != B.dtype) fail("matmul_pair: the two matrices differ in dtype (", dtype_name(A.dtype), ", ",
+                               dtype_name(B.dtype), ")");
+  const int64_t N = Na + Nb;
+  if (K <= 0) {
+    std::memset(y, 0, static_cast<size_t>(T * N) * sizeof(float));
+    return;
+  }
+  const CpuPath path = path_;
+  ThreadPool::global().parallel_chunks(
+      N, rows_per_chunk(N, K * static_cast<int64_t>(dtype_size(A.dtype)), T), [&](int64_t b, int64_t e) {
+        if (b < Na) matmul_rows(path, x, T, A.data, A.dtype, K, b, std::min(e, Na), y, N);
+        if (e > Na) matmul_rows(path, x, T, B.data, B.dtype, K, std::max(b, Na) - Na, e - Na, y + Na, N);
+      });
 }
 
 }  // namespace ew

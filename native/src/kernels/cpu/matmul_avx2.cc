@@ -60,7 +60,7 @@ inline float hsum(__m256 v) {
 constexpr int64_t kPrefetchBytes = 1024;
 
 template <DType DT, int TT>
-inline void row_tile(const float* x, int64_t K, const void* W, int64_t n, float* y, int64_t ldy) {
+inline void row_tile(const float* x, int64_t K, const void* W, int64_t n, float* y, int64_t ldy, bool accum) {
   constexpr int64_t esz = DT == DType::F32 ? 4 : 2;
   const int64_t row = n * K;
   const char* wbytes = static_cast<const char*>(W) + row * esz;
@@ -100,7 +100,7 @@ inline void row_tile(const float* x, int64_t K, const void* W, int64_t n, float*
   for (int t = 0; t < TT; ++t) {
     float s = hsum(_mm256_add_ps(_mm256_add_ps(a0[t], a1[t]), _mm256_add_ps(a2[t], a3[t])));
     for (int64_t j = K8; j < K; ++j) s = fma1(x[t * K + j], load1<DT>(W, row + j), s);
-    y[t * ldy + n] = s;
+    y[t * ldy + n] = accum ? y[t * ldy + n] + s : s;
   }
 }
 
@@ -111,7 +111,7 @@ inline void row_tile(const float* x, int64_t K, const void* W, int64_t n, float*
 // chains combined as row_tile does. A segment's R rows and TT token rows stay in L1
 // across the four passes.
 template <DType DT, int R, int TT>
-inline void chain_tile(const float* x, int64_t K, const void* W, int64_t n0, float* y, int64_t ldy) {
+inline void chain_tile(const float* x, int64_t K, const void* W, int64_t n0, float* y, int64_t ldy, bool accum) {
   constexpr int64_t kSegment = 1024;  // k per sweep: 4 weight rows + 3 token rows stay in L1
   const int64_t K32 = K & ~int64_t{31}, K8 = K & ~int64_t{7};
   __m256 part[4][R][TT];
@@ -144,7 +144,7 @@ inline void chain_tile(const float* x, int64_t K, const void* W, int64_t n0, flo
       float s = hsum(_mm256_add_ps(_mm256_add_ps(part[0][r][t], part[1][r][t]),
                                    _mm256_add_ps(part[2][r][t], part[3][r][t])));
       for (int64_t j = K8; j < K; ++j) s = fma1(x[t * K + j], load1<DT>(W, (n0 + r) * K + j), s);
-      y[t * ldy + n0 + r] = s;
+      y[t * ldy + n0 + r] = accum ? y[t * ldy + n0 + r] + s : s;
     }
 }
 
@@ -152,9 +152,9 @@ inline void chain_tile(const float* x, int64_t K, const void* W, int64_t n0, flo
 // cache-sized blocks, 4-row x 3-token chain tiles, leftovers row by row.
 template <DType DT>
 void rows_impl(const float* x, int64_t T, const void* W, int64_t K, int64_t n0, int64_t n1, float* y,
-               int64_t ldy) {
+               int64_t ldy, bool accum) {
   if (T == 1) {
-    for (int64_t n = n0; n < n1; ++n) row_tile<DT, 1>(x, K, W, n, y, ldy);
+    for (int64_t n = n0; n < n1; ++n) row_tile<DT, 1>(x, K, W, n, y, ldy, accum);
     return;
   }
   constexpr int64_t kTokenBlock = 64;
@@ -163,15 +163,15 @@ void rows_impl(const float* x, int64_t T, const void* W, int64_t K, int64_t n0, 
     int64_t n = n0;
     for (; n + 4 <= n1; n += 4) {
       int64_t t = tb;
-      for (; te - t >= 3; t += 3) chain_tile<DT, 4, 3>(x + t * K, K, W, n, y + t * ldy, ldy);
-      if (te - t == 2) chain_tile<DT, 4, 2>(x + t * K, K, W, n, y + t * ldy, ldy);
-      if (te - t == 1) chain_tile<DT, 4, 1>(x + t * K, K, W, n, y + t * ldy, ldy);
+      for (; te - t >= 3; t += 3) chain_tile<DT, 4, 3>(x + t * K, K, W, n, y + t * ldy, ldy, accum);
+      if (te - t == 2) chain_tile<DT, 4, 2>(x + t * K, K, W, n, y + t * ldy, ldy, accum);
+      if (te - t == 1) chain_tile<DT, 4, 1>(x + t * K, K, W, n, y + t * ldy, ldy, accum);
     }
     for (; n < n1; ++n) {
       int64_t t = tb;
-      for (; te - t >= 3; t += 3) row_tile<DT, 3>(x + t * K, K, W, n, y + t * ldy, ldy);
-      if (te - t == 2) row_tile<DT, 2>(x + t * K, K, W, n, y + t * ldy, ldy);
-      if (te - t == 1) row_tile<DT, 1>(x + t * K, K, W, n, y + t * ldy, ldy);
+      for (; te - t >= 3; t += 3) row_tile<DT, 3>(x + t * K, K, W, n, y + t * ldy, ldy, accum);
+      if (te - t == 2) row_tile<DT, 2>(x + t * K, K, W, n, y + t * ldy, ldy, accum);
+      if (te - t == 1) row_tile<DT, 1>(x + t * K, K, W, n, y + t * ldy, ldy, accum);
     }
   }
 }
@@ -225,12 +225,13 @@ void t_cols_impl(const float* x, int64_t T, const void* W, int64_t K, int64_t N,
 }  // namespace
 
 void matmul_rows(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t n0, int64_t n1,
-                 float* y, int64_t ldy) {
+                 float* y, int64_t ldy, bool accumulate) {
   switch (dt) {
-    case DType::F32: return rows_impl<DType::F32>(x, T, W, K, n0, n1, y, ldy);
-    case DType::BF16: return rows_impl<DType::BF16>(x, T, W, K, n0, n1, y, ldy);
-    case DType::F16: return rows_impl<DType::F16>(x, T, W, K, n0, n1, y, ldy);
+    case DType::F32: return rows_impl<DType::F32>(x, T, W, K, n0, n1, y, ldy, accumulate);
+    case DType::BF16: return rows_impl<DType::BF16>(x, T, W, K, n0, n1, y, ldy, accumulate);
+    case DType::F16: return rows_impl<DType::F16>(x, T, W, K, n0, n1, y, ldy, accumulate);
   }
+  unknown_dtype("matmul_rows (avx2)", dt);
 }
 
 void matmul_t_cols(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t N, int64_t n0,
@@ -240,6 +241,7 @@ void matmul_t_cols(const float* x, int64_t T, const void* W, DType dt, int64_t K
     case DType::BF16: return t_cols_impl<DType::BF16>(x, T, W, K, N, n0, n1, y);
     case DType::F16: return t_cols_impl<DType::F16>(x, T, W, K, N, n0, n1, y);
   }
+  unknown_dtype("matmul_t_cols (avx2)", dt);
 }
 
 float dot_f32(const float* a, const float* b, int64_t n) {

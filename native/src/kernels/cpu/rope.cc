@@ -1,75 +1,25 @@
-#include "kernels/cpu/rope.h"
-
-#include <algorithm>
-#include <cmath>
-
-#include "util/error.h"
+// CpuOps::rope: pair (2j, 2j+1) of each vector rotated by the token's cos/sin j (the rows
+// of kernels/rope_rows.h, computed in double and rounded once), in the checkpoint's
+// interleaved layout: the same map as the reference's de-interleave + rotate_half up to a
+// permutation that q and k share, so every q.k product is unchanged.
+#include "kernels/cpu/cpu_ops.h"
 
 namespace ew {
-namespace {
 
-constexpr double kPi = 3.14159265358979323846;
-
-// Inverse dim formula: the rope dim at which num_rotations full turns fit max_pos.
-double yarn_correction_dim(double num_rotations, double dim, double base, double max_pos) {
-  return (dim * std::log(max_pos / (num_rotations * 2 * kPi))) / (2 * std::log(base));
-}
-
-}  // namespace
-
-double yarn_get_mscale(double scale, double mscale) {
-  if (scale <= 1) return 1.0;
-  return 0.1 * mscale * std::log(scale) + 1.0;
-}
-
-RopeTable make_rope_table(const ModelConfig& cfg) {
-  RopeTable t;
-  t.dim = cfg.qk_rope_head_dim;
-  if (t.dim <= 0 || t.dim % 2) fail("rope: qk_rope_head_dim must be even and positive, got ", t.dim);
-  const int64_t half = t.dim / 2;
-  const double base = cfg.rope_theta, dim = static_cast<double>(t.dim);
-  t.inv_freq.resize(half);
-  for (int64_t i = 0; i < half; ++i) t.inv_freq[i] = 1.0 / std::pow(base, static_cast<double>(2 * i) / dim);
-
-  double scale = 1.0 / std::sqrt(static_cast<double>(cfg.q_head_dim()));
-  if (cfg.rope_scaling != RopeScaling::None) {
-    const double factor = cfg.rope_factor;
-    if (cfg.rope_scaling == RopeScaling::Linear) t.position_scale = 1.0 / factor;
-    if (cfg.rope_scaling == RopeScaling::Yarn) {
-      const double orig = static_cast<double>(cfg.rope_original_max_position);
-      if (orig <= 0) fail("rope: yarn scaling needs original_max_position_embeddings");
-      const double low = std::max(0.0, std::floor(yarn_correction_dim(cfg.rope_beta_fast, dim, base, orig)));
-      double high = std::min(dim - 1, std::ceil(yarn_correction_dim(cfg.rope_beta_slow, dim, base, orig)));
-      if (low == high) high += 0.001;  // avoid a division by zero in the ramp
-      for (int64_t i = 0; i < half; ++i) {
-        const double ramp = std::clamp((static_cast<double>(i) - low) / (high - low), 0.0, 1.0);
-        const double mask = 1.0 - ramp;  // 1: keep the original frequency (extrapolate)
-        const double extra = t.inv_freq[i], inter = extra / factor;
-        t.inv_freq[i] = inter * (1 - mask) + extra * mask;
+void CpuOps::rope(float* x, int64_t T, int64_t n_vec, int64_t ld, int64_t vec_stride, int64_t rot_dim,
+                  const float* cos_rows, const float* sin_rows) {
+  const int64_t half = rot_dim / 2;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* cs = cos_rows + t * half;
+    const float* sn = sin_rows + t * half;
+    for (int64_t i = 0; i < half; ++i) {
+      const float c = cs[i], s = sn[i];
+      for (int64_t j = 0; j < n_vec; ++j) {
+        float* p = x + t * ld + j * vec_stride + 2 * i;
+        const float x0 = p[0], x1 = p[1];
+        p[0] = x0 * c - x1 * s;
+        p[1] = x1 * c + x0 * s;
       }
-      t.mscale = yarn_get_mscale(factor, cfg.rope_mscale) / yarn_get_mscale(factor, cfg.rope_mscale_all_dim);
-    }
-    if (cfg.rope_mscale_all_dim != 0) {
-      const double m = yarn_get_mscale(factor, cfg.rope_mscale_all_dim);
-      scale *= m * m;
-    }
-  }
-  t.softmax_scale = static_cast<float>(scale);
-  return t;
-}
-
-void apply_rope_cpu(float* v, int64_t n_vec, int64_t stride, int64_t pos, const RopeTable& table) {
-  const int64_t half = table.dim / 2;
-  const double p = static_cast<double>(pos) * table.position_scale;
-  for (int64_t i = 0; i < half; ++i) {
-    const double a = p * table.inv_freq[i];
-    const float c = static_cast<float>(std::cos(a) * table.mscale);
-    const float s = static_cast<float>(std::sin(a) * table.mscale);
-    for (int64_t j = 0; j < n_vec; ++j) {
-      float* x = v + j * stride + 2 * i;
-      const float x0 = x[0], x1 = x[1];
-      x[0] = x0 * c - x1 * s;
-      x[1] = x1 * c + x0 * s;
     }
   }
 }

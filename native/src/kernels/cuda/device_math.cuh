@@ -1,11 +1,13 @@
-// Device-side helpers shared by the kernels: typed weight loads (f32 / f16 / bf16 to
-// fp32, 8 elements per 16-byte load), warp reductions.
+// Helpers shared by the CUDA ops: typed weight loads (f32 / f16 / bf16 to fp32, 8 elements
+// per 16-byte load), warp reductions, grid sizes.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+#include "kernels/ops.h"
 
 namespace ew {
 namespace cuda {
@@ -61,6 +63,20 @@ __device__ __forceinline__ void load8_act(const float* p, float (&v)[8]) {
 }
 
 __device__ __forceinline__ float silu(float x) { return x / (1.f + __expf(-x)); }
+
+// Token `pos` of step-local sequence `seq` in one layer of the block-paged latent cache.
+__device__ __forceinline__ const float* latent_entry(const LatentCacheView& c, int seq, int pos) {
+  const int block = c.block_tables[static_cast<int64_t>(seq) * c.max_blocks + pos / c.block_size];
+  return c.data + block * c.block_stride + static_cast<int64_t>(pos % c.block_size) * c.width;
+}
+
+// gridDim.x for a grid-stride loop over n elements (at most 65535 blocks).
+inline unsigned grid_for(int64_t n, int threads) {
+  const int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < 65535 ? (blocks > 0 ? blocks : 1) : 65535);
+}
+// gridDim.y for a kernel that strides rows over it (the limit is 65535).
+inline unsigned grid_rows(int64_t n) { return static_cast<unsigned>(n < 65535 ? (n > 0 ? n : 1) : 65535); }
 
 }  // namespace cuda
 }  // namespace ew

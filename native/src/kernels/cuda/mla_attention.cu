@@ -1,4 +1,4 @@
-// MLA attention on the latent cache with weight absorption (decode and prefill alike):
+// CudaOps::mla_attention: MLA on the latent cache with weight absorption (decode and prefill alike):
 //  1. absorb: q_lat[t, h] = [W_kvb_k[h]^T q_nope[t, h], q_pe[t, h]]   (kv_rank + rope)
 //  2. core:   s = scale * q_lat . entry(pos') for pos' <= pos[t]; p = softmax(s);
 //             o_lat[t, h] = sum p * c_kv(pos')   (scores kept in a global scratch row)
@@ -9,12 +9,12 @@
 // so step 2 then also splits each token's positions over blocks (flash-decoding): every
 // split writes its max, sum and unnormalised o_lat, and a reduce kernel rescales and adds
 // them (exact up to rounding: each split's exponentials are rebased to the global max).
-#include "kernels/cuda/cuda_util.h"
-#include "kernels/cuda/device_math.cuh"
-#include "kernels/cuda/ops_cuda.h"
-#include "util/error.h"
-
 #include <algorithm>
+
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/device_math.cuh"
+#include "util/cuda/cuda_util.h"
+#include "util/error.h"
 
 namespace ew {
 namespace cuda {
@@ -28,18 +28,6 @@ constexpr int kChunk = 64;      // positions staged per round in the core kernel
 constexpr int kTargetBlocks = 264;
 constexpr int kMinSplit = 128;  // positions per split at least (a token's short context stays in one)
 constexpr int kMaxSplits = 64;
-
-__device__ __forceinline__ const float* cache_entry(const LatentCacheView& c, int seq, int pos) {
-  const int block = c.block_tables[static_cast<int64_t>(seq) * c.max_blocks + pos / c.block_size];
-  return c.data + block * c.block_stride + static_cast<int64_t>(pos % c.block_size) * c.width;
-}
-
-__global__ void kv_write_kernel(LatentCacheView c, const float* __restrict__ latent, const int32_t* __restrict__ seq,
-                                const int32_t* __restrict__ pos) {
-  const int t = blockIdx.x;
-  float* dst = const_cast<float*>(cache_entry(c, seq[t], pos[t]));
-  for (int i = threadIdx.x; i < c.width; i += blockDim.x) dst[i] = latent[static_cast<int64_t>(t) * c.width + i];
-}
 
 template <typename W>
 __global__ void absorb_kernel(const float* __restrict__ q, const W* __restrict__ wkvb, MlaShape s,
@@ -103,7 +91,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int hh = 0; hh < kHeadGroup; ++hh) mx[hh] = -INFINITY;
   for (int p = p_begin + warp; p < p_end; p += kThreads / 32) {
-    const float* e = cache_entry(c, sq, p);
+    const float* e = latent_entry(c, sq, p);
     float acc[kHeadGroup];
 #pragma unroll
     for (int hh = 0; hh < kHeadGroup; ++hh) acc[hh] = 0.f;
@@ -154,7 +142,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     for (int j = 0; j < n; ++j) {
-      const float* e = cache_entry(c, sq, p0 + j);
+      const float* e = latent_entry(c, sq, p0 + j);
 #pragma unroll
       for (int q = 0; q < kCols; ++q) {
         const int col = threadIdx.x + q * kThreads;
@@ -297,15 +285,7 @@ void launch(const float* q, int64_t T, const LatentCacheView& c, const int32_t* 
 
 }  // namespace
 
-void kv_write(const LatentCacheView& cache, const float* latent, int64_t T, const int32_t* tok_seq,
-              const int32_t* tok_pos, void* stream) {
-  if (T <= 0) return;
-  kv_write_kernel<<<static_cast<unsigned>(T), 128, 0, static_cast<cudaStream_t>(stream)>>>(cache, latent, tok_seq,
-                                                                                          tok_pos);
-  EW_CUDA_CHECK_LAUNCH("kv_write_kernel");
-}
-
-size_t mla_workspace_bytes(int64_t T, const MlaShape& s, int64_t max_ctx) {
+size_t CudaOps::mla_workspace_bytes(int64_t T, const MlaShape& s, int64_t max_ctx) const {
   if (T <= 0 || s.n_heads <= 0 || max_ctx <= 0) return 0;
   return carve(nullptr, T, s, max_ctx, position_splits(T, s, max_ctx), nullptr);
 }
@@ -315,9 +295,9 @@ int mla_position_splits(int64_t T, const MlaShape& s, int64_t max_ctx) {
   return position_splits(T, s, max_ctx);
 }
 
-void mla_attention(const float* q, int64_t T, const LatentCacheView& cache, const int32_t* tok_seq,
-                   const int32_t* tok_pos, const void* w_kvb, DType wtype, const MlaShape& s, int64_t max_ctx,
-                   float* out, void* workspace, void* stream) {
+void CudaOps::mla_attention(const float* q, int64_t T, const LatentCacheView& cache, const int32_t* tok_seq,
+                            const int32_t* tok_pos, Weight w_kvb, const MlaShape& s, int64_t max_ctx, float* out,
+                            void* workspace) {
   if (T <= 0) return;
   if (s.n_heads <= 0 || s.nope <= 0 || s.rope < 0 || s.v_dim <= 0 || s.kv_rank <= 0 ||
       cache.width != s.kv_rank + s.rope || max_ctx <= 0)
@@ -326,15 +306,19 @@ void mla_attention(const float* q, int64_t T, const LatentCacheView& cache, cons
   // Shared memory of the core kernel: the group's queries (dynamic) + 4.8 KB static, under 48 KB.
   if (s.kv_rank > 2 * kThreads || kHeadGroup * (s.kv_rank + s.rope) * 4 > 40 * 1024)
     fail("cuda::mla_attention: kv_rank ", s.kv_rank, " + rope ", s.rope, " too large (kv_rank <= 512, latent <= 640)");
-  auto st = static_cast<cudaStream_t>(stream);
-  switch (wtype) {
+  auto st = static_cast<cudaStream_t>(stream_);
+  switch (w_kvb.dtype) {
     case DType::BF16:
-      return launch(q, T, cache, tok_seq, tok_pos, static_cast<const __nv_bfloat16*>(w_kvb), s, max_ctx, out, workspace, st);
+      return launch(q, T, cache, tok_seq, tok_pos, static_cast<const __nv_bfloat16*>(w_kvb.data), s, max_ctx, out,
+                    workspace, st);
     case DType::F16:
-      return launch(q, T, cache, tok_seq, tok_pos, static_cast<const __half*>(w_kvb), s, max_ctx, out, workspace, st);
+      return launch(q, T, cache, tok_seq, tok_pos, static_cast<const __half*>(w_kvb.data), s, max_ctx, out, workspace,
+                    st);
     case DType::F32:
-      return launch(q, T, cache, tok_seq, tok_pos, static_cast<const float*>(w_kvb), s, max_ctx, out, workspace, st);
+      return launch(q, T, cache, tok_seq, tok_pos, static_cast<const float*>(w_kvb.data), s, max_ctx, out, workspace,
+                    st);
   }
+  fail("cuda::mla_attention: unknown kv_b dtype ", static_cast<int>(w_kvb.dtype));
 }
 
 }  // namespace cuda

@@ -26,12 +26,26 @@ struct Driver {
   PFN_cuMemSetAccess_v10020 SetAccess = nullptr;
 };
 
+// cudaGetDriverEntryPointByVersion (CUDA >= 12.5) asks for the ABI version the PFN typedef
+// names. Older toolkits have only cudaGetDriverEntryPoint, which returns the version the
+// runtime was built against: the same ABI for every call used here (none changed since
+// 10.2). EW_CUDA_LEGACY_ENTRY_POINTS forces that path (to compile-check it on a new toolkit).
 template <typename Fn>
 void resolve(const char* name, unsigned version, Fn* out) {
   void* fn = nullptr;
+#if CUDART_VERSION >= 12000
   cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+#if CUDART_VERSION >= 12050 && !defined(EW_CUDA_LEGACY_ENTRY_POINTS)
   const cudaError_t err = cudaGetDriverEntryPointByVersion(name, &fn, version, cudaEnableDefault, &q);
-  if (err != cudaSuccess || q != cudaDriverEntryPointSuccess || !fn)
+#else
+  const cudaError_t err = cudaGetDriverEntryPoint(name, &fn, cudaEnableDefault, &q);
+#endif
+  const bool found = q == cudaDriverEntryPointSuccess;
+#else  // 11.3 - 11.8: no query result
+  const cudaError_t err = cudaGetDriverEntryPoint(name, &fn, cudaEnableDefault);
+  const bool found = true;
+#endif
+  if (err != cudaSuccess || !found || !fn)
     fail("CUDA expert pool: driver entry point ", name, " (v", version, ") unavailable: ", cudaGetErrorString(err));
   *out = reinterpret_cast<Fn>(fn);
 }

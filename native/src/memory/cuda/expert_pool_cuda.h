@@ -15,15 +15,16 @@
 // synchronise that stream (or wait on an event recorded after the last step that used
 // them) before calling unmap_slots.
 //
-// Driver entry points come from cudaGetDriverEntryPointByVersion (no libcuda link).
+// Driver entry points come from cudaGetDriverEntryPointByVersion (cudaGetDriverEntryPoint
+// before CUDA 12.5), never from linking libcuda.
 // Plain C++ interface: callers need no CUDA headers.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 
-#include "engine/tensor.h"
 #include "memory/expert_store.h"
+#include "util/tensor.h"
 
 namespace ew {
 

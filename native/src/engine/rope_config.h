@@ -1,0 +1,14 @@
+// The model config's RoPE (none, linear or yarn scaling, as DeepSeek-V2's
+// modeling_deepseek.py applies it) as the kernel-level RopeTable (kernels/rope_rows.h).
+#pragma once
+#include "engine/config.h"
+#include "kernels/rope_rows.h"
+
+namespace ew {
+
+double yarn_get_mscale(double scale, double mscale);
+// Throws ew::Error for an odd or non-positive qk_rope_head_dim or yarn without
+// original_max_position_embeddings.
+RopeTable make_rope_table(const ModelConfig& cfg);
+
+}  // namespace ew

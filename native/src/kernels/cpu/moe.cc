@@ -1,0 +1,150 @@
+// CpuOps::moe: the routed experts of one MoE layer, grouped by expert slot so each slot's
+// weights are read once per step, with two passes over the pool for all slots together.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/cpu_ops.h"
+#include "util/error.h"
+#include "util/thread_pool.h"
+
+namespace ew {
+namespace {
+
+// g[i] = silu(g[i]) * u[i]
+void silu_mul_rows(float* g, const float* u, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) g[i] = silu(g[i]) * u[i];
+}
+
+// One SiLU-gated MLP applied to n tokens: h = silu(x . gate^T) * u with u = x . up^T
+// ([n, I] each), out = h . down^T [n, H]. Row-major with row strides H, I, I, H.
+struct FfnGroup {
+  const float* x;
+  int64_t n;
+  const void* gate;
+  const void* up;
+  const void* down;
+  float* h;
+  float* u;
+  float* out;
+};
+
+// Runs every group's MLP with two passes over the pool: gate/up rows (with the SiLU
+// product fused in) of all groups, then down rows of all groups. Chunks are cut from
+// the groups' rows laid end to end, so many small matrices (the routed experts of a
+// decode step) share one hand-off instead of paying one per matrix. Each output
+// element is one matmul_rows dot product, whatever the grouping or chunking.
+void run_ffn_groups(CpuPath path, const std::vector<FfnGroup>& groups, DType dt, int64_t H, int64_t I) {
+  if (groups.empty()) return;
+  const int64_t G = static_cast<int64_t>(groups.size()), esz = static_cast<int64_t>(dtype_size(dt));
+  int64_t tokens = 0;
+  for (const FfnGroup& g : groups) tokens += g.n;
+  const int64_t avg_tokens = (tokens + G - 1) / G;
+  ThreadPool& threads = ThreadPool::global();
+
+  threads.parallel_chunks(G * I, rows_per_chunk(G * I, 2 * H * esz, avg_tokens), [&](int64_t b, int64_t e) {
+    for (int64_t gi = b / I; gi < G && gi * I < e; ++gi) {
+      const FfnGroup& g = groups[gi];
+      const int64_t r0 = std::max(b, gi * I) - gi * I, r1 = std::min(e, (gi + 1) * I) - gi * I;
+      matmul_rows(path, g.x, g.n, g.gate, dt, H, r0, r1, g.h, I);
+      matmul_rows(path, g.x, g.n, g.up, dt, H, r0, r1, g.u, I);
+      for (int64_t t = 0; t < g.n; ++t) silu_mul_rows(g.h + t * I + r0, g.u + t * I + r0, r1 - r0);
+    }
+  });
+  threads.parallel_chunks(G * H, rows_per_chunk(G * H, I * esz, avg_tokens), [&](int64_t b, int64_t e) {
+    for (int64_t gi = b / H; gi < G && gi * H < e; ++gi) {
+      const FfnGroup& g = groups[gi];
+      const int64_t r0 = std::max(b, gi * H) - gi * H, r1 = std::min(e, (gi + 1) * H) - gi * H;
+      matmul_rows(path, g.h, g.n, g.down, dt, I, r0, r1, g.out, H);
+    }
+  });
+}
+
+// Workspace: the (token, choice) pairs' order and positions, then their inputs, outputs
+// and hidden rows, each 256-byte aligned.
+struct MoeScratch {
+  int64_t *order, *pos;
+  float *xs, *os, *hs, *us;
+};
+size_t align_up(size_t n) { return (n + 255) & ~size_t{255}; }
+size_t carve(void* base, int64_t P, int64_t H, int64_t I, MoeScratch* m) {
+  size_t off = 0;
+  auto take = [&](size_t bytes) {
+    void* p = base ? static_cast<char*>(base) + off : nullptr;
+    off += align_up(bytes);
+    return p;
+  };
+  MoeScratch s;
+  s.order = static_cast<int64_t*>(take(P * 8));
+  s.pos = static_cast<int64_t*>(take(P * 8));
+  s.xs = static_cast<float*>(take(P * H * 4));
+  s.os = static_cast<float*>(take(P * H * 4));
+  s.hs = static_cast<float*>(take(P * I * 4));
+  s.us = static_cast<float*>(take(P * I * 4));
+  if (m) *m = s;
+  return off;
+}
+
+}  // namespace
+
+size_t CpuOps::moe_workspace_bytes(int64_t T, int64_t k, const MoeWeights& w) const {
+  return carve(nullptr, T * k, w.H, w.I, nullptr);
+}
+
+// The (token, choice) pairs are grouped by slot and each slot runs once over all its
+// tokens; every pair's output lands in its own row, then y[t] = sum_j weights[t*k+j] *
+// out[t*k+j] in j order. A token's result therefore depends only on its own inputs, never
+// on which tokens share the step.
+void CpuOps::moe(const float* x, int64_t T, int64_t k, const int32_t* slots, const float* weights,
+                 const MoeWeights& w, float* y, bool accumulate, void* workspace) {
+  const int64_t H = w.H, I = w.I, P = T * k;
+  const DType dt = w.dtype;
+  for (int64_t i = 0; i < P; ++i)
+    if (slots[i] < 0 || slots[i] >= w.n_slots)
+      fail("moe: slot ", slots[i], " out of range [0, ", w.n_slots, ")");
+  if (P == 0) return;
+  MoeScratch m;
+  carve(workspace, P, H, I, &m);
+  const size_t gate_bytes = static_cast<size_t>(I * H) * dtype_size(dt), down_bytes = gate_bytes;
+  auto slot_of = [](const void* base, size_t bytes, int slot) {
+    return static_cast<const uint8_t*>(base) + static_cast<size_t>(slot) * bytes;
+  };
+
+  // Pairs sorted by (slot, pair index): each slot's tokens form one contiguous group of
+  // rows in xs / hs / us / os; sorted position i holds pair order[i].
+  int64_t *order = m.order, *pos = m.pos;
+  for (int64_t i = 0; i < P; ++i) order[i] = i;
+  std::stable_sort(order, order + P, [&](int64_t a, int64_t b) { return slots[a] < slots[b]; });
+  for (int64_t i = 0; i < P; ++i) pos[order[i]] = i;
+
+  for (int64_t i = 0; i < P; ++i)
+    std::memcpy(&m.xs[i * H], x + (order[i] / k) * H, static_cast<size_t>(H) * sizeof(float));
+  std::vector<FfnGroup> groups;
+  for (int64_t b = 0; b < P;) {
+    const int slot = slots[order[b]];
+    int64_t e = b;
+    while (e < P && slots[order[e]] == slot) ++e;
+    groups.push_back({&m.xs[b * H], e - b, slot_of(w.gate, gate_bytes, slot), slot_of(w.up, gate_bytes, slot),
+                      slot_of(w.down, down_bytes, slot), &m.hs[b * I], &m.us[b * I], &m.os[b * H]});
+    b = e;
+  }
+  run_ffn_groups(path_, groups, dt, H, I);
+
+  // y[t] (+)= sum_j weights[t*k+j] * out[t*k+j], in j order.
+  const int64_t tokens_per_chunk = std::max<int64_t>(1, (int64_t{1} << 15) / (k * H));
+  const float* os = m.os;
+  ThreadPool::global().parallel_chunks(T, tokens_per_chunk, [&](int64_t tb, int64_t te) {
+    for (int64_t t = tb; t < te; ++t) {
+      float* yt = y + t * H;
+      if (!accumulate) std::memset(yt, 0, static_cast<size_t>(H) * sizeof(float));
+      for (int64_t j = 0; j < k; ++j) {
+        const float wt = weights[t * k + j];
+        const float* o = &os[pos[t * k + j] * H];
+        for (int64_t h = 0; h < H; ++h) yt[h] += wt * o[h];
+      }
+    }
+  });
+}
+
+}  // namespace ew
