@@ -34,16 +34,11 @@ bool spin_until(Pred pred) {
   }
 }
 
-void run_part(const std::function<void(int64_t, int64_t)>& fn, int64_t n, int parts, int idx) {
-  const int64_t begin = n * idx / parts, end = n * (idx + 1) / parts;
-  if (begin < end) fn(begin, end);
-}
-
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = std::max(1u, std::thread::hardware_concurrency());
-  for (int i = 1; i < n_threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  for (int i = 1; i < n_threads; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -55,11 +50,16 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::worker_loop(int index) {
-  uint64_t seen = 0;
+void ThreadPool::run_chunks() {
+  for (int64_t c; (c = next_.fetch_add(1, std::memory_order_relaxed)) < job_chunks_;)
+    (*job_)(c * job_chunk_, std::min(job_n_, (c + 1) * job_chunk_));
+}
+
+void ThreadPool::worker_loop() {
+  uint64_t seen = state_.load(std::memory_order_acquire) >> 32;
   for (;;) {
     auto ready = [&] {
-      return stop_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen;
+      return stop_.load(std::memory_order_acquire) || (state_.load(std::memory_order_acquire) >> 32) != seen;
     };
     if (!spin_until(ready)) {
       std::unique_lock<std::mutex> lk(mu_);
@@ -68,9 +68,19 @@ void ThreadPool::worker_loop(int index) {
       --sleepers_;
     }
     if (stop_.load(std::memory_order_acquire)) return;
-    seen = generation_.load(std::memory_order_acquire);  // job_ fields were written before it
-    if (index < job_parts_) run_part(*job_, job_n_, job_parts_, index);
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    // Join the newest loop while it is open; a closed (or already replaced) one is left alone.
+    uint64_t s = state_.load(std::memory_order_acquire);
+    seen = s >> 32;
+    bool joined = false;
+    while ((s >> 32) == seen && !(s & kClosed))
+      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
+        joined = true;
+        break;
+      }
+    if (!joined) continue;
+    run_chunks();  // the job fields were written before the generation that published them
+    const uint64_t left = state_.fetch_sub(1, std::memory_order_acq_rel) - 1;
+    if ((left & kClosed) && (left & kCount) == 0) {
       std::lock_guard<std::mutex> lk(mu_);
       cv_done_.notify_one();
     }
@@ -80,9 +90,16 @@ void ThreadPool::worker_loop(int index) {
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
-  const int parts = static_cast<int>(std::min<int64_t>(size(), (n + grain - 1) / grain));
-  if (parts <= 1 || workers_.empty()) {
-    fn(0, n);
+  const int64_t parts = std::min<int64_t>(size(), (n + grain - 1) / grain);
+  parallel_chunks(n, (n + parts - 1) / parts, fn);
+}
+
+void ThreadPool::parallel_chunks(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  chunk = std::max<int64_t>(1, chunk);
+  const int64_t n_chunks = (n + chunk - 1) / chunk;
+  if (n_chunks <= 1 || workers_.empty()) {
+    for (int64_t b = 0; b < n; b += chunk) fn(b, std::min(n, b + chunk));
     return;
   }
   std::lock_guard<std::mutex> run_lk(run_mu_);
@@ -91,34 +108,23 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     std::lock_guard<std::mutex> lk(mu_);
     job_ = &fn;
     job_n_ = n;
-    job_parts_ = parts;
-    pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_release);
+    job_chunk_ = chunk;
+    job_chunks_ = n_chunks;
+    next_.store(0, std::memory_order_relaxed);
+    const uint64_t generation = (state_.load(std::memory_order_relaxed) >> 32) + 1;
+    state_.store((generation & 0xffffffffu) << 32, std::memory_order_release);  // open, nobody in it
     wake = sleepers_ > 0;
   }
   if (wake) cv_start_.notify_all();
-  run_part(fn, n, parts, 0);
-  auto done = [&] { return pending_.load(std::memory_order_acquire) == 0; };
+  run_chunks();
+  // Every chunk is claimed: close the loop and wait for the workers that are in it.
+  const uint64_t s = state_.fetch_or(kClosed, std::memory_order_acq_rel);
+  if ((s & kCount) == 0) return;
+  auto done = [&] { return (state_.load(std::memory_order_acquire) & kCount) == 0; };
   if (!spin_until(done)) {
     std::unique_lock<std::mutex> lk(mu_);
     cv_done_.wait(lk, done);
   }
-}
-
-void ThreadPool::parallel_chunks(int64_t n, int64_t chunk, const std::function<void(int64_t, int64_t)>& fn) {
-  if (n <= 0) return;
-  chunk = std::max<int64_t>(1, chunk);
-  const int64_t n_chunks = (n + chunk - 1) / chunk;
-  const int parts = static_cast<int>(std::min<int64_t>(size(), n_chunks));
-  if (parts <= 1) {
-    fn(0, n);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  parallel_for(parts, [&](int64_t, int64_t) {
-    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < n_chunks;)
-      fn(c * chunk, std::min(n, (c + 1) * chunk));
-  });
 }
 
 namespace {
