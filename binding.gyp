@@ -13,8 +13,9 @@
     'include_dirs': ['native/src'],
   },
   'targets': [
+    # The *_<isa>.cc kernels, each compiled for its instruction set and dispatched at run
+    # time (kernels/cpu/cpu_paths.cc), as CMakeLists.txt does.
     {
-      # The *_avx2.cc kernels, compiled for AVX2/FMA/F16C and dispatched at run time.
       'target_name': 'ew_avx2',
       'type': 'static_library',
       'conditions': [
@@ -25,13 +26,44 @@
       ],
     },
     {
+      'target_name': 'ew_avx512',
+      'type': 'static_library',
+      'conditions': [
+        ['target_arch=="x64"', {
+          'sources': ['<!@(node scripts/gyp-sources.mjs avx512)'],
+          'cflags_cc': ['-mavx2', '-mfma', '-mf16c', '-mavx512f', '-mavx512bw', '-mavx512vl', '-mavx512dq'],
+        }],
+      ],
+    },
+    {
+      'target_name': 'ew_avx512bf16',
+      'type': 'static_library',
+      'conditions': [
+        ['target_arch=="x64"', {
+          'sources': ['<!@(node scripts/gyp-sources.mjs avx512bf16)'],
+          'cflags_cc': ['-mavx2', '-mfma', '-mf16c', '-mavx512f', '-mavx512bw', '-mavx512vl', '-mavx512dq', '-mavx512bf16'],
+        }],
+      ],
+    },
+    {
+      'target_name': 'ew_amx',
+      'type': 'static_library',
+      'conditions': [
+        ['target_arch=="x64"', {
+          'sources': ['<!@(node scripts/gyp-sources.mjs amx)'],
+          'cflags_cc': ['-mavx2', '-mfma', '-mf16c', '-mavx512f', '-mavx512bw', '-mavx512vl', '-mavx512dq', '-mavx512bf16',
+                        '-mamx-tile', '-mamx-bf16'],
+        }],
+      ],
+    },
+    {
       # util, memory, kernels and engine: what CMake builds as ew_util ... ew_engine.
       'target_name': 'ew_core',
       'type': 'static_library',
-      'dependencies': ['ew_avx2'],
+      'dependencies': ['ew_avx2', 'ew_avx512', 'ew_avx512bf16', 'ew_amx'],
       'sources': ['<!@(node scripts/gyp-sources.mjs core)'],
       'conditions': [
-        ['target_arch=="x64"', { 'defines': ['EW_HAVE_AVX2_KERNELS=1'] }],
+        ['target_arch=="x64"', { 'defines': ['EW_HAVE_AVX2_KERNELS=1', 'EW_HAVE_AVX512_KERNELS=1', 'EW_HAVE_AMX_KERNELS=1'] }],
       ],
       'link_settings': { 'libraries': ['-lpthread', '-ldl'] },
     },

@@ -1,7 +1,8 @@
 // Prints the source files of one part of the native build for binding.gyp (gyp has no
 // globbing), from native/sources.txt, the list CMakeLists.txt reads too:
-//   core   the C++ of the util, memory, kernels and engine layers (no AVX2, no CUDA)
-//   avx2   the *_avx2.cc kernels (compiled with -mavx2 -mfma -mf16c)
+//   core        the C++ of the util, memory, kernels and engine layers (no ISA kernels, no CUDA)
+//   avx2, avx512, avx512bf16, amx
+//               the *_<isa>.cc kernels, each compiled with its instruction set's flags
 //   addon  the Node addon
 //   tests  the C++ tests
 import { readdirSync, readFileSync } from 'node:fs';
@@ -29,11 +30,13 @@ export function nativeSources() {
     });
 }
 
-const isAvx2 = (f) => f.endsWith('_avx2.cc');
+const ISAS = ['avx2', 'avx512', 'avx512bf16', 'amx'];
+const isaOf = (f) => ISAS.find((isa) => f.endsWith(`_${isa}.cc`));
 const cc = (layers) => nativeSources().filter((s) => s.kind === 'cc' && layers.includes(s.layer)).flatMap((s) => s.files);
+const core = () => cc(['util', 'memory', 'kernels', 'engine']);
 const parts = {
-  core: () => cc(['util', 'memory', 'kernels', 'engine']).filter((f) => !isAvx2(f)),
-  avx2: () => cc(['util', 'memory', 'kernels', 'engine']).filter(isAvx2),
+  core: () => core().filter((f) => !isaOf(f)),
+  ...Object.fromEntries(ISAS.map((isa) => [isa, () => core().filter((f) => isaOf(f) === isa)])),
   addon: () => cc(['addon']),
   tests: () => cc(['tests']),
 };

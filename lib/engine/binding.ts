@@ -19,7 +19,15 @@ export interface NativeEngineOptions {
   maxAdapterSlots?: number;
   /** Adapter rows in the reroute tables (row 0 is the base model). */
   maxAdapters?: number;
+  /** Element type of the latent KV cache; default 'bf16' on the CPU (half the bytes), 'f32' on CUDA (its only one). */
+  kvCacheDtype?: KvCacheDtype;
+  /** The CPU kernels' dispatch path (README, "CPU kernels"); default: EW_CPU_PATH, else the best fp32 path of this CPU.
+   * 'avx512-bf16' and 'amx' round matmul activations to bf16. */
+  cpuPath?: CpuPath;
 }
+
+export type KvCacheDtype = 'f32' | 'bf16';
+export type CpuPath = 'portable' | 'avx2' | 'avx512' | 'avx512-bf16' | 'amx';
 
 export interface ModelInfo {
   modelType: string;
@@ -36,6 +44,10 @@ export interface ModelInfo {
   eosTokenId: number;
   /** Storage type of the routed experts: 'f32' | 'f16' | 'bf16'. */
   expertDtype: string;
+  /** Element type of the latent KV cache. */
+  kvCacheDtype: KvCacheDtype;
+  /** The CPU kernels' dispatch path, or '' when the CUDA runner runs the model. */
+  cpuPath: CpuPath | '';
 }
 
 /**
@@ -169,7 +181,8 @@ export interface Binding {
   loadEngine(modelDir: string, options: NativeEngineOptions): Promise<NativeEngine>;
   /** True when the addon was built with the CUDA backend and a device is present. */
   cudaAvailable(): boolean;
-  buildInfo(): { cuda: boolean; avx2: boolean; version: string };
+  /** cpuPaths: the CPU kernels' dispatch paths this CPU runs (portable first); cpuPath: the process default. */
+  buildInfo(): { cuda: boolean; avx2: boolean; cpuPaths: CpuPath[]; cpuPath: CpuPath; version: string };
   /** Memory read bandwidth of this machine in GB/s (all threads streaming a 512 MiB buffer; about a second). */
   measureMemoryBandwidth(): Promise<number>;
 }

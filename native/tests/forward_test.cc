@@ -125,7 +125,16 @@ struct TinyModel {
 // from the HF formulation: expanded per-head keys and values (no absorption), q_pe and
 // k_pe de-interleaved then rotate_half, causal softmax, dense MLP / MoE. Returns the
 // logits of every token.
-std::vector<double> reference_logits(const TinyModel& m, const TensorMap& ts, const std::vector<int32_t>& toks) {
+// x rounded to bf16 (8 significant bits, nearest even): what a bf16 cache stores.
+double round_bf16(double x) {
+  if (x == 0 || !std::isfinite(x)) return x;
+  int e;
+  const double f = std::frexp(x, &e);  // |f| in [0.5, 1)
+  return std::ldexp(std::nearbyint(std::ldexp(f, 8)), e - 8);
+}
+
+std::vector<double> reference_logits(const TinyModel& m, const TensorMap& ts, const std::vector<int32_t>& toks,
+                                     bool bf16_cache = false) {
   using Vec = std::vector<double>;
   auto W = [&](const std::string& name) {
     const Tensor& t = ts.at(name);
@@ -197,6 +206,9 @@ std::vector<double> reference_logits(const TinyModel& m, const TensorMap& ts, co
       const Vec kva = matvec(W(p + ".self_attn.kv_a_proj_with_mqa.weight"), xn, m.kv_lora + m.rope);
       ckv[t] = rmsnorm(Vec(kva.begin(), kva.begin() + m.kv_lora), W(p + ".self_attn.kv_a_layernorm.weight"));
       kpe[t] = rope(&kva[m.kv_lora], static_cast<int64_t>(t));
+      if (bf16_cache)  // the cached entries as stored
+        for (Vec* v : {&ckv[t], &kpe[t]})
+          for (double& e : *v) e = round_bf16(e);
     }
     const Vec kvb = W(p + ".self_attn.kv_b_proj.weight");
     std::vector<Vec> kv(T);  // per token: heads x (nope + v)
@@ -263,8 +275,10 @@ std::vector<double> reference_logits(const TinyModel& m, const TensorMap& ts, co
   return logits;
 }
 
-std::unique_ptr<Engine> load(const std::string& dir, int max_adapters = 0, int64_t kv_tokens = 512) {
+std::unique_ptr<Engine> load(const std::string& dir, int max_adapters = 0, int64_t kv_tokens = 512,
+                             const std::string& kv_dtype = "") {
   EngineOptions o;
+  o.kv_cache_dtype = kv_dtype;
   o.kv_block_size = 4;
   o.kv_cache_tokens = kv_tokens;
   o.max_adapters = max_adapters;
@@ -297,26 +311,28 @@ std::vector<int32_t> some_tokens(size_t n, int salt) {
 
 bool bits_equal(const float* a, const float* b, size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
 
-void check_prefill_equals_decode(const TinyModel& m) {
+void check_prefill_equals_decode(const TinyModel& m, const std::string& kv_dtype) {
   ewtest::st::TempDir dir;
   const TensorMap ts = m.tensors(100);
   m.write(dir.path(), ts);
-  auto e = load(dir.path());
+  auto e = load(dir.path(), 0, 512, kv_dtype);
   const auto toks = some_tokens(11, 1);
   const auto full = prefill_logits(*e, 1, toks);
   CHECK_EQ(full.size(), toks.size() * size_t(m.V));
   bool finite = true;
   for (float x : full) finite = finite && std::isfinite(x);
   CHECK(finite);
-  // Against the independent double-precision reference: only fp32 rounding apart.
-  const auto ref = reference_logits(m, ts, toks);
+  // Against the independent double-precision reference: only fp32 rounding apart (and, on
+  // the bf16 paths, the activations' rounding to bf16 before each matmul).
+  CHECK(e->kv_cache_dtype() == (kv_dtype == "f32" ? DType::F32 : DType::BF16));
+  const auto ref = reference_logits(m, ts, toks, e->kv_cache_dtype() == DType::BF16);
   double err = 0, mag = 0;
   for (size_t i = 0; i < ref.size(); ++i) {
     err = std::max(err, std::fabs(full[i] - ref[i]));
     mag = std::max(mag, std::fabs(ref[i]));
   }
   CHECK(mag > 0.1);
-  CHECK(err < 1e-4 * mag);
+  CHECK(err < ewtest::op_tolerance(ew::cpu_path(), m.dtype, 1e-4) * mag);
   // Decode the same tokens one at a time (with a 3-token chunk in the middle).
   size_t i = 0;
   while (i < toks.size()) {
@@ -332,7 +348,8 @@ void check_prefill_equals_decode(const TinyModel& m) {
 
 TEST(forward_prefill_equals_decode_bitwise_q_proj) {
   TinyModel m;
-  check_prefill_equals_decode(m);
+  check_prefill_equals_decode(m, "");  // the CPU default: a bf16 latent cache
+  check_prefill_equals_decode(m, "f32");
 }
 
 TEST(forward_prefill_equals_decode_bitwise_q_lora_group_limited_f32) {
@@ -340,7 +357,8 @@ TEST(forward_prefill_equals_decode_bitwise_q_lora_group_limited_f32) {
   m.q_lora = 24;
   m.group_limited = true;
   m.dtype = DType::F32;
-  check_prefill_equals_decode(m);
+  check_prefill_equals_decode(m, "bf16");
+  check_prefill_equals_decode(m, "f32");
 }
 
 TEST(forward_batch_of_three_equals_each_alone_bitwise) {

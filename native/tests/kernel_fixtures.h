@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/cpu/cpu_kernels.h"
 #include "util/tensor.h"
 
 namespace ewtest {
@@ -72,6 +73,25 @@ inline StoredWeight make_weight(const std::vector<float>& v, ew::DType dt) {
     }
   }
   return w;
+}
+
+// x as a bf16 path's matmul over `weights` sees it: rounded to bf16 there, else unchanged.
+inline std::vector<float> as_matmul_input(const std::vector<float>& x, ew::CpuPath p, ew::DType weights) {
+  if (!ew::rounds_activations(p) || weights != ew::DType::BF16) return x;
+  std::vector<float> r(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    const uint32_t u = static_cast<uint32_t>(f32_to_bf16(x[i])) << 16;
+    std::memcpy(&r[i], &u, 4);
+  }
+  return r;
+}
+
+// The tolerance of a whole op (several matmuls, intermediates in between) against its double
+// reference on path p: `exact` on the fp32 paths; on the bf16 paths, over bf16 weights, every
+// matmul input is rounded to bf16 (relative error up to 2^-9 per element), measured at most
+// 2.6e-3 of the output's magnitude over these tests, so 1e-2.
+inline double op_tolerance(ew::CpuPath p, ew::DType weights, double exact) {
+  return ew::rounds_activations(p) && weights == ew::DType::BF16 ? 1e-2 : exact;
 }
 
 }  // namespace ewtest

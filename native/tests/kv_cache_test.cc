@@ -65,7 +65,7 @@ TEST(kv_cache_length_and_entry_bounds) {
   CHECK_THROWS_WITH(kv.entry(0, 5, 8), "position 8 outside its reserved capacity [0, 8)");
   CHECK_THROWS_WITH(kv.entry(0, 5, -1), "position -1");
   CHECK_THROWS_WITH(kv.entry(3, 5, 0), "layer 3 out of range");
-  kv.entry(2, 5, 7)[3] = 1.f;  // the last float of the reserved capacity is writable
+  static_cast<float*>(kv.entry(2, 5, 7))[3] = 1.f;  // the last float of the reserved capacity is writable
   CHECK_THROWS_WITH(KvCache(0, 4, 4, 4), "invalid geometry");
 }
 
@@ -91,7 +91,7 @@ TEST(kv_cache_many_sequences_never_alias) {
       if (!kv.reserve(seq, len)) continue;
       for (int64_t p = old; p < len; ++p)
         for (int l = 0; l < L; ++l)
-          for (int64_t k = 0; k < W; ++k) kv.entry(l, seq, p)[k] = stamp(l, seq, p, k);
+          for (int64_t k = 0; k < W; ++k) static_cast<float*>(kv.entry(l, seq, p))[k] = stamp(l, seq, p, k);
       kv.set_length(seq, len);
       lens[seq] = len;
     }
@@ -103,8 +103,8 @@ TEST(kv_cache_many_sequences_never_alias) {
       CHECK_EQ(static_cast<int>(table.size()), kv.blocks_for(len));
       for (int64_t p = 0; p < len; ++p)
         for (int l = 0; l < L; ++l) {
-          const float* e = kv.entry(l, s, p);
-          CHECK(e == kv.block_layer(table[p / B], l) + (p % B) * W);
+          const float* e = static_cast<const float*>(kv.entry(l, s, p));
+          CHECK(e == static_cast<const float*>(kv.block_layer(table[p / B], l)) + (p % B) * W);
           for (int64_t k = 0; k < W; ++k) CHECK_EQ(e[k], stamp(l, s, p, k));
         }
     }
@@ -127,6 +127,19 @@ TEST(kv_cache_trim_returns_blocks_past_the_length) {
   kv.trim(99);  // unknown ids are ignored
   CHECK(kv.reserve(2, 16));  // the trimmed blocks are usable again
   CHECK_EQ(kv.stats().free_blocks, 0);
+}
+
+TEST(kv_cache_bf16_entries_take_two_bytes_and_only_f32_or_bf16_exist) {
+  KvCache f(2, 6, 4, 3), b(2, 6, 4, 3, /*host_storage=*/true, DType::BF16);
+  CHECK_EQ(f.bytes_per_token(), size_t(2 * 6 * 4));
+  CHECK_EQ(b.bytes_per_token(), size_t(2 * 6 * 2));
+  CHECK(b.dtype() == DType::BF16);
+  CHECK(b.reserve(1, 9));
+  const auto& t = b.block_table(1);
+  CHECK(static_cast<const uint8_t*>(b.entry(1, 1, 5)) ==
+        static_cast<const uint8_t*>(b.block_layer(t[1], 1)) + 1 * 6 * 2);
+  CHECK(reinterpret_cast<uintptr_t>(b.block_layer(0, 0)) % 64 == 0);
+  CHECK_THROWS_WITH(KvCache(1, 4, 4, 4, true, DType::F16), "element type F16");
 }
 
 TEST(kv_cache_without_host_storage_keeps_tables_only) {

@@ -37,7 +37,9 @@ test('embedded model: served adapters answer as the merged model, far better tha
   const daemon = await startDaemon({
     modelDir: MODEL,
     adapters: tasks.map((t) => ({ name: t, dir: join(ADAPTERS, t) })),
-    engine: { device: 'cpu', maxAdapters: 8, maxAdapterSlots: 64 },
+    // An f32 latent cache: the recorded outputs are exact-arithmetic ones (tools/train), and the base
+    // model's continuations of other tasks' prompts run through near-ties a bf16 cache can flip.
+    engine: { device: 'cpu', maxAdapters: 8, maxAdapterSlots: 64, kvCacheDtype: 'f32' },
     server: { port: 0 },
   });
   try {

@@ -7,6 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 
+import { addon } from '../helpers/engine.js';
 import { repoRoot } from '../helpers/paths.js';
 
 const build = join(repoRoot(), 'build');
@@ -35,7 +36,12 @@ function runCppTests(t: TestContext, env: Record<string, string>): void {
 
 test('C++ tests (build/Release/ew_native_tests)', { skip: skipReason() }, (t) => runCppTests(t, {}));
 
-// The kernels' best path is AVX2 on most x86 hosts; the engine-level invariants (prefill ==
-// decode, batch == alone, adapter == merged, all bitwise) must hold on the portable path too.
-test('C++ tests on the portable CPU kernels (EW_CPU_PATH=portable)', { skip: skipReason() }, (t) =>
-  runCppTests(t, { EW_CPU_PATH: 'portable' }));
+// The kernel tests loop over every dispatch path themselves; the engine-level invariants
+// (prefill == decode, batch == alone, adapter == merged, all bitwise) run on the process's
+// path, so the binary runs again on every other path this CPU has (portable, avx2, avx512,
+// avx512-bf16, amx: what buildInfo().cpuPaths lists; about a second each).
+const native = addon();
+const paths = 'skip' in native ? [] : native.binding.buildInfo().cpuPaths;
+const defaultPath = 'skip' in native ? undefined : native.binding.buildInfo().cpuPath;
+for (const path of paths.filter((p) => p !== defaultPath))
+  test(`C++ tests on the ${path} CPU kernels (EW_CPU_PATH=${path})`, { skip: skipReason() }, (t) => runCppTests(t, { EW_CPU_PATH: path }));

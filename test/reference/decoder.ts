@@ -27,11 +27,16 @@ export interface ReferenceOutput {
   logits: Float64Array[];
   /** Smallest routing margin over the chunk's tokens and MoE layers (Infinity without MoE). */
   minRouterMargin: number;
+  /** Per position of the chunk: its smallest routing margin over the MoE layers. */
+  routerMargins: number[];
 }
 
 export interface ReferenceOptions {
   /** An ESFT adapter directory whose experts replace the base's ("merged" model). */
   adapterDir?: string;
+  /** The KV cache's element type: 'bf16' rounds every cached entry to bf16 as it is stored
+   * (the engine's default on the CPU); default 'f32' (exact: the reference keeps float64). */
+  kvCacheDtype?: 'f32' | 'bf16';
 }
 
 /**
@@ -109,20 +114,21 @@ export abstract class DecoderReference {
       if (!Number.isInteger(tok) || tok < 0 || tok >= vocab) throw new RangeError(`token ${tok} outside [0, ${vocab})`);
       return embed.slice(tok * H, (tok + 1) * H);
     });
-    const margins: number[] = [];
+    const margins: number[][] = tokens.map(() => []);
     for (let l = 0; l < layers; l++) {
       const p = `model.layers.${l}`;
       const inNorm = this.w.get(`${p}.input_layernorm.weight`, [H]);
       const attn = this.attention(l, xs.map((x) => rmsNorm(x, inNorm, eps)), start, caches[l]);
       const hs = xs.map((x, t) => add(x, attn[t]));
       const postNorm = this.w.get(`${p}.post_attention_layernorm.weight`, [H]);
-      xs = hs.map((h) => add(h, this.ffn(l, rmsNorm(h, postNorm, eps), margins)));
+      xs = hs.map((h, t) => add(h, this.ffn(l, rmsNorm(h, postNorm, eps), margins[t])));
     }
     const finalNorm = this.w.get('model.norm.weight', [H]);
     const head = this.dims.tieWordEmbeddings ? embed : this.w.get('lm_head.weight', [vocab, H]);
     return {
       logits: xs.map((x) => matvec(head, vocab, H, rmsNorm(x, finalNorm, eps))),
-      minRouterMargin: Math.min(Infinity, ...margins),
+      minRouterMargin: Math.min(Infinity, ...margins.flat()),
+      routerMargins: margins.map((m) => Math.min(Infinity, ...m)),
     };
   }
 }

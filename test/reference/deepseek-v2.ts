@@ -45,6 +45,6 @@ export class ReferenceModel extends DeepseekReference {
   static override load(dir: string, opts: ReferenceOptions = {}): ReferenceModel {
     const path = join(dir, 'config.json');
     const cfg = parseRefConfig(readFileSync(path, 'utf8'), path);
-    return new ReferenceModel(cfg, loadWeights(dir, expertLayout(cfg), opts));
+    return new ReferenceModel(cfg, loadWeights(dir, expertLayout(cfg), opts), opts);
   }
 }

@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { loadWeights, mlpNames, swigluExperts, type ExpertLayout, type Weights } from './checkpoint.js';
 import { ConfigKeys } from './config-keys.js';
 import { DecoderReference, attendCached, mixExperts, swiglu, type LayerCache, type ReferenceOptions } from './decoder.js';
-import { matvec, rmsNorm } from './ops.js';
+import { matvec, rmsNorm, roundToBf16 } from './ops.js';
 import { interleavedRope, ropeFrequencies, yarnGetMscale, type RopeScaling, type RopeTable } from './rope.js';
 import { routerScores, selectExperts, type RouterSpec } from './routing.js';
 
@@ -175,17 +175,21 @@ export class DeepseekReference extends DecoderReference {
   private readonly rope: RopeTable;
   private readonly router: RouterSpec;
 
-  constructor(readonly cfg: DeepseekConfig, w: Weights) {
+  /** The latent cache's entries as stored: exact, or rounded to bf16. */
+  private readonly stored: (x: Float64Array) => Float64Array;
+
+  constructor(readonly cfg: DeepseekConfig, w: Weights, opts: ReferenceOptions = {}) {
     super(w, { vocab: cfg.vocab, hidden: cfg.hidden, layers: cfg.layers, eps: cfg.eps, tieWordEmbeddings: cfg.tieWordEmbeddings });
     this.rope = ropeTable(cfg);
     this.router = routerSpec(cfg);
+    this.stored = opts.kvCacheDtype === 'bf16' ? (x) => x.map(roundToBf16) : (x) => x;
   }
 
   /** Loads either release (the config's model_type decides). */
   static load(dir: string, opts: ReferenceOptions = {}): DeepseekReference {
     const path = join(dir, 'config.json');
     const cfg = parseDeepseekConfig(readFileSync(path, 'utf8'), path);
-    return new DeepseekReference(cfg, loadWeights(dir, expertLayout(cfg), opts));
+    return new DeepseekReference(cfg, loadWeights(dir, expertLayout(cfg), opts), opts);
   }
 
   protected override ffn(l: number, x: Float64Array, margins: number[]): Float64Array {
@@ -205,7 +209,8 @@ export class DeepseekReference extends DecoderReference {
     return y;
   }
 
-  /** MLA in the plain formulation: k_nope and v expanded per head; k_pe shared by all heads. */
+  /** MLA in the plain formulation: k_nope and v expanded per head; k_pe shared by all heads.
+   * What a cache holds (c_kv, k_pe) is taken as stored, so a bf16 cache's rounding is modelled. */
   protected override attention(l: number, xs: Float64Array[], start: number, cache: LayerCache): Float64Array[] {
     const c = this.cfg;
     const H = c.hidden;
@@ -223,8 +228,8 @@ export class DeepseekReference extends DecoderReference {
         qAll = matvec(this.w.get(`${p}.q_b_proj.weight`, [c.heads * qHead, c.qLoraRank]), c.heads * qHead, c.qLoraRank, qn);
       }
       const kva = matvec(this.w.get(`${p}.kv_a_proj_with_mqa.weight`, [c.kvLoraRank + c.rope, H]), c.kvLoraRank + c.rope, H, x);
-      const ckv = rmsNorm(kva.subarray(0, c.kvLoraRank), this.w.get(`${p}.kv_a_layernorm.weight`, [c.kvLoraRank]), c.eps);
-      const kPe = interleavedRope(kva.subarray(c.kvLoraRank), pos, this.rope);
+      const ckv = this.stored(rmsNorm(kva.subarray(0, c.kvLoraRank), this.w.get(`${p}.kv_a_layernorm.weight`, [c.kvLoraRank]), c.eps));
+      const kPe = this.stored(interleavedRope(kva.subarray(c.kvLoraRank), pos, this.rope));
       const kv = matvec(this.w.get(`${p}.kv_b_proj.weight`, [c.heads * kvWidth, c.kvLoraRank]), c.heads * kvWidth, c.kvLoraRank, ckv);
       const q: Float64Array[] = [];
       const keys: Float64Array[] = [];

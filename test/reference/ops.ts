@@ -1,6 +1,27 @@
 // The float64 building blocks every family's reference is written from: plain loops,
 // written for reading, not speed. Nothing here is shared with the engine.
 
+/**
+ * x rounded to bf16 (8 significant bits, nearest even), directly from the double: what a
+ * bf16 cache stores of the exact value.
+ */
+export function roundToBf16(x: number): number {
+  if (!Number.isFinite(x) || x === 0) return x;
+  const v = new DataView(new ArrayBuffer(8));
+  v.setFloat64(0, x);
+  let hi = v.getUint32(0);
+  const lo = v.getUint32(4);
+  // bf16 keeps 7 of the double's 52 mantissa bits: drop the low 32 and 13 of the high word.
+  const round = (hi >>> 12) & 1;
+  const sticky = (hi & 0xfff) !== 0 || lo !== 0;
+  const lsb = (hi >>> 13) & 1;
+  hi = (hi >>> 13) << 13;
+  if (round && (sticky || lsb)) hi += 1 << 13;
+  v.setUint32(0, hi >>> 0);
+  v.setUint32(4, 0);
+  return v.getFloat64(0);
+}
+
 /** y = W·x with W [rows, cols] row-major. */
 export function matvec(w: Float64Array, rows: number, cols: number, x: ArrayLike<number>): Float64Array {
   const y = new Float64Array(rows);

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 
 import { llamaCppReady, loadLlamaCpp } from '../../bench/peers/llama-cpp.js';
+import { loadBinding, type CpuPath } from '../../lib/engine/binding.js';
 import { Engine } from '../../lib/engine/engine.js';
 import { buildConfig } from '../../tools/fixtures/config.js';
 import { makeModel } from '../../tools/fixtures/model.js';
@@ -38,6 +39,11 @@ async function llamaCppTokens(gguf: string, prompt: number[], n: number, expect:
   return tokens;
 }
 
+/** The best CPU path with fp32 activations (the process default may be a bf16 one under EW_CPU_PATH). */
+function exactCpuPath(): CpuPath {
+  return loadBinding().buildInfo().cpuPaths.filter((p) => p !== 'avx512-bf16' && p !== 'amx').at(-1) ?? 'portable';
+}
+
 test('llama.cpp runs the GGUF of a yarn + q_lora_rank-null model: greedy tokens equal ExpertWeave\'s', { skip }, async () => {
   const root = tempDir();
   const cfg = buildConfig('tiny', { vocab_size: 512, hidden_size: 128, moe_intermediate_size: 32, kv_lora_rank: 32 });
@@ -49,7 +55,8 @@ test('llama.cpp runs the GGUF of a yarn + q_lora_rank-null model: greedy tokens 
   const prompt = someTokens(24, cfg.vocab_size);
   const generate = 16;
 
-  const engine = await Engine.load(join(root, 'm'), { device: 'cpu', threads: 1 });
+  // An f32 latent cache and fp32 activations (avx512 or below): the arithmetic the F32 file gets.
+  const engine = await Engine.load(join(root, 'm'), { device: 'cpu', threads: 1, kvCacheDtype: 'f32', cpuPath: exactCpuPath() });
   const ours: number[] = [];
   try {
     let out = await engine.step([{ seqId: 1, tokens: prompt }]);

@@ -74,6 +74,15 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   o.Set("cuda", false);
 #endif
   o.Set("avx2", Avx2Usable());
+  // The CPU kernels' dispatch paths this CPU runs, and the process default (EW_CPU_PATH or the best fp32 one).
+  Napi::Array paths = Napi::Array::New(env);
+  for (ew::CpuPath p : ew::cpu_paths()) paths.Set(paths.Length(), ew::cpu_path_name(p));
+  o.Set("cpuPaths", paths);
+  try {
+    o.Set("cpuPath", ew::cpu_path_name(ew::cpu_path()));
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, std::string("buildInfo: ") + e.what());
+  }
   o.Set("version", EW_VERSION);
   return o;
 }

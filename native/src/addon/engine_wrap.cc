@@ -83,6 +83,8 @@ Napi::Object ModelInfoToJs(Napi::Env env, const ew::Engine& e) {
   o.Set("bosTokenId", static_cast<double>(c.bos_token_id));
   o.Set("eosTokenId", static_cast<double>(c.eos_token_id));
   o.Set("expertDtype", ExpertDtypeName(e.expert_dtype()));
+  o.Set("kvCacheDtype", ExpertDtypeName(e.kv_cache_dtype()));
+  o.Set("cpuPath", e.cpu_path());
   return o;
 }
 
@@ -119,6 +121,23 @@ ew::EngineOptions ParseEngineOptions(const Napi::Value& v) {
     o.device = d;
   }
   const std::string call = "loadEngine";
+  // Optional string options, each one of a few names (the engine checks them too).
+  auto choice = [&](const char* key, std::initializer_list<const char*> allowed, std::string& out) {
+    Napi::Value x = opts.Get(key);
+    if (x.IsUndefined()) return;
+    const std::string s = x.IsString() ? x.As<Napi::String>().Utf8Value() : "";
+    std::string names;
+    for (const char* a : allowed) {
+      if (s == a) {
+        out = s;
+        return;
+      }
+      names += std::string(names.empty() ? "'" : ", '") + a + "'";
+    }
+    throw Napi::TypeError::New(v.Env(), call + ": option " + key + " must be one of " + names);
+  };
+  choice("kvCacheDtype", {"f32", "bf16"}, o.kv_cache_dtype);
+  choice("cpuPath", {"portable", "avx2", "avx512", "avx512-bf16", "amx"}, o.cpu_path);
   o.n_threads = static_cast<int>(OptionalInteger(opts, "threads", o.n_threads, 0, 1024, call));
   o.kv_block_size = static_cast<int>(OptionalInteger(opts, "kvBlockSize", o.kv_block_size, 1, 1 << 16, call));
   o.kv_cache_tokens = OptionalInteger(opts, "kvCacheTokens", o.kv_cache_tokens, 0, int64_t(1) << 40, call);

@@ -30,8 +30,8 @@ namespace {
 constexpr int64_t kDefaultKvTokens = 4096;
 
 // At most a quarter of physical memory goes to the default-sized cache.
-int64_t default_kv_tokens(const ModelConfig& cfg) {
-  const int64_t per_token = cfg.num_hidden_layers * cfg.kv_cache_width() * static_cast<int64_t>(sizeof(float));
+int64_t default_kv_tokens(const ModelConfig& cfg, DType dtype) {
+  const int64_t per_token = cfg.num_hidden_layers * cfg.kv_cache_width() * static_cast<int64_t>(dtype_size(dtype));
   const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
   if (pages <= 0 || page <= 0 || per_token <= 0) return kDefaultKvTokens;
   const int64_t cap = static_cast<int64_t>(pages) * page / 4 / per_token;
@@ -45,6 +45,12 @@ class ModelEngine final : public Engine {
     if (opts.max_adapters < 0 || opts.max_adapter_slots < 0)
       fail("engine options: max_adapters and max_adapter_slots must be >= 0");
     if (opts.n_threads > 0) ThreadPool::set_global_threads(opts.n_threads);
+    if (opts.kv_cache_dtype == "bf16") kv_dtype_ = DType::BF16;
+    else if (opts.kv_cache_dtype == "f32" || (opts.kv_cache_dtype.empty() && cuda)) kv_dtype_ = DType::F32;
+    else if (opts.kv_cache_dtype.empty()) kv_dtype_ = DType::BF16;
+    else fail("engine options: kv_cache_dtype '", opts.kv_cache_dtype, "': expected 'f32' or 'bf16'");
+    if (cuda && kv_dtype_ != DType::F32) fail("engine options: the CUDA latent cache is f32 (kv_cache_dtype bf16 is CPU-only)");
+    if (!cuda) cpu_path_ = opts.cpu_path.empty() ? ew::cpu_path() : cpu_path_named(opts.cpu_path.c_str());
     PoolOptions po;
     po.max_adapter_slots = opts.max_adapter_slots;
 #ifdef EW_WITH_CUDA
@@ -54,11 +60,11 @@ class ModelEngine final : public Engine {
       };
 #endif
     w_ = load_model_weights(dir, cfg_, po);
-    const int64_t tokens = opts.kv_cache_tokens > 0 ? opts.kv_cache_tokens : default_kv_tokens(cfg_);
+    const int64_t tokens = opts.kv_cache_tokens > 0 ? opts.kv_cache_tokens : default_kv_tokens(cfg_, kv_dtype_);
     const int64_t blocks = (tokens + opts.kv_block_size - 1) / opts.kv_block_size;
     if (blocks > INT32_MAX) fail("engine options: kv_cache_tokens ", tokens, " is too large");
     kv_ = std::make_unique<KvCache>(static_cast<int>(cfg_.num_hidden_layers), cfg_.kv_cache_width(),
-                                    opts.kv_block_size, static_cast<int>(blocks), /*host_storage=*/!cuda);
+                                    opts.kv_block_size, static_cast<int>(blocks), /*host_storage=*/!cuda, kv_dtype_);
     tables_ = RerouteTables(static_cast<int>(cfg_.num_moe_layers()), opts.max_adapters + 1,
                             static_cast<int>(cfg_.n_routed_experts));
     if (w_.experts) registry_ = std::make_unique<AdapterRegistry>(cfg_, *w_.experts, tables_);
@@ -72,13 +78,16 @@ class ModelEngine final : public Engine {
       return;
     }
 #endif
-    runner_ = std::make_unique<CpuRunner>(cfg_, w_);
+    runner_ = std::make_unique<CpuRunner>(cfg_, w_, cpu_path_);
+    cuda_ = false;
   }
 
   const ModelConfig& config() const override { return cfg_; }
   std::string device_name() const override { return runner_->device_name() + note_; }
   void set_device_note(const std::string& note) { note_ = note; }
   DType expert_dtype() const override { return w_.experts ? w_.experts->dtype() : w_.embed.dtype; }
+  DType kv_cache_dtype() const override { return kv_dtype_; }
+  std::string cpu_path() const override { return cuda_ ? "" : cpu_path_name(cpu_path_); }
 
   StepResult Step(const StepBatch& batch) override {
     std::unique_lock<std::mutex> lk;
@@ -263,6 +272,9 @@ class ModelEngine final : public Engine {
   std::unique_ptr<AdapterRegistry> registry_;
   std::unique_ptr<StepRunner> runner_;  // last: destroyed before the weights and pool it reads
   std::string note_;
+  DType kv_dtype_ = DType::F32;
+  CpuPath cpu_path_ = CpuPath::Portable;
+  bool cuda_ = true;  // false once the CPU runner is made
 
   // One greedy token on a scratch sequence: shapes the device kernels do not support and
   // kernels that cannot launch on this GPU fail here, at load, not on the first request.

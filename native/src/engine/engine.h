@@ -24,6 +24,12 @@ struct EngineOptions {
   int64_t kv_cache_tokens = 0; // capacity in tokens over all sequences; 0: a default by model size
   int max_adapter_slots = 0;   // per MoE layer, reserved for adapters (issue: ESFT adapters)
   int max_adapters = 0;        // adapter rows in the reroute tables (row 0 is the base)
+  // Element type of the latent KV cache: "f32", "bf16", or "" (default: bf16 on the CPU, half
+  // the bytes per token; f32 on CUDA, whose cache is fp32 only).
+  std::string kv_cache_dtype;
+  // The CPU kernels' dispatch path (kernels/cpu/cpu_kernels.h): "" (EW_CPU_PATH, else the best
+  // fp32 path), or a name: "portable", "avx2", "avx512", "avx512-bf16", "amx".
+  std::string cpu_path;
 };
 
 // What the step runner did with the steps (CUDA graphs; all zero on the CPU).
@@ -89,6 +95,8 @@ class Engine {
   virtual const ModelConfig& config() const = 0;
   virtual std::string device_name() const = 0;
   virtual DType expert_dtype() const = 0;  // storage type of the routed experts (ModelInfo.expertDtype)
+  virtual DType kv_cache_dtype() const = 0;  // element type of the latent KV cache
+  virtual std::string cpu_path() const = 0;  // the CPU kernels' path ("" when the CUDA runner runs)
   // Runs one forward step. A chunk whose own values cannot run (a token outside the
   // vocabulary, an unknown or draining adapter row, a sequence given twice or past the
   // context, bad sampling values, no room in the KV cache) fails alone: its error is in

@@ -57,8 +57,10 @@ void ForwardPass::attention(int layer, const StepInputs& in, const LatentCache& 
   ops_.rope(kva + R, T, 1, width, rd, rd, in.cos, in.sin);
 
   LatentCacheView cv;
-  cv.data = cache.data + static_cast<int64_t>(layer) * cache.block_size * cache.width;
+  cv.data = static_cast<uint8_t*>(cache.data) +
+            static_cast<size_t>(layer) * cache.block_size * cache.width * dtype_size(cache.dtype);
   cv.block_stride = static_cast<int64_t>(cache.n_layers) * cache.block_size * cache.width;
+  cv.dtype = cache.dtype;
   cv.block_size = cache.block_size;
   cv.width = static_cast<int32_t>(width);
   cv.block_tables = in.block_tables;

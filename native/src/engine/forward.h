@@ -54,11 +54,12 @@ struct StepInputs {
 };
 
 // The block-paged latent cache in the backend's memory, in memory/kv_cache.h's layout:
-// [blocks][layers][block_size][width] floats.
+// [blocks][layers][block_size][width] elements of dtype.
 struct LatentCache {
-  float* data = nullptr;
+  void* data = nullptr;
   int n_layers = 0, block_size = 0;
   int64_t width = 0;
+  DType dtype = DType::F32;
 };
 
 // Every MoE layer's reroute table in the backend's memory: [moe layer][row][expert].

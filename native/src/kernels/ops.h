@@ -66,15 +66,19 @@ struct MoeWeights {
   int64_t H = 0, I = 0;
 };
 
-// One layer of the block-paged latent KV cache: token p of step-local sequence s is at
+// One layer of the block-paged latent KV cache: token p of step-local sequence s is the
+// `width` elements of `dtype` at (in elements)
 //   data + block_tables[s * max_blocks + p / block_size] * block_stride + (p % block_size) * width.
+// dtype: F32, or BF16 (CpuOps: written rounded to nearest even, read into fp32 arithmetic;
+// CudaOps keeps an F32 cache and refuses BF16).
 struct LatentCacheView {
-  float* data = nullptr;     // this layer's part of block 0
-  int64_t block_stride = 0;  // floats between consecutive blocks (all layers of a block are adjacent)
+  void* data = nullptr;      // this layer's part of block 0
+  int64_t block_stride = 0;  // elements between consecutive blocks (all layers of a block are adjacent)
   int32_t block_size = 0;    // tokens per block
   int32_t width = 0;         // kv_lora_rank + rope_dim (576 for V2-Lite)
   const int32_t* block_tables = nullptr;  // [n_seqs, max_blocks]
   int32_t max_blocks = 0;
+  DType dtype = DType::F32;
 };
 
 // MLA attention's shape: n_heads query heads of nope + rope dims over the shared latent

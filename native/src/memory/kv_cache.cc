@@ -1,20 +1,32 @@
 #include "memory/kv_cache.h"
 
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 
 #include "util/error.h"
 
 namespace ew {
 
-KvCache::KvCache(int n_layers, int64_t width, int block_size, int n_blocks, bool host_storage)
-    : n_layers_(n_layers), width_(width), block_size_(block_size), total_blocks_(n_blocks), host_storage_(host_storage) {
+void KvCache::FreeBytes::operator()(uint8_t* p) const { std::free(p); }
+
+KvCache::KvCache(int n_layers, int64_t width, int block_size, int n_blocks, bool host_storage, DType dtype)
+    : n_layers_(n_layers), width_(width), block_size_(block_size), dtype_(dtype), elem_(dtype_size(dtype)),
+      total_blocks_(n_blocks), host_storage_(host_storage) {
   if (n_layers <= 0 || width <= 0 || block_size <= 0 || n_blocks < 0)
     fail("KvCache: invalid geometry (", n_layers, " layers, width ", width, ", block size ", block_size, ", ", n_blocks,
          " blocks)");
-  const uint64_t block_floats = static_cast<uint64_t>(n_layers) * static_cast<uint64_t>(block_size) * width;
-  if (n_blocks > 0 && block_floats > std::numeric_limits<size_t>::max() / sizeof(float) / n_blocks)
-    fail("KvCache: ", n_blocks, " blocks of ", block_floats, " floats do not fit in memory");
-  if (host_storage) data_.assign(static_cast<size_t>(block_floats) * n_blocks, 0.f);
+  if (dtype != DType::F32 && dtype != DType::BF16)
+    fail("KvCache: element type ", dtype_name(dtype), " (F32 and BF16 are supported)");
+  const uint64_t block_elems = static_cast<uint64_t>(n_layers) * static_cast<uint64_t>(block_size) * width;
+  if (n_blocks > 0 && block_elems > (std::numeric_limits<size_t>::max() - 64) / elem_ / n_blocks)
+    fail("KvCache: ", n_blocks, " blocks of ", block_elems, " elements do not fit in memory");
+  if (host_storage) {
+    const size_t bytes = (static_cast<size_t>(block_elems) * n_blocks * elem_ + 63) / 64 * 64;
+    data_.reset(static_cast<uint8_t*>(std::aligned_alloc(64, bytes > 0 ? bytes : 64)));
+    if (!data_) fail("KvCache: cannot allocate ", bytes, " bytes for ", n_blocks, " blocks");
+    std::memset(data_.get(), 0, bytes);
+  }
   // A stack whose top is the lowest id: blocks are handed out in ascending order.
   free_list_.reserve(static_cast<size_t>(n_blocks));
   for (int b = n_blocks - 1; b >= 0; --b) free_list_.push_back(b);
@@ -72,18 +84,19 @@ void KvCache::set_length(int64_t seq, int64_t len) {
 
 const std::vector<int32_t>& KvCache::block_table(int64_t seq) const { return seq_or_fail(seq, "block_table").blocks; }
 
-const float* KvCache::entry(int layer, int64_t seq, int64_t pos) const {
+const void* KvCache::entry(int layer, int64_t seq, int64_t pos) const {
   const Seq& s = seq_or_fail(seq, "entry");
   if (layer < 0 || layer >= n_layers_) fail("KvCache::entry: layer ", layer, " out of range [0, ", n_layers_, ")");
   if (!host_storage_) fail("KvCache::entry: this cache keeps its blocks in device memory");
   const int64_t cap = static_cast<int64_t>(s.blocks.size()) * block_size_;
   if (pos < 0 || pos >= cap)
     fail("KvCache::entry: sequence ", seq, ": position ", pos, " outside its reserved capacity [0, ", cap, ")");
-  return block_layer(s.blocks[pos / block_size_], layer) + (pos % block_size_) * width_;
+  return static_cast<const uint8_t*>(block_layer(s.blocks[pos / block_size_], layer)) +
+         static_cast<size_t>(pos % block_size_) * width_ * elem_;
 }
 
-float* KvCache::entry(int layer, int64_t seq, int64_t pos) {
-  return const_cast<float*>(static_cast<const KvCache*>(this)->entry(layer, seq, pos));
+void* KvCache::entry(int layer, int64_t seq, int64_t pos) {
+  return const_cast<void*>(static_cast<const KvCache*>(this)->entry(layer, seq, pos));
 }
 
 KvStats KvCache::stats() const {

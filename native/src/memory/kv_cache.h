@@ -1,14 +1,20 @@
 // KvCache: the MLA latent cache in fixed-size blocks from one pool.
-// Per token per layer it stores kv_cache_width() floats: the normed c_kv
-// (kv_lora_rank) followed by the rotated k_pe (qk_rope_head_dim).
+// Per token per layer it stores kv_cache_width() elements: the normed c_kv
+// (kv_lora_rank) followed by the rotated k_pe (qk_rope_head_dim), of the cache's element
+// type: F32, or BF16 (half the bytes per token; written rounded to nearest even, read back
+// into fp32 arithmetic). The element type is a parameter of the cache, not of its users:
+// any per-token row layout (MLA's latent, a GQA cache's K|V heads) can use it.
 // Sequences own lists of blocks (a block table), so sequences of any length share the pool.
 // Without host storage the object only keeps the block tables and lengths: the CUDA
 // engine keeps the blocks themselves in device memory with the same layout.
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <unordered_map>
 #include <vector>
+
+#include "util/tensor.h"
 
 namespace ew {
 
@@ -21,7 +27,9 @@ struct KvStats {
 
 class KvCache {
  public:
-  KvCache(int n_layers, int64_t width, int block_size, int n_blocks, bool host_storage = true);
+  // dtype: F32 or BF16.
+  KvCache(int n_layers, int64_t width, int block_size, int n_blocks, bool host_storage = true,
+          DType dtype = DType::F32);
 
   // Makes room for `new_len` tokens of sequence `seq` (creating it if new).
   // Returns false, changing nothing, when the pool has too few free blocks.
@@ -35,22 +43,26 @@ class KvCache {
   // Tokens whose entries are written (the next position to fill).
   int64_t length(int64_t seq) const;
   void set_length(int64_t seq, int64_t len);
-  // Entry of one token of one layer: width() floats. Throws for an unknown sequence,
-  // a bad layer, pos outside [0, reserved capacity), or a cache without host storage.
-  float* entry(int layer, int64_t seq, int64_t pos);
-  const float* entry(int layer, int64_t seq, int64_t pos) const;
+  // Entry of one token of one layer: width() elements of dtype(). Throws for an unknown
+  // sequence, a bad layer, pos outside [0, reserved capacity), or a cache without host storage.
+  void* entry(int layer, int64_t seq, int64_t pos);
+  const void* entry(int layer, int64_t seq, int64_t pos) const;
 
-  // Unchecked block access for kernels that walk a whole sequence: token p of `seq`
-  // in layer l is block_layer(block_table(seq)[p / block_size()], l) + (p % block_size()) * width().
+  // Unchecked block access for kernels that walk a whole sequence: token p of `seq` in
+  // layer l starts (p % block_size()) * width() elements after
+  // block_layer(block_table(seq)[p / block_size()], l).
   const std::vector<int32_t>& block_table(int64_t seq) const;  // throws for an unknown sequence
-  float* block_layer(int32_t block, int layer) {
-    return data_.data() + (static_cast<size_t>(block) * n_layers_ + layer) * block_size_ * width_;
+  void* block_layer(int32_t block, int layer) {
+    return data_.get() + (static_cast<size_t>(block) * n_layers_ + layer) * block_size_ * width_ * elem_;
   }
-  const float* block_layer(int32_t block, int layer) const {
-    return data_.data() + (static_cast<size_t>(block) * n_layers_ + layer) * block_size_ * width_;
+  const void* block_layer(int32_t block, int layer) const {
+    return data_.get() + (static_cast<size_t>(block) * n_layers_ + layer) * block_size_ * width_ * elem_;
   }
 
   bool has_host_storage() const { return host_storage_; }
+  DType dtype() const { return dtype_; }
+  // Bytes one token takes over all layers.
+  size_t bytes_per_token() const { return static_cast<size_t>(n_layers_) * width_ * elem_; }
   int n_layers() const { return n_layers_; }
   int total_blocks() const { return total_blocks_; }
   int64_t width() const { return width_; }
@@ -66,10 +78,15 @@ class KvCache {
   };
   const Seq& seq_or_fail(int64_t seq, const char* what) const;
 
+  struct FreeBytes {
+    void operator()(uint8_t* p) const;
+  };
   int n_layers_;
   int64_t width_;
   int block_size_;
-  std::vector<float> data_;  // [n_blocks][n_layers][block_size][width]
+  DType dtype_;
+  size_t elem_;                              // bytes per element
+  std::unique_ptr<uint8_t[], FreeBytes> data_;  // [n_blocks][n_layers][block_size][width], 64-byte aligned
   std::vector<int32_t> free_list_;
   std::unordered_map<int64_t, Seq> seqs_;
   int total_blocks_;

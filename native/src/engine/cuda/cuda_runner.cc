@@ -65,10 +65,12 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, ModelTensors tensors, const KvCac
       arena_(device_arena_memory(), size_t{64} << 20) {
   if (kv.width() != cfg.kv_cache_width() || kv.n_layers() != cfg.num_hidden_layers)
     fail("CudaRunner: KV cache geometry does not match the config");
+  if (kv.dtype() != DType::F32)
+    fail("CudaRunner: the CUDA latent cache is fp32; a ", dtype_name(kv.dtype()), " KV cache is CPU-only");
   const size_t block_floats = static_cast<size_t>(kv.n_layers()) * kv.block_size() * kv.width();
   cache_buf_ = cuda::DeviceBuffer(static_cast<size_t>(kv.total_blocks()) * block_floats * sizeof(float));
   cache_buf_.fill_bytes(0);
-  cache_ = LatentCache{cache_buf_.as<float>(), kv.n_layers(), kv.block_size(), kv.width()};
+  cache_ = LatentCache{cache_buf_.as<float>(), kv.n_layers(), kv.block_size(), kv.width(), DType::F32};
   n_rows_ = n_reroute_rows;
   reroute_ = cuda::DeviceBuffer(static_cast<size_t>(cfg.num_moe_layers()) * n_rows_ * cfg.n_routed_experts *
                                 sizeof(int32_t));

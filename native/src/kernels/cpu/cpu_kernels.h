@@ -1,8 +1,17 @@
-// The CPU inner loops behind matmul.h and the other CPU kernels, in two builds:
-// portable C++ (any CPU) and AVX2/FMA/F16C (matmul_avx2.cc, called only after a
-// run-time CPU check). Within one path every output element's reduction order
-// depends only on the reduction length, never on the batch, tiling or threads.
-// The two paths may differ from each other in the last bits.
+// The CPU inner loops behind matmul.h and the other CPU kernels, one build per dispatch
+// path, chosen at run time (cpu_paths.cc detects what the CPU and OS allow):
+//   portable     C++ (any CPU)
+//   avx2         AVX2/FMA/F16C (*_avx2.cc)
+//   avx512       AVX-512 F/BW/VL/DQ, fp32 activations (*_avx512.cc)
+//   avx512-bf16  avx512, but matmuls over bf16 weights round their activations to bf16 and
+//                use AVX512_BF16 dot products (*_avx512bf16.cc)
+//   amx          avx512-bf16 with the bf16 matmuls on AMX tiles (*_amx.cc)
+// The default is the best path with fp32 activations (avx512 where the CPU has it);
+// the two bf16 paths are an explicit choice (EW_CPU_PATH), because rounding activations
+// changes the numbers (see README, "CPU kernels"). Within one path every output element's
+// reduction order depends only on the reduction length, never on the batch, tiling or
+// threads, so a token's results are bitwise the same alone or in any batch. Paths may
+// differ from each other in the last bits (bf16 paths by the activation rounding).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -12,20 +21,47 @@
 
 namespace ew {
 
-// The dispatch paths: each is one build of the inner loops below. Later paths (AVX-512,
-// AMX) slot in here, in cpu_paths() and in the EW_DISPATCH of matmul.cc.
-enum class CpuPath : uint8_t { Portable, Avx2 };
+enum class CpuPath : uint8_t { Portable, Avx2, Avx512, Avx512Bf16, Amx };
 
 const char* cpu_path_name(CpuPath path);
-// Every path this build has and this CPU can run, Portable first (the tests run each).
+// Every path this build has and this CPU (and OS) can run, Portable first (the tests run each).
 const std::vector<CpuPath>& cpu_paths();
-// The best of cpu_paths(), unless EW_CPU_PATH names another one ("portable", "avx2"):
-// then that one, or an ew::Error when this CPU or build cannot run it.
+// The best of cpu_paths() with fp32 activations, unless EW_CPU_PATH names another one
+// ("portable", "avx2", "avx512", "avx512-bf16", "amx"): then that one, or an ew::Error
+// when this CPU or build cannot run it.
 CpuPath cpu_path();
+// The path parsed from a name (cpu_path_name), or an ew::Error naming what this CPU runs.
+CpuPath cpu_path_named(const char* name);
+// Whether the path's matmuls over bf16 weights round their activations to bf16.
+inline bool rounds_activations(CpuPath p) { return p == CpuPath::Avx512Bf16 || p == CpuPath::Amx; }
+// The path's fp32-activation twin: what matmul_exact (router logits) and every kernel that
+// is not a bf16-weight matmul run on.
+inline CpuPath exact_path(CpuPath p) { return rounds_activations(p) ? CpuPath::Avx512 : p; }
+// Why amx is missing from cpu_paths() (no AMX, the OS refused the tile permission, not built),
+// or "" when it is there: the tests say it when they skip.
+const char* amx_unavailable_reason();
+// Whether amx::matmul_rows_bf16_on_tile_model can run here (AMX kernels built, AVX512_BF16 CPU).
+bool amx_tile_model_runs();
+
+// The activations of one op as a bf16 path's matmul reads them, prepared once per op by
+// prepare_bf16_activations: x rounded to bf16 [T, K] (avx512-bf16) and, on amx, the same
+// packed into tiles. Empty on the fp32 paths.
+struct Bf16Activations {
+  const uint16_t* rows = nullptr;
+  const uint16_t* packed = nullptr;
+};
+// bf16 elements prepare_bf16_activations needs for T rows of K (0 where the path or the
+// weight dtype keeps fp32 activations).
+int64_t bf16_activation_elems(CpuPath path, DType weights, int64_t T, int64_t K);
+Bf16Activations prepare_bf16_activations(CpuPath path, DType weights, const float* x, int64_t T, int64_t K,
+                                         uint16_t* buffer);
 
 // y[t, n] (+)= x[t, :] . W[n, :] for n in [n0, n1), t in [0, T); x row stride K, y row stride ldy.
+// On a bf16 path with bf16 weights the activations are rounded to bf16 first: xb, when
+// given, holds them prepared for these T tokens; without it the call prepares its own.
 void matmul_rows(CpuPath path, const float* x, int64_t T, const void* W, DType dt, int64_t K,
-                 int64_t n0, int64_t n1, float* y, int64_t ldy, bool accumulate = false);
+                 int64_t n0, int64_t n1, float* y, int64_t ldy, bool accumulate = false,
+                 const Bf16Activations* xb = nullptr);
 // y[t, n] = sum_k x[t, k] * W[k, n] for n in [n0, n1) (W is [K, N] row-major, y row stride N),
 // summed from 0 in ascending k one term at a time.
 void matmul_t_cols(CpuPath path, const float* x, int64_t T, const void* W, DType dt, int64_t K,
@@ -35,28 +71,70 @@ float dot_f32(CpuPath path, const float* a, const float* b, int64_t n);
 // y[i] += a * x[i]
 void axpy_f32(CpuPath path, float a, const float* x, float* y, int64_t n);
 
+// Attention's inner loops over block-paged cache rows (mla_attention.cc): rows[p] is a
+// cache row of `dt` (F32 or BF16), read into fp32 arithmetic.
+//   attn_scores: s[h * lds + p] = q[h * ldq : + width] . rows[p][:width] for h < nq, p < n,
+//                each in dot_f32's order.
+//   attn_values: o[h * ldo + i] += w[h * ldw + p] * rows[p][i] for h < nq, i < R, summed over
+//                p ascending (axpy_f32's order per element).
+//   exp_sum:     x[i] = exp(x[i] - mx) for i < n; returns their sum in a fixed order.
+void attn_scores(CpuPath path, const float* q, int64_t ldq, int64_t nq, const void* const* rows, DType dt,
+                 int64_t n, int64_t width, float* s, int64_t lds);
+void attn_values(CpuPath path, const float* w, int64_t ldw, int64_t nq, const void* const* rows, DType dt,
+                 int64_t n, int64_t R, float* o, int64_t ldo);
+float exp_sum(CpuPath path, float* x, int64_t n, float mx);
+
 // Rows per ThreadPool::parallel_chunks chunk for a loop over `rows` weight rows of
 // `row_bytes` each, applied to `tokens` tokens: large enough to amortise claiming a
 // chunk, small enough that the threads finish together (a few chunks per thread, at
-// most ~128 KB of weights).
-int64_t rows_per_chunk(int64_t rows, int64_t row_bytes, int64_t tokens);
+// most ~128 KB of weights), in whole register tiles of the path.
+int64_t rows_per_chunk(int64_t rows, int64_t row_bytes, int64_t tokens, CpuPath path = CpuPath::Portable);
 
+// The builds of the loops above; every fp32 path has the whole set (the bf16 paths reuse
+// avx512's, plus their own bf16 matmul).
+#define EW_CPU_KERNEL_SET                                                                                  \
+  void matmul_rows(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t n0, int64_t n1, \
+                   float* y, int64_t ldy, bool accumulate);                                                \
+  void matmul_t_cols(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t N, int64_t n0, \
+                     int64_t n1, float* y);                                                                \
+  float dot_f32(const float* a, const float* b, int64_t n);                                                \
+  void axpy_f32(float a, const float* x, float* y, int64_t n);                                             \
+  void attn_scores(const float* q, int64_t ldq, int64_t nq, const void* const* rows, DType dt, int64_t n,  \
+                   int64_t width, float* s, int64_t lds);                                                  \
+  void attn_values(const float* w, int64_t ldw, int64_t nq, const void* const* rows, DType dt, int64_t n,  \
+                   int64_t R, float* o, int64_t ldo);                                                      \
+  float exp_sum(float* x, int64_t n, float mx);
 namespace portable {
-void matmul_rows(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t n0, int64_t n1,
-                 float* y, int64_t ldy, bool accumulate);
-void matmul_t_cols(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t N, int64_t n0,
-                   int64_t n1, float* y);
-float dot_f32(const float* a, const float* b, int64_t n);
-void axpy_f32(float a, const float* x, float* y, int64_t n);
-}  // namespace portable
+EW_CPU_KERNEL_SET
+}
 namespace avx2 {
-void matmul_rows(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t n0, int64_t n1,
-                 float* y, int64_t ldy, bool accumulate);
-void matmul_t_cols(const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t N, int64_t n0,
-                   int64_t n1, float* y);
-float dot_f32(const float* a, const float* b, int64_t n);
-void axpy_f32(float a, const float* x, float* y, int64_t n);
-}  // namespace avx2
+EW_CPU_KERNEL_SET
+}
+namespace avx512 {
+EW_CPU_KERNEL_SET
+}
+#undef EW_CPU_KERNEL_SET
+namespace avx512bf16 {
+// y[t, n] (+)= xb[t, :] . W[n, :] over bf16 xb [T, K] and bf16 W, fp32 accumulation.
+void matmul_rows_bf16(const uint16_t* xb, int64_t T, const uint16_t* W, int64_t K, int64_t n0, int64_t n1,
+                      float* y, int64_t ldy, bool accumulate);
+void round_to_bf16(const float* x, int64_t n, uint16_t* out);
+}  // namespace avx512bf16
+namespace amx {
+// Requests the tile-data permission from the OS (Linux arch_prctl); true when granted.
+bool request_tile_permission();
+// The same product on AMX tiles. xp: the activations packed by pack_activations (tiles of
+// 16 tokens in the VNNI layout); scratch: scratch_elems(K) bf16 for partial row tiles.
+int64_t packed_activation_elems(int64_t T, int64_t K);
+void pack_activations(const uint16_t* xb, int64_t T, int64_t K, uint16_t* xp);
+int64_t scratch_elems(int64_t K);
+void matmul_rows_bf16(const uint16_t* xp, int64_t T, const uint16_t* W, int64_t K, int64_t n0, int64_t n1,
+                      float* y, int64_t ldy, bool accumulate, uint16_t* scratch);
+// Tests: the same kernel on a software model of the tiles (runs on any CPU with AVX-512:
+// the file is built for it), so the tile logic is checked where no AMX exists.
+void matmul_rows_bf16_on_tile_model(const uint16_t* xp, int64_t T, const uint16_t* W, int64_t K, int64_t n0,
+                                    int64_t n1, float* y, int64_t ldy, bool accumulate, uint16_t* scratch);
+}  // namespace amx
 
 // Scalar conversions used by the portable path and by the non-matmul kernels.
 inline float bf16_to_f32(uint16_t h) {
@@ -66,6 +144,8 @@ inline float bf16_to_f32(uint16_t h) {
   } v{static_cast<uint32_t>(h) << 16};
   return v.f;
 }
+// Round to nearest even (NaNs stay NaN), as vcvtneps2bf16 does.
+uint16_t f32_to_bf16(float f);
 float f16_to_f32(uint16_t h);
 // Throws ew::Error: a DType value no kernel knows (a switch over DType fell through).
 [[noreturn]] void unknown_dtype(const char* where, DType dt);
@@ -85,4 +165,3 @@ inline float silu(float x) { return x / (1.f + std::exp(-x)); }
 void convert_to_f32(const void* data, DType dt, int64_t first, int64_t n, float* out);
 
 }  // namespace ew
-

@@ -1,6 +1,7 @@
 // Portable C++ versions of the CPU inner loops (cpu_kernels.h). Eight lane
 // accumulators per dot product (the layout of the AVX2 dot_f32); no reassociation
 // happens (no -ffast-math), so the order is the written one.
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -31,6 +32,14 @@ float f16_to_f32(uint16_t h) {
   float f;
   std::memcpy(&f, &bits, 4);
   return f;
+}
+
+uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1);
+  return static_cast<uint16_t>(u >> 16);
 }
 
 void convert_to_f32(const void* data, DType dt, int64_t first, int64_t n, float* out) {
@@ -91,6 +100,41 @@ void matmul_t_cols(const float* x, int64_t T, const void* W, DType dt, int64_t K
     convert_to_f32(W, dt, k * N + n0, n1 - n0, row.data());
     for (int64_t t = 0; t < T; ++t) axpy_f32(x[t * K + k], row.data(), y + t * N + n0, n1 - n0);
   }
+}
+
+// A cache row as fp32: itself, or widened into buf.
+static const float* row_f32(const void* row, DType dt, int64_t n, std::vector<float>& buf) {
+  if (dt == DType::F32) return static_cast<const float*>(row);
+  buf.resize(static_cast<size_t>(n));
+  convert_to_f32(row, dt, 0, n, buf.data());
+  return buf.data();
+}
+
+void attn_scores(const float* q, int64_t ldq, int64_t nq, const void* const* rows, DType dt, int64_t n,
+                 int64_t width, float* s, int64_t lds) {
+  std::vector<float> buf;
+  for (int64_t p = 0; p < n; ++p) {
+    const float* r = row_f32(rows[p], dt, width, buf);
+    for (int64_t h = 0; h < nq; ++h) s[h * lds + p] = dot_f32(q + h * ldq, r, width);
+  }
+}
+
+void attn_values(const float* w, int64_t ldw, int64_t nq, const void* const* rows, DType dt, int64_t n, int64_t R,
+                 float* o, int64_t ldo) {
+  std::vector<float> buf;
+  for (int64_t p = 0; p < n; ++p) {
+    const float* r = row_f32(rows[p], dt, R, buf);
+    for (int64_t h = 0; h < nq; ++h) axpy_f32(w[h * ldw + p], r, o + h * ldo, R);
+  }
+}
+
+float exp_sum(float* x, int64_t n, float mx) {
+  float sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - mx);
+    sum += x[i];
+  }
+  return sum;
 }
 
 }  // namespace portable

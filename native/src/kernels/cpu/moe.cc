@@ -35,6 +35,23 @@ struct FfnGroup {
 // the groups' rows laid end to end, so many small matrices (the routed experts of a
 // decode step) share one hand-off instead of paying one per matrix. Each output
 // element is one matmul_rows dot product, whatever the grouping or chunking.
+// On a bf16 path, each group's inputs rounded (and packed) once, before the pass that reads them.
+std::vector<Bf16Activations> prepare_groups(CpuPath path, DType dt, const std::vector<FfnGroup>& groups,
+                                            bool hidden, int64_t K, std::vector<uint16_t>& buf) {
+  std::vector<Bf16Activations> out(groups.size());
+  int64_t total = 0;
+  for (const FfnGroup& g : groups) total += bf16_activation_elems(path, dt, g.n, K);
+  if (total == 0) return out;
+  if (static_cast<int64_t>(buf.size()) < total) buf.resize(static_cast<size_t>(total));
+  int64_t off = 0;
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const FfnGroup& g = groups[i];
+    out[i] = prepare_bf16_activations(path, dt, hidden ? g.h : g.x, g.n, K, buf.data() + off);
+    off += bf16_activation_elems(path, dt, g.n, K);
+  }
+  return out;
+}
+
 void run_ffn_groups(CpuPath path, const std::vector<FfnGroup>& groups, DType dt, int64_t H, int64_t I) {
   if (groups.empty()) return;
   const int64_t G = static_cast<int64_t>(groups.size()), esz = static_cast<int64_t>(dtype_size(dt));
@@ -42,21 +59,24 @@ void run_ffn_groups(CpuPath path, const std::vector<FfnGroup>& groups, DType dt,
   for (const FfnGroup& g : groups) tokens += g.n;
   const int64_t avg_tokens = (tokens + G - 1) / G;
   ThreadPool& threads = ThreadPool::global();
+  thread_local std::vector<uint16_t> buf;
 
-  threads.parallel_chunks(G * I, rows_per_chunk(G * I, 2 * H * esz, avg_tokens), [&](int64_t b, int64_t e) {
+  const std::vector<Bf16Activations> xb = prepare_groups(path, dt, groups, false, H, buf);
+  threads.parallel_chunks(G * I, rows_per_chunk(G * I, 2 * H * esz, avg_tokens, path), [&](int64_t b, int64_t e) {
     for (int64_t gi = b / I; gi < G && gi * I < e; ++gi) {
       const FfnGroup& g = groups[gi];
       const int64_t r0 = std::max(b, gi * I) - gi * I, r1 = std::min(e, (gi + 1) * I) - gi * I;
-      matmul_rows(path, g.x, g.n, g.gate, dt, H, r0, r1, g.h, I);
-      matmul_rows(path, g.x, g.n, g.up, dt, H, r0, r1, g.u, I);
+      matmul_rows(path, g.x, g.n, g.gate, dt, H, r0, r1, g.h, I, false, &xb[gi]);
+      matmul_rows(path, g.x, g.n, g.up, dt, H, r0, r1, g.u, I, false, &xb[gi]);
       for (int64_t t = 0; t < g.n; ++t) silu_mul_rows(g.h + t * I + r0, g.u + t * I + r0, r1 - r0);
     }
   });
-  threads.parallel_chunks(G * H, rows_per_chunk(G * H, I * esz, avg_tokens), [&](int64_t b, int64_t e) {
+  const std::vector<Bf16Activations> hb = prepare_groups(path, dt, groups, true, I, buf);
+  threads.parallel_chunks(G * H, rows_per_chunk(G * H, I * esz, avg_tokens, path), [&](int64_t b, int64_t e) {
     for (int64_t gi = b / H; gi < G && gi * H < e; ++gi) {
       const FfnGroup& g = groups[gi];
       const int64_t r0 = std::max(b, gi * H) - gi * H, r1 = std::min(e, (gi + 1) * H) - gi * H;
-      matmul_rows(path, g.h, g.n, g.down, dt, I, r0, r1, g.out, H);
+      matmul_rows(path, g.h, g.n, g.down, dt, I, r0, r1, g.out, H, false, &hb[gi]);
     }
   });
 }

@@ -64,10 +64,11 @@ __device__ __forceinline__ void load8_act(const float* p, float (&v)[8]) {
 
 __device__ __forceinline__ float silu(float x) { return x / (1.f + __expf(-x)); }
 
-// Token `pos` of step-local sequence `seq` in one layer of the block-paged latent cache.
+// Token `pos` of step-local sequence `seq` in one layer of the block-paged latent cache
+// (fp32 on CUDA: the ops refuse any other dtype, cache_dtype_check).
 __device__ __forceinline__ const float* latent_entry(const LatentCacheView& c, int seq, int pos) {
   const int block = c.block_tables[static_cast<int64_t>(seq) * c.max_blocks + pos / c.block_size];
-  return c.data + block * c.block_stride + static_cast<int64_t>(pos % c.block_size) * c.width;
+  return static_cast<const float*>(c.data) + block * c.block_stride + static_cast<int64_t>(pos % c.block_size) * c.width;
 }
 
 // gridDim.x for a grid-stride loop over n elements (at most 65535 blocks).

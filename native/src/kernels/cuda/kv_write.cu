@@ -20,6 +20,7 @@ __global__ void kv_write_kernel(LatentCacheView c, const float* __restrict__ lat
 void CudaOps::kv_write(const LatentCacheView& cache, const float* latent, int64_t T, const int32_t* seq,
                        const int32_t* pos) {
   if (T <= 0) return;
+  if (cache.dtype != DType::F32) fail("cuda::kv_write: the CUDA latent cache is fp32, not ", dtype_name(cache.dtype));
   if (T > 2147483647) fail("cuda::kv_write: ", T, " tokens exceed the grid");
   kv_write_kernel<<<static_cast<unsigned>(T), 128, 0, static_cast<cudaStream_t>(stream_)>>>(cache, latent, seq, pos);
   EW_CUDA_CHECK_LAUNCH("kv_write_kernel");

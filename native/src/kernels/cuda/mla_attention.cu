@@ -299,6 +299,8 @@ void CudaOps::mla_attention(const float* q, int64_t T, const LatentCacheView& ca
                             const int32_t* tok_pos, Weight w_kvb, const MlaShape& s, int64_t max_ctx, float* out,
                             void* workspace) {
   if (T <= 0) return;
+  if (cache.dtype != DType::F32)
+    fail("cuda::mla_attention: the CUDA latent cache is fp32, not ", dtype_name(cache.dtype));
   if (s.n_heads <= 0 || s.nope <= 0 || s.rope < 0 || s.v_dim <= 0 || s.kv_rank <= 0 ||
       cache.width != s.kv_rank + s.rope || max_ctx <= 0)
     fail("cuda::mla_attention: inconsistent shape (cache width ", cache.width, ", kv_rank ", s.kv_rank, " + rope ",

@@ -1,0 +1,208 @@
+// AVX-512 versions of attention's inner loops over cache rows (cpu_kernels.h), fp32
+// arithmetic over F32 or BF16 rows (widened in registers). Tiles share each loaded cache row
+// among several heads, so a row is read once per head group instead of once per head:
+//   scores: 2 rows x up to 8 heads, each score in avx512::dot_f32's order (one 16-lane
+//           accumulator over 16-wide blocks, a masked tail, the fixed horizontal sum);
+//   values: 64 columns x up to 4 heads, each output element one fma per position in
+//           ascending order (avx512::axpy_f32's order), whatever the tile;
+//   exp:    a vector exp (Cephes' expf polynomial, range reduction by ln 2 in two parts,
+//           2^n by scalef; within 2 ulp of expf), summed in 16 lanes then the fixed sum.
+// Compiled with the avx512 flags; no inline or template function that other files also use
+// is instantiated here.
+// GCC 12's AVX-512 intrinsics trip a false -Wuninitialized (GCC bug 105593, fixed in 13).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace ew {
+namespace avx512 {
+namespace {
+
+inline __mmask16 first_n(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xffff) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1);
+}
+
+inline float hsum(__m512 v) {
+  const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+  b = _mm_add_ss(b, _mm_movehdup_ps(b));
+  return _mm_cvtss_f32(b);
+}
+
+template <DType DT>
+inline __m512 load16(const void* row, int64_t i) {
+  if constexpr (DT == DType::F32) {
+    return _mm512_loadu_ps(static_cast<const float*>(row) + i);
+  } else {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + i));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+}
+
+template <DType DT>
+inline __m512 load16_masked(const void* row, int64_t i, __mmask16 m) {
+  if constexpr (DT == DType::F32) {
+    return _mm512_maskz_loadu_ps(m, static_cast<const float*>(row) + i);
+  } else {
+    const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(row) + i);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+}
+
+// Scores of P rows x HQ heads.
+template <DType DT, int P, int HQ>
+inline void score_tile(const float* q, int64_t ldq, const void* const* rows, int64_t width, float* s, int64_t lds) {
+  __m512 acc[P][HQ];
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 8
+    for (int h = 0; h < HQ; ++h) acc[p][h] = _mm512_setzero_ps();
+  const int64_t w16 = width & ~int64_t{15};
+  for (int64_t k = 0; k < w16; k += 16) {
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) {
+      const __m512 r = load16<DT>(rows[p], k);
+#pragma GCC unroll 8
+      for (int h = 0; h < HQ; ++h) acc[p][h] = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * ldq + k), r, acc[p][h]);
+    }
+  }
+  if (w16 < width) {
+    const __mmask16 m = first_n(width - w16);
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) {
+      const __m512 r = load16_masked<DT>(rows[p], w16, m);
+#pragma GCC unroll 8
+      for (int h = 0; h < HQ; ++h)
+        acc[p][h] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + h * ldq + w16), r, acc[p][h]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 8
+    for (int h = 0; h < HQ; ++h) s[h * lds + p] = hsum(acc[p][h]);
+}
+
+template <DType DT, int P>
+inline void score_heads(const float* q, int64_t ldq, int64_t nq, const void* const* rows, int64_t width, float* s,
+                        int64_t lds) {
+  int64_t h = 0;
+  for (; h + 8 <= nq; h += 8) score_tile<DT, P, 8>(q + h * ldq, ldq, rows, width, s + h * lds, lds);
+  if (h + 4 <= nq) score_tile<DT, P, 4>(q + h * ldq, ldq, rows, width, s + h * lds, lds), h += 4;
+  if (h + 2 <= nq) score_tile<DT, P, 2>(q + h * ldq, ldq, rows, width, s + h * lds, lds), h += 2;
+  if (h < nq) score_tile<DT, P, 1>(q + h * ldq, ldq, rows, width, s + h * lds, lds);
+}
+
+template <DType DT>
+void scores_impl(const float* q, int64_t ldq, int64_t nq, const void* const* rows, int64_t n, int64_t width, float* s,
+                 int64_t lds) {
+  int64_t p = 0;
+  for (; p + 2 <= n; p += 2) score_heads<DT, 2>(q, ldq, nq, rows + p, width, s + p, lds);
+  if (p < n) score_heads<DT, 1>(q, ldq, nq, rows + p, width, s + p, lds);
+}
+
+// o[h][i0 .. i0 + 16 * RV) (+)= sum_p w[h][p] * rows[p][...] for HV heads; the last vector
+// masked by `last`.
+template <DType DT, int RV, int HV>
+inline void value_tile(const float* w, int64_t ldw, const void* const* rows, int64_t n, int64_t i0, __mmask16 last,
+                       float* o, int64_t ldo) {
+  __m512 acc[HV][RV];
+#pragma GCC unroll 8
+  for (int h = 0; h < HV; ++h)
+#pragma GCC unroll 8
+    for (int v = 0; v < RV; ++v)
+      acc[h][v] = v + 1 < RV ? _mm512_loadu_ps(o + h * ldo + i0 + 16 * v)
+                             : _mm512_maskz_loadu_ps(last, o + h * ldo + i0 + 16 * v);
+  for (int64_t p = 0; p < n; ++p) {
+    __m512 r[RV];
+#pragma GCC unroll 8
+    for (int v = 0; v < RV; ++v)
+      r[v] = v + 1 < RV ? load16<DT>(rows[p], i0 + 16 * v) : load16_masked<DT>(rows[p], i0 + 16 * v, last);
+#pragma GCC unroll 8
+    for (int h = 0; h < HV; ++h) {
+      const __m512 a = _mm512_set1_ps(w[h * ldw + p]);
+#pragma GCC unroll 8
+      for (int v = 0; v < RV; ++v) acc[h][v] = _mm512_fmadd_ps(a, r[v], acc[h][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int h = 0; h < HV; ++h)
+#pragma GCC unroll 8
+    for (int v = 0; v < RV; ++v) {
+      if (v + 1 < RV) _mm512_storeu_ps(o + h * ldo + i0 + 16 * v, acc[h][v]);
+      else _mm512_mask_storeu_ps(o + h * ldo + i0 + 16 * v, last, acc[h][v]);
+    }
+}
+
+template <DType DT, int HV>
+inline void value_cols(const float* w, int64_t ldw, const void* const* rows, int64_t n, int64_t R, float* o,
+                       int64_t ldo) {
+  int64_t i = 0;
+  for (; i + 64 <= R; i += 64) value_tile<DT, 4, HV>(w, ldw, rows, n, i, 0xffff, o, ldo);
+  for (; i + 16 <= R; i += 16) value_tile<DT, 1, HV>(w, ldw, rows, n, i, 0xffff, o, ldo);
+  if (i < R) value_tile<DT, 1, HV>(w, ldw, rows, n, i, first_n(R - i), o, ldo);
+}
+
+template <DType DT>
+void values_impl(const float* w, int64_t ldw, int64_t nq, const void* const* rows, int64_t n, int64_t R, float* o,
+                 int64_t ldo) {
+  int64_t h = 0;
+  for (; h + 4 <= nq; h += 4) value_cols<DT, 4>(w + h * ldw, ldw, rows, n, R, o + h * ldo, ldo);
+  if (h + 2 <= nq) value_cols<DT, 2>(w + h * ldw, ldw, rows, n, R, o + h * ldo, ldo), h += 2;
+  if (h < nq) value_cols<DT, 1>(w + h * ldw, ldw, rows, n, R, o + h * ldo, ldo);
+}
+
+// exp(x) for x <= 0 (scores minus their maximum); -inf and underflow give 0, NaN stays NaN
+// (vmaxps returns its second operand when either is NaN).
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-104.f), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+}  // namespace
+
+void attn_scores(const float* q, int64_t ldq, int64_t nq, const void* const* rows, DType dt, int64_t n, int64_t width,
+                 float* s, int64_t lds) {
+  if (dt == DType::BF16) return scores_impl<DType::BF16>(q, ldq, nq, rows, n, width, s, lds);
+  scores_impl<DType::F32>(q, ldq, nq, rows, n, width, s, lds);
+}
+
+void attn_values(const float* w, int64_t ldw, int64_t nq, const void* const* rows, DType dt, int64_t n, int64_t R,
+                 float* o, int64_t ldo) {
+  if (dt == DType::BF16) return values_impl<DType::BF16>(w, ldw, nq, rows, n, R, o, ldo);
+  values_impl<DType::F32>(w, ldw, nq, rows, n, R, o, ldo);
+}
+
+float exp_sum(float* x, int64_t n, float mx) {
+  const __m512 m = _mm512_set1_ps(mx);
+  __m512 acc = _mm512_setzero_ps();
+  const int64_t n16 = n & ~int64_t{15};
+  for (int64_t i = 0; i < n16; i += 16) {
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), m));
+    _mm512_storeu_ps(x + i, e);
+    acc = _mm512_add_ps(acc, e);
+  }
+  if (n16 < n) {
+    const __mmask16 k = first_n(n - n16);
+    const __m512 e = _mm512_maskz_mov_ps(k, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + n16), m)));
+    _mm512_mask_storeu_ps(x + n16, k, e);
+    acc = _mm512_add_ps(acc, e);
+  }
+  return hsum(acc);
+}
+
+}  // namespace avx512
+}  // namespace ew

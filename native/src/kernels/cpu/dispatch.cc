@@ -1,0 +1,138 @@
+// The dispatch of the CPU inner loops (cpu_kernels.h) to a path's build, the bf16 paths'
+// activation rounding and packing, and the row-chunk sizes of the loops over the pool.
+#include <algorithm>
+#include <vector>
+
+#include "kernels/cpu/cpu_kernels.h"
+#include "util/error.h"
+#include "util/thread_pool.h"
+
+namespace ew {
+
+namespace {
+
+[[noreturn]] void not_built(CpuPath path) { fail("CPU path ", cpu_path_name(path), " is not in this build"); }
+
+// The fp32 loops of a path (the bf16 paths' fp32 twin is avx512).
+#define EW_DISPATCH(path, fn, ...)                                        \
+  do {                                                                    \
+    switch (exact_path(path)) {                                           \
+      case CpuPath::Portable: return portable::fn(__VA_ARGS__);           \
+      case CpuPath::Avx2: EW_IF_AVX2(return avx2::fn(__VA_ARGS__));       \
+      case CpuPath::Avx512: EW_IF_AVX512(return avx512::fn(__VA_ARGS__)); \
+      default: break;                                                     \
+    }                                                                     \
+    not_built(path);                                                      \
+  } while (0)
+#ifdef EW_HAVE_AVX2_KERNELS
+#define EW_IF_AVX2(stmt) stmt
+#else
+#define EW_IF_AVX2(stmt) break
+#endif
+#ifdef EW_HAVE_AVX512_KERNELS
+#define EW_IF_AVX512(stmt) stmt
+#else
+#define EW_IF_AVX512(stmt) break
+#endif
+
+uint16_t* grow(std::vector<uint16_t>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+}  // namespace
+
+int64_t bf16_activation_elems(CpuPath path, DType weights, int64_t T, int64_t K) {
+  if (!rounds_activations(path) || weights != DType::BF16 || T <= 0 || K <= 0) return 0;
+  int64_t n = round_up(T * K, 32);
+#ifdef EW_HAVE_AMX_KERNELS
+  if (path == CpuPath::Amx) n += amx::packed_activation_elems(T, K);
+#endif
+  return n;
+}
+
+Bf16Activations prepare_bf16_activations(CpuPath path, DType weights, const float* x, int64_t T, int64_t K,
+                                         uint16_t* buffer) {
+  Bf16Activations a;
+  if (bf16_activation_elems(path, weights, T, K) == 0) return a;
+#ifdef EW_HAVE_AVX512_KERNELS
+  avx512bf16::round_to_bf16(x, T * K, buffer);
+  a.rows = buffer;
+#ifdef EW_HAVE_AMX_KERNELS
+  if (path == CpuPath::Amx) {
+    uint16_t* packed = buffer + round_up(T * K, 32);
+    amx::pack_activations(a.rows, T, K, packed);
+    a.packed = packed;
+  }
+#endif
+  return a;
+#else
+  (void)x;
+  (void)buffer;
+  not_built(path);
+#endif
+}
+
+void matmul_rows(CpuPath path, const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t n0,
+                 int64_t n1, float* y, int64_t ldy, bool accumulate, const Bf16Activations* xb) {
+  if (rounds_activations(path) && dt == DType::BF16 && T > 0 && n1 > n0) {
+#ifdef EW_HAVE_AVX512_KERNELS
+    Bf16Activations own;
+    if (!xb) {  // prepared here, in this thread's buffer
+      thread_local std::vector<uint16_t> buf;
+      own = prepare_bf16_activations(path, dt, x, T, K, grow(buf, bf16_activation_elems(path, dt, T, K)));
+      xb = &own;
+    }
+    const uint16_t* w = static_cast<const uint16_t*>(W);
+#ifdef EW_HAVE_AMX_KERNELS
+    if (path == CpuPath::Amx) {
+      thread_local std::vector<uint16_t> scratch;
+      return amx::matmul_rows_bf16(xb->packed, T, w, K, n0, n1, y, ldy, accumulate,
+                                   grow(scratch, amx::scratch_elems(K)));
+    }
+#endif
+    return avx512bf16::matmul_rows_bf16(xb->rows, T, w, K, n0, n1, y, ldy, accumulate);
+#else
+    not_built(path);
+#endif
+  }
+  EW_DISPATCH(path, matmul_rows, x, T, W, dt, K, n0, n1, y, ldy, accumulate);
+}
+void matmul_t_cols(CpuPath path, const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t N,
+                   int64_t n0, int64_t n1, float* y) {
+  EW_DISPATCH(path, matmul_t_cols, x, T, W, dt, K, N, n0, n1, y);
+}
+float dot_f32(CpuPath path, const float* a, const float* b, int64_t n) { EW_DISPATCH(path, dot_f32, a, b, n); }
+void axpy_f32(CpuPath path, float a, const float* x, float* y, int64_t n) {
+  EW_DISPATCH(path, axpy_f32, a, x, y, n);
+}
+void attn_scores(CpuPath path, const float* q, int64_t ldq, int64_t nq, const void* const* rows, DType dt,
+                 int64_t n, int64_t width, float* s, int64_t lds) {
+  if (dt != DType::F32 && dt != DType::BF16) unknown_dtype("attn_scores (cache rows)", dt);
+  EW_DISPATCH(path, attn_scores, q, ldq, nq, rows, dt, n, width, s, lds);
+}
+void attn_values(CpuPath path, const float* w, int64_t ldw, int64_t nq, const void* const* rows, DType dt,
+                 int64_t n, int64_t R, float* o, int64_t ldo) {
+  if (dt != DType::F32 && dt != DType::BF16) unknown_dtype("attn_values (cache rows)", dt);
+  EW_DISPATCH(path, attn_values, w, ldw, nq, rows, dt, n, R, o, ldo);
+}
+float exp_sum(CpuPath path, float* x, int64_t n, float mx) { EW_DISPATCH(path, exp_sum, x, n, mx); }
+
+int64_t rows_per_chunk(int64_t rows, int64_t row_bytes, int64_t tokens, CpuPath path) {
+  constexpr int64_t kMaxBytes = 128 << 10, kMinBytes = 16 << 10;
+  constexpr int64_t kMaxMacs = 2 << 20;  // ~0.1 ms of compute-bound work (prefill)
+  const int64_t threads = ThreadPool::global().size();
+  // Work per row in bytes x tokens: about one multiply-add per weight byte (bf16).
+  const int64_t bytes = std::max<int64_t>(1, row_bytes), macs = bytes * std::max<int64_t>(1, tokens);
+  int64_t r = std::min({kMaxBytes / bytes, kMaxMacs / macs, (rows + 4 * threads - 1) / (4 * threads)});
+  r = std::max(r, std::min(kMinBytes / bytes, kMaxMacs / macs));
+  // Whole register tiles of rows in a chunk: 4 (avx2's multi-token tiles, avx512), 16 (amx).
+  const int64_t tile = path == CpuPath::Amx ? 16 : 4;
+  if (tokens > 1 || path == CpuPath::Amx) r = std::max<int64_t>(4 * tile, round_up(r, tile));
+  else if (path == CpuPath::Avx512 || path == CpuPath::Avx512Bf16) r = round_up(r, tile);
+  return std::max<int64_t>(1, r);
+}
+
+}  // namespace ew

@@ -1,0 +1,125 @@
+// The avx512-bf16 path's matmul (cpu_kernels.h): bf16 activations against bf16 weights with
+// AVX512_BF16 dot products (vdpbf16ps: 32 products per instruction, twice avx512's fp32 FMA),
+// fp32 accumulation. Compiled with the avx512 flags plus -mavx512bf16; only reached after
+// cpu_paths() saw AVX512_BF16.
+//
+// Per (row n, token t) one 16-lane accumulator: lane j adds the pair (32b + 2j, 32b + 2j + 1)
+// of every 32-wide block b in ascending b (a K tail is a zero-filled masked block), then the
+// fixed horizontal sum; the same in every tile shape and batch, as in matmul_avx512.cc.
+// Weights are read in their stored layout: a bf16 row already is the pair layout.
+//
+// No inline or template function that other files also use is instantiated here.
+// GCC 12's AVX-512 intrinsics (_mm512_undefined_ps inside casts and extracts) trip a
+// false -Wuninitialized (GCC bug 105593, fixed in 13).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace ew {
+namespace avx512bf16 {
+namespace {
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+inline __mmask32 first_n32(int64_t n) {
+  return n >= 32 ? static_cast<__mmask32>(0xffffffffu) : n <= 0 ? 0 : static_cast<__mmask32>((1u << n) - 1);
+}
+
+inline __m512bh load32(const uint16_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
+inline __m512bh load32_masked(const uint16_t* p, __mmask32 m) { return (__m512bh)_mm512_maskz_loadu_epi16(m, p); }
+
+inline float hsum(__m512 v) {
+  const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+  b = _mm_add_ss(b, _mm_movehdup_ps(b));
+  return _mm_cvtss_f32(b);
+}
+
+template <int R, int TT>
+inline void tile(const uint16_t* x, int64_t K, const uint16_t* W, int64_t n, float* y, int64_t ldy, bool accum) {
+  __m512 acc[R][TT];
+  #pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
+    for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
+  const int64_t K32 = K & ~int64_t{31};
+  for (int64_t k = 0; k < K32; k += 32) {
+    #pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512bh w = load32(W + (n + r) * K + k);
+      #pragma GCC unroll 8
+      for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], w, load32(x + t * K + k));
+    }
+  }
+  if (K32 < K) {
+    const __mmask32 m = first_n32(K - K32);
+    #pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512bh w = load32_masked(W + (n + r) * K + K32, m);
+      #pragma GCC unroll 8
+      for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], w, load32_masked(x + t * K + K32, m));
+    }
+  }
+  #pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
+    for (int t = 0; t < TT; ++t) {
+      const float s = hsum(acc[r][t]);
+      float* out = y + t * ldy + n + r;
+      *out = accum ? *out + s : s;
+    }
+}
+
+constexpr int kTileRows = 4, kTileTokens = 6;
+
+template <int R>
+inline void token_tiles(const uint16_t* x, int64_t T, int64_t K, const uint16_t* W, int64_t n, float* y,
+                        int64_t ldy, bool accum) {
+  int64_t t = 0;
+  for (; t + kTileTokens <= T; t += kTileTokens) tile<R, kTileTokens>(x + t * K, K, W, n, y + t * ldy, ldy, accum);
+  switch (T - t) {
+    case 5: tile<R, 5>(x + t * K, K, W, n, y + t * ldy, ldy, accum); break;
+    case 4: tile<R, 4>(x + t * K, K, W, n, y + t * ldy, ldy, accum); break;
+    case 3: tile<R, 3>(x + t * K, K, W, n, y + t * ldy, ldy, accum); break;
+    case 2: tile<R, 2>(x + t * K, K, W, n, y + t * ldy, ldy, accum); break;
+    case 1: tile<R, 1>(x + t * K, K, W, n, y + t * ldy, ldy, accum); break;
+    default: break;
+  }
+}
+
+}  // namespace
+
+void matmul_rows_bf16(const uint16_t* x, int64_t T, const uint16_t* W, int64_t K, int64_t n0, int64_t n1, float* y,
+                      int64_t ldy, bool accumulate) {
+  constexpr int64_t kTokenBlock = 128;  // 128 bf16 rows of K stay in L2
+  for (int64_t tb = 0; tb < T; tb += kTokenBlock) {
+    const int64_t tn = min64(kTokenBlock, T - tb);
+    const uint16_t* xb = x + tb * K;
+    float* yb = y + tb * ldy;
+    int64_t n = n0;
+    for (; n + kTileRows <= n1; n += kTileRows) token_tiles<kTileRows>(xb, tn, K, W, n, yb, ldy, accumulate);
+    for (; n < n1; ++n) token_tiles<1>(xb, tn, K, W, n, yb, ldy, accumulate);
+  }
+}
+
+void round_to_bf16(const float* x, int64_t n, uint16_t* out) {
+  const int64_t n32 = n & ~int64_t{31};
+  for (int64_t i = 0; i < n32; i += 32) {
+    const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
+    _mm512_storeu_si512(out + i, (__m512i)v);
+  }
+  if (n32 < n) {
+    const int64_t r = n - n32;
+    const __mmask16 lo = r >= 16 ? 0xffff : static_cast<__mmask16>((1u << r) - 1);
+    const __mmask16 hi = r <= 16 ? 0 : static_cast<__mmask16>((1u << (r - 16)) - 1);
+    const __m512bh v =
+        _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, x + n32 + 16), _mm512_maskz_loadu_ps(lo, x + n32));
+    _mm512_mask_storeu_epi16(out + n32, first_n32(r), (__m512i)v);
+  }
+}
+
+}  // namespace avx512bf16
+}  // namespace ew
