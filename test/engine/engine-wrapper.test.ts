@@ -188,4 +188,28 @@ describe('Engine over the addon (tiny random model)', () => {
     await assert.rejects(Engine.load(empty), /config\.json/);
     await assert.rejects(Engine.load(empty, { device: 'tpu' as never }), { name: 'TypeError', message: /device must be/ });
   });
+
+  test('the KV cache dtype and CPU path options: defaults, explicit values, refusals', async () => {
+    const dir = presetModel('tiny');
+    const { cpuPaths, cpuPath } = (await import('../../lib/engine/binding.js')).loadBinding().buildInfo();
+    assert.equal(cpuPaths[0], 'portable');
+    assert.ok(cpuPaths.includes(cpuPath));
+    const byDefault = await Engine.load(dir, CPU_ENGINE);
+    try {
+      assert.equal(byDefault.info.kvCacheDtype, 'bf16', 'the CPU default halves the cache bytes');
+      assert.equal(byDefault.info.cpuPath, cpuPath);
+    } finally {
+      byDefault.close();
+    }
+    const exact = await Engine.load(dir, { ...CPU_ENGINE, kvCacheDtype: 'f32', cpuPath: 'portable' });
+    try {
+      assert.equal(exact.info.kvCacheDtype, 'f32');
+      assert.equal(exact.info.cpuPath, 'portable');
+    } finally {
+      exact.close();
+    }
+    await assert.rejects(Engine.load(dir, { ...CPU_ENGINE, kvCacheDtype: 'f16' as never }), { name: 'TypeError', message: /kvCacheDtype must be one of 'f32', 'bf16'/ });
+    await assert.rejects(Engine.load(dir, { ...CPU_ENGINE, cpuPath: 'sse' as never }), { name: 'TypeError', message: /cpuPath must be one of/ });
+    if (!cpuPaths.includes('amx')) await assert.rejects(Engine.load(dir, { ...CPU_ENGINE, cpuPath: 'amx' }), /CPU path amx: /);
+  });
 });

@@ -7,7 +7,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
-import type { Device } from '../../engine/binding.js';
+import type { CpuPath, Device, KvCacheDtype } from '../../engine/binding.js';
 import { startDaemon } from '../../server/daemon.js';
 import { UsageError, choiceOption, intOption, type Command } from '../command.js';
 
@@ -39,6 +39,11 @@ Options:
   --max-adapters N              adapter rows in the engine (default 16)
   --adapter-slots N             expert slots per MoE layer reserved for adapters (default 64)
   --kv-cache-tokens N           KV-cache capacity in tokens (default: the engine's)
+  --kv-cache-dtype T            f32 | bf16: the latent KV cache's element type (default bf16 on
+                                the CPU, half the bytes per token; CUDA's cache is f32)
+  --cpu-path P                  portable | avx2 | avx512 | avx512-bf16 | amx: the CPU kernels
+                                (default: the best fp32 path of this CPU; avx512-bf16 and amx
+                                round matmul activations to bf16, see the README)
   --token-budget N              most tokens per engine step (default 512)
   --max-waiting N               most queued requests before "overloaded" (default 1024)
   --max-running N               most sequences running at once (vLLM's --max-num-seqs; default 256,
@@ -47,6 +52,8 @@ Options:
 `;
 
 const DEVICES: readonly Device[] = ['auto', 'cpu', 'cuda'];
+const KV_DTYPES: readonly KvCacheDtype[] = ['f32', 'bf16'];
+const CPU_PATHS: readonly CpuPath[] = ['portable', 'avx2', 'avx512', 'avx512-bf16', 'amx'];
 /** A shutdown still running after this long is cut short (exit 1). */
 const SHUTDOWN_GRACE_S = 30;
 
@@ -97,6 +104,8 @@ async function run(argv: string[]): Promise<number> {
       'max-adapters': { type: 'string' },
       'adapter-slots': { type: 'string' },
       'kv-cache-tokens': { type: 'string' },
+      'kv-cache-dtype': { type: 'string' },
+      'cpu-path': { type: 'string' },
       'token-budget': { type: 'string' },
       'max-waiting': { type: 'string' },
       'max-running': { type: 'string' },
@@ -114,6 +123,8 @@ async function run(argv: string[]): Promise<number> {
   const maxResident = intOption(values['max-resident-adapters'], 'max-resident-adapters', 0, 0);
   const poolBytes = intOption(values['adapter-pool-bytes'], 'adapter-pool-bytes', 0, 0);
   const kvCacheTokens = values['kv-cache-tokens'] === undefined ? undefined : intOption(values['kv-cache-tokens'], 'kv-cache-tokens', 0, 1);
+  const kvCacheDtype = values['kv-cache-dtype'] === undefined ? undefined : choiceOption(values['kv-cache-dtype'], 'kv-cache-dtype', KV_DTYPES, 'bf16');
+  const cpuPath = values['cpu-path'] === undefined ? undefined : choiceOption(values['cpu-path'], 'cpu-path', CPU_PATHS, 'avx512');
   const maxAdapters = intOption(values['max-adapters'], 'max-adapters', 16, 0, 4096);
   const maxAdapterSlots = intOption(values['adapter-slots'], 'adapter-slots', 64, 0, 1 << 20);
   const tokenBudget = intOption(values['token-budget'], 'token-budget', 512, 1);
@@ -139,7 +150,15 @@ async function run(argv: string[]): Promise<number> {
   const daemon = await startDaemon({
     modelDir,
     adapters,
-    engine: { device, threads, maxAdapters, maxAdapterSlots, ...(kvCacheTokens ? { kvCacheTokens } : {}) },
+    engine: {
+      device,
+      threads,
+      maxAdapters,
+      maxAdapterSlots,
+      ...(kvCacheTokens ? { kvCacheTokens } : {}),
+      ...(kvCacheDtype ? { kvCacheDtype } : {}),
+      ...(cpuPath ? { cpuPath } : {}),
+    },
     scheduler: { tokenBudget, maxWaiting, maxRunning },
     registry: { maxResident, poolBytes },
     server: {

@@ -1,7 +1,7 @@
 // AVX-512 versions of attention's inner loops over cache rows (cpu_kernels.h), fp32
 // arithmetic over F32 or BF16 rows (widened in registers). Tiles share each loaded cache row
 // among several heads, so a row is read once per head group instead of once per head:
-//   scores: 2 rows x up to 8 heads, each score in avx512::dot_f32's order (one 16-lane
+//   scores: 4 rows x up to 4 heads, each score in avx512::dot_f32's order (one 16-lane
 //           accumulator over 16-wide blocks, a masked tail, the fixed horizontal sum);
 //   values: 64 columns x up to 4 heads, each output element one fma per position in
 //           ascending order (avx512::axpy_f32's order), whatever the tile;
@@ -52,7 +52,7 @@ inline __m512 load16_masked(const void* row, int64_t i, __mmask16 m) {
   }
 }
 
-// Scores of P rows x HQ heads.
+// Scores of P rows x HQ heads: per block the P rows are loaded once, each head's query once.
 template <DType DT, int P, int HQ>
 inline void score_tile(const float* q, int64_t ldq, const void* const* rows, int64_t width, float* s, int64_t lds) {
   __m512 acc[P][HQ];
@@ -62,11 +62,14 @@ inline void score_tile(const float* q, int64_t ldq, const void* const* rows, int
     for (int h = 0; h < HQ; ++h) acc[p][h] = _mm512_setzero_ps();
   const int64_t w16 = width & ~int64_t{15};
   for (int64_t k = 0; k < w16; k += 16) {
+    __m512 r[P];
 #pragma GCC unroll 8
-    for (int p = 0; p < P; ++p) {
-      const __m512 r = load16<DT>(rows[p], k);
+    for (int p = 0; p < P; ++p) r[p] = load16<DT>(rows[p], k);
 #pragma GCC unroll 8
-      for (int h = 0; h < HQ; ++h) acc[p][h] = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * ldq + k), r, acc[p][h]);
+    for (int h = 0; h < HQ; ++h) {
+      const __m512 qh = _mm512_loadu_ps(q + h * ldq + k);
+#pragma GCC unroll 8
+      for (int p = 0; p < P; ++p) acc[p][h] = _mm512_fmadd_ps(qh, r[p], acc[p][h]);
     }
   }
   if (w16 < width) {
@@ -89,18 +92,18 @@ template <DType DT, int P>
 inline void score_heads(const float* q, int64_t ldq, int64_t nq, const void* const* rows, int64_t width, float* s,
                         int64_t lds) {
   int64_t h = 0;
-  for (; h + 8 <= nq; h += 8) score_tile<DT, P, 8>(q + h * ldq, ldq, rows, width, s + h * lds, lds);
-  if (h + 4 <= nq) score_tile<DT, P, 4>(q + h * ldq, ldq, rows, width, s + h * lds, lds), h += 4;
+  for (; h + 4 <= nq; h += 4) score_tile<DT, P, 4>(q + h * ldq, ldq, rows, width, s + h * lds, lds);
   if (h + 2 <= nq) score_tile<DT, P, 2>(q + h * ldq, ldq, rows, width, s + h * lds, lds), h += 2;
   if (h < nq) score_tile<DT, P, 1>(q + h * ldq, ldq, rows, width, s + h * lds, lds);
 }
 
+// Tiles of 4 rows x 4 heads: per 16-wide block 4 row loads and 4 query loads feed 16 FMAs.
 template <DType DT>
 void scores_impl(const float* q, int64_t ldq, int64_t nq, const void* const* rows, int64_t n, int64_t width, float* s,
                  int64_t lds) {
   int64_t p = 0;
-  for (; p + 2 <= n; p += 2) score_heads<DT, 2>(q, ldq, nq, rows + p, width, s + p, lds);
-  if (p < n) score_heads<DT, 1>(q, ldq, nq, rows + p, width, s + p, lds);
+  for (; p + 4 <= n; p += 4) score_heads<DT, 4>(q, ldq, nq, rows + p, width, s + p, lds);
+  for (; p < n; ++p) score_heads<DT, 1>(q, ldq, nq, rows + p, width, s + p, lds);
 }
 
 // o[h][i0 .. i0 + 16 * RV) (+)= sum_p w[h][p] * rows[p][...] for HV heads; the last vector

@@ -39,33 +39,40 @@ inline float hsum(__m512 v) {
 }
 
 template <int R, int TT>
-inline void tile(const uint16_t* x, int64_t K, const uint16_t* W, int64_t n, float* y, int64_t ldy, bool accum) {
+inline void tile(const uint16_t* x, int64_t K, const uint16_t* W, int64_t n, float* y, int64_t ldy, bool accum,
+                 const uint16_t* next = nullptr) {
   __m512 acc[R][TT];
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
   const int64_t K32 = K & ~int64_t{31};
   for (int64_t k = 0; k < K32; k += 32) {
-    #pragma GCC unroll 8
+    __m512bh w[R];
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512bh w = load32(W + (n + r) * K + k);
-      #pragma GCC unroll 8
-      for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], w, load32(x + t * K + k));
+      w[r] = load32(W + (n + r) * K + k);
+      if (next) _mm_prefetch(reinterpret_cast<const char*>(next + r * K + k), _MM_HINT_T1);  // next row group -> L2
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < TT; ++t) {
+      const __m512bh xv = load32(x + t * K + k);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], w[r], xv);
     }
   }
   if (K32 < K) {
     const __mmask32 m = first_n32(K - K32);
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512bh w = load32_masked(W + (n + r) * K + K32, m);
-      #pragma GCC unroll 8
+#pragma GCC unroll 8
       for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], w, load32_masked(x + t * K + K32, m));
     }
   }
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int t = 0; t < TT; ++t) {
       const float s = hsum(acc[r][t]);
       float* out = y + t * ldy + n + r;
@@ -73,13 +80,31 @@ inline void tile(const uint16_t* x, int64_t K, const uint16_t* W, int64_t n, flo
     }
 }
 
-constexpr int kTileRows = 4, kTileTokens = 6;
+// As in matmul_avx512.cc: 4-row x 6-token tiles for several tokens, one row at a time (one
+// forward stream through the weights) for fewer than kFewTokens.
+constexpr int kTileRows = 4, kTileTokens = 6, kFewTokens = 4;
 
+// The first token tile of a group also prefetches the next group's weights (matmul_avx512.cc).
 template <int R>
 inline void token_tiles(const uint16_t* x, int64_t T, int64_t K, const uint16_t* W, int64_t n, float* y,
-                        int64_t ldy, bool accum) {
+                        int64_t ldy, bool accum, const uint16_t* next = nullptr) {
   int64_t t = 0;
+  if (T >= kTileTokens) {
+    tile<R, kTileTokens>(x, K, W, n, y, ldy, accum, next);
+    t = kTileTokens;
+    next = nullptr;
+  }
   for (; t + kTileTokens <= T; t += kTileTokens) tile<R, kTileTokens>(x + t * K, K, W, n, y + t * ldy, ldy, accum);
+  if (next && T - t > 0) {
+    switch (T - t) {
+      case 5: return tile<R, 5>(x + t * K, K, W, n, y + t * ldy, ldy, accum, next);
+      case 4: return tile<R, 4>(x + t * K, K, W, n, y + t * ldy, ldy, accum, next);
+      case 3: return tile<R, 3>(x + t * K, K, W, n, y + t * ldy, ldy, accum, next);
+      case 2: return tile<R, 2>(x + t * K, K, W, n, y + t * ldy, ldy, accum, next);
+      case 1: return tile<R, 1>(x + t * K, K, W, n, y + t * ldy, ldy, accum, next);
+      default: break;
+    }
+  }
   switch (T - t) {
     case 5: tile<R, 5>(x + t * K, K, W, n, y + t * ldy, ldy, accum); break;
     case 4: tile<R, 4>(x + t * K, K, W, n, y + t * ldy, ldy, accum); break;
@@ -94,13 +119,19 @@ inline void token_tiles(const uint16_t* x, int64_t T, int64_t K, const uint16_t*
 
 void matmul_rows_bf16(const uint16_t* x, int64_t T, const uint16_t* W, int64_t K, int64_t n0, int64_t n1, float* y,
                       int64_t ldy, bool accumulate) {
+  if (T < kFewTokens) {
+    for (int64_t n = n0; n < n1; ++n) token_tiles<1>(x, T, K, W, n, y, ldy, accumulate);
+    return;
+  }
   constexpr int64_t kTokenBlock = 128;  // 128 bf16 rows of K stay in L2
   for (int64_t tb = 0; tb < T; tb += kTokenBlock) {
     const int64_t tn = min64(kTokenBlock, T - tb);
     const uint16_t* xb = x + tb * K;
     float* yb = y + tb * ldy;
     int64_t n = n0;
-    for (; n + kTileRows <= n1; n += kTileRows) token_tiles<kTileRows>(xb, tn, K, W, n, yb, ldy, accumulate);
+    for (; n + kTileRows <= n1; n += kTileRows)
+      token_tiles<kTileRows>(xb, tn, K, W, n, yb, ldy, accumulate,
+                             n + 2 * kTileRows <= n1 ? W + (n + kTileRows) * K : nullptr);
     for (; n < n1; ++n) token_tiles<1>(xb, tn, K, W, n, yb, ldy, accumulate);
   }
 }

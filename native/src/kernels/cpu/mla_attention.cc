@@ -95,9 +95,9 @@ void CpuOps::mla_attention(const float* q, int64_t T, const LatentCacheView& c, 
   });
 
   // 2. Softmax attention over the cache: per token, heads in groups that each read every
-  // cache row of the token's context once. Enough groups per token to feed the threads.
+  // cache row of the token's context once. Just enough groups per token to feed the threads.
   const int64_t threads = pool.size();
-  const int64_t groups = std::min<int64_t>(Hh, std::max<int64_t>(1, (2 * threads + T - 1) / T));
+  const int64_t groups = std::min<int64_t>(Hh, std::max<int64_t>(1, (threads + T - 1) / T));
   const int64_t G = (Hh + groups - 1) / groups, n_groups = (Hh + G - 1) / G;
   pool.parallel_chunks(T * n_groups, 1, [&](int64_t ub, int64_t ue) {
     std::vector<const void*> rows;
