@@ -22,7 +22,7 @@ export interface NativeEngineOptions {
 }
 
 export interface ModelInfo {
-  /** config.json's model_type: deepseek_v2, deepseek_v3, qwen3_moe or mixtral. */
+  /** config.json's model_type: deepseek_v2, deepseek_v3, kimi_k2, qwen3_moe or mixtral. */
   modelType: string;
   /** What the KV cache holds: MLA's latent (DeepSeek) or grouped-query K/V heads (Qwen3-MoE, Mixtral). */
   attention: 'mla' | 'gqa';
