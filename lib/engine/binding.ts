@@ -22,7 +22,10 @@ export interface NativeEngineOptions {
 }
 
 export interface ModelInfo {
+  /** config.json's model_type: deepseek_v2, deepseek_v3, kimi_k2, qwen3_moe or mixtral. */
   modelType: string;
+  /** What the KV cache holds: MLA's latent (DeepSeek) or grouped-query K/V heads (Qwen3-MoE, Mixtral). */
+  attention: 'mla' | 'gqa';
   device: string;
   vocabSize: number;
   hiddenSize: number;
@@ -36,6 +39,8 @@ export interface ModelInfo {
   eosTokenId: number;
   /** Storage type of the routed experts: 'f32' | 'f16' | 'bf16'. */
   expertDtype: string;
+  /** KV cache bytes of one token in one layer (MLA: (kv_lora_rank + rope) * 4; GQA: 2 * kv_heads * head_dim * 4). */
+  kvBytesPerTokenPerLayer: number;
 }
 
 /**

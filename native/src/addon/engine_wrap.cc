@@ -71,6 +71,7 @@ Napi::Object ModelInfoToJs(Napi::Env env, const ew::Engine& e) {
   const ew::ModelConfig& c = e.config();
   Napi::Object o = Napi::Object::New(env);
   o.Set("modelType", c.model_type);
+  o.Set("attention", c.gqa() ? "gqa" : "mla");
   o.Set("device", e.device_name());
   o.Set("vocabSize", static_cast<double>(c.vocab_size));
   o.Set("hiddenSize", static_cast<double>(c.hidden_size));
@@ -83,6 +84,7 @@ Napi::Object ModelInfoToJs(Napi::Env env, const ew::Engine& e) {
   o.Set("bosTokenId", static_cast<double>(c.bos_token_id));
   o.Set("eosTokenId", static_cast<double>(c.eos_token_id));
   o.Set("expertDtype", ExpertDtypeName(e.expert_dtype()));
+  o.Set("kvBytesPerTokenPerLayer", static_cast<double>(e.kv_stats().bytes_per_token_layer));
   return o;
 }
 

@@ -1,6 +1,7 @@
-// KvCache: the MLA latent cache in fixed-size blocks from one pool.
-// Per token per layer it stores kv_cache_width() floats: the normed c_kv
-// (kv_lora_rank) followed by the rotated k_pe (qk_rope_head_dim).
+// KvCache: the KV cache in fixed-size blocks from one pool, for any attention: per token
+// per layer it stores `width` floats (ModelConfig::kv_cache_width): MLA's latent (the
+// normed c_kv, kv_lora_rank, then the rotated k_pe, qk_rope_head_dim) or GQA's keys then
+// values (2 * kv_heads * head_dim).
 // Sequences own lists of blocks (a block table), so sequences of any length share the pool.
 // Without host storage the object only keeps the block tables and lengths: the CUDA
 // engine keeps the blocks themselves in device memory with the same layout.
@@ -13,6 +14,7 @@
 namespace ew {
 
 struct KvStats {
+  int64_t bytes_per_token_layer = 0;  // one token's entry in one layer
   int block_size = 0;
   int total_blocks = 0;
   int free_blocks = 0;
