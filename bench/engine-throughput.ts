@@ -1,28 +1,27 @@
-// Engine throughput on a DeepSeek-V2-shaped bf16 model sized for a small CPU host:
-// prefill and decode tokens/s at batch 1 and 16, decode step time, the weight bytes a
-// decode step reads, and that as a share of the measured memory read bandwidth.
-// The model is generated once (random weights) under bench/.models/.
-// Prints a table; writes bench/results/engine-throughput.json.
+// Engine throughput on bf16 models sized for a small CPU host, one per family shape:
+// DeepSeek-V2-shaped (MLA, 64 experts top-6, 2 shared) and Qwen3-30B-A3B-shaped (GQA
+// 16/2 heads of 128 with q/k norms, 128 experts top-8). For each: prefill and decode
+// tokens/s at batch 1 and 16, decode step time, the weight and KV bytes a decode step
+// reads, and that as a share of the measured memory read bandwidth; the KV cache's bytes
+// per token per layer. The models are generated once (random weights) under bench/.models/.
+// Prints a table per model; writes bench/results/engine-throughput.json.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join, relative } from 'node:path';
 
 import { loadBinding } from '../lib/engine/binding.js';
 import { Engine, type ChunkSpec } from '../lib/engine/engine.js';
-import type { DeepseekV2Config } from '../tools/fixtures/config.js';
-import { ROOT, V2_SHAPED, decodeStepBytes as stepBytes, ensureBenchModel, median, promptTokens } from './models.js';
+import type { FixtureConfig } from '../tools/fixtures/families.js';
+import { QWEN3_SHAPED, ROOT, V2_SHAPED, decodeStepBytes as stepBytes, ensureBenchModel, median, promptTokens } from './models.js';
 
-const CONFIG = V2_SHAPED;
+const MODELS: { key: string; title: string; config: FixtureConfig; experts: number; topK: number }[] = [
+  { key: 'v2-shaped', title: 'DeepSeek-V2-shaped (MLA, 64 experts top-6, 2 shared)', config: V2_SHAPED, experts: V2_SHAPED.n_routed_experts, topK: V2_SHAPED.num_experts_per_tok },
+  { key: 'qwen3-a3b-shaped', title: 'Qwen3-30B-A3B-shaped (GQA 16/2 x 128, 128 experts top-8)', config: QWEN3_SHAPED, experts: QWEN3_SHAPED.num_experts, topK: QWEN3_SHAPED.num_experts_per_tok },
+];
 const PROMPT = 128;
 const BATCH = 16;
 const BYTES_PER_WEIGHT = 2; // bf16
-const KV_BYTES_PER_VALUE = 4; // the latent KV cache is fp32
-
-const ensureModel = () => ensureBenchModel('v2-shaped', CONFIG);
-
-function decodeStepBytes(c: DeepseekV2Config, tokens: number, distinctExpertsPerMoeLayer: number, contexts: number[]): number {
-  return stepBytes(c, { tokens, distinctExpertsPerMoeLayer, contexts, bytesPerWeight: BYTES_PER_WEIGHT, kvBytesPerValue: KV_BYTES_PER_VALUE });
-}
+const KV_BYTES_PER_VALUE = 4; // the KV cache is fp32
 
 async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
   const t0 = performance.now();
@@ -30,10 +29,8 @@ async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
   return [r, performance.now() - t0];
 }
 
-async function main(): Promise<void> {
-  const dir = ensureModel();
-  const binding = loadBinding();
-  const bandwidthGBs = await binding.measureMemoryBandwidth();
+async function measure(model: (typeof MODELS)[number], bandwidthGBs: number) {
+  const dir = ensureBenchModel(model.key, model.config);
   const engine = await Engine.load(dir, { device: 'cpu', kvCacheTokens: (BATCH + 2) * (PROMPT + 64) });
   const V = engine.info.vocabSize;
   const prefillChunks = (ids: number[]): ChunkSpec[] => ids.map((seqId) => ({ seqId, tokens: promptTokens(seqId, PROMPT, V) }));
@@ -71,17 +68,17 @@ async function main(): Promise<void> {
   }
   const contexts16 = seqs.map((id) => engine.sequenceLength(id));
   freeAll(seqs);
+  const info = engine.info;
   engine.close();
 
   // Routed experts one decode step reads per MoE layer: exactly k at batch 1; at batch B
   // at most min(M, B*k) (the engine does not report routing; uniform routing would touch
   // M*(1-(1-k/M)^B) on average, fewer than the bound).
-  const M = CONFIG.n_routed_experts;
-  const k = CONFIG.num_experts_per_tok;
+  const { experts: M, topK: k } = model;
   const bound16 = Math.min(M, BATCH * k);
   const uniform16 = M * (1 - (1 - k / M) ** BATCH);
   const row = (batch: number, stepMs: number, experts: number, contexts: number[]) => {
-    const bytes = decodeStepBytes(CONFIG, batch, experts, contexts);
+    const bytes = stepBytes(model.config, { tokens: batch, distinctExpertsPerMoeLayer: experts, contexts, bytesPerWeight: BYTES_PER_WEIGHT, kvBytesPerValue: KV_BYTES_PER_VALUE });
     const achievedGBs = bytes / (stepMs / 1000) / 1e9;
     return {
       batch,
@@ -94,41 +91,53 @@ async function main(): Promise<void> {
     };
   };
   const decode16Note = `experts per layer is the upper bound min(M, B*k); uniform routing expects ${uniform16.toFixed(1)}`;
-  const results = {
-    date: new Date().toISOString(),
-    machine: { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, node: process.version },
-    model: { dir: relative(ROOT, dir), config: CONFIG, expertDtype: engine.info.expertDtype },
-    measuredReadBandwidthGBs: bandwidthGBs,
+  return {
+    key: model.key,
+    title: model.title,
+    dir: relative(ROOT, dir),
+    config: model.config,
+    expertDtype: info.expertDtype,
+    attention: info.attention,
+    kvBytesPerTokenPerLayer: info.kvBytesPerTokenPerLayer,
     prefill: [
       { batch: 1, tokens: PROMPT, stepMs: median(prefill1), tokensPerS: (PROMPT * 1000) / median(prefill1) },
       { batch: BATCH, tokens: PROMPT * BATCH, stepMs: prefill16Ms, tokensPerS: (PROMPT * BATCH * 1000) / prefill16Ms },
     ],
-    decode: [
-      row(1, median(decode1), k, [context1]),
-      { ...row(BATCH, median(decode16), bound16, contexts16), note: decode16Note },
-    ],
+    decode: [row(1, median(decode1), k, [context1]), row(BATCH, median(decode16), bound16, contexts16)],
+    decodeNote: decode16Note,
   };
+}
+
+async function main(): Promise<void> {
+  const only = process.argv[2];
+  const models = MODELS.filter((m) => !only || m.key === only);
+  if (models.length === 0) throw new Error(`bench:engine: no model ${only}; one of ${MODELS.map((m) => m.key).join(', ')}`);
+  const bandwidthGBs = await loadBinding().measureMemoryBandwidth();
+  const machine = { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, node: process.version };
+  const results = [];
+  for (const m of models) results.push(await measure(m, bandwidthGBs));
 
   const mb = (b: number) => (b / 1e6).toFixed(1);
-  const lines = [
-    `Engine throughput, ${results.machine.cpu} (${results.machine.cores} threads), model H=${CONFIG.hidden_size} L=${CONFIG.num_hidden_layers} M=${M} k=${k} bf16`,
-    `Measured memory read bandwidth: ${bandwidthGBs.toFixed(1)} GB/s`,
-    '',
-    'phase    batch  tokens/step  step ms   tokens/s   experts/layer  MB read/step  GB/s achieved  % of measured',
-    ...results.prefill.map(
-      (p) => `prefill  ${String(p.batch).padStart(5)}  ${String(p.tokens).padStart(11)}  ${p.stepMs.toFixed(1).padStart(7)}  ${p.tokensPerS.toFixed(1).padStart(9)}`,
-    ),
-    ...results.decode.map(
-      (d) =>
-        `decode   ${String(d.batch).padStart(5)}  ${String(d.batch).padStart(11)}  ${d.stepMs.toFixed(1).padStart(7)}  ${d.tokensPerS.toFixed(1).padStart(9)}` +
-        `  ${String(d.distinctExpertsPerLayer).padStart(13)}  ${mb(d.bytesPerStep).padStart(12)}  ${d.achievedGBs.toFixed(2).padStart(13)}  ${(d.percentOfMeasured?.toFixed(1) ?? 'n/a').padStart(12)}%`,
-    ),
-    '',
-    `decode batch ${BATCH}: ${decode16Note}, so its bandwidth figures are upper bounds.`,
-  ];
+  const lines = [`Engine throughput, ${machine.cpu} (${machine.cores} threads), bf16 weights`, `Measured memory read bandwidth: ${bandwidthGBs.toFixed(1)} GB/s`];
+  for (const r of results) {
+    const c = r.config;
+    lines.push(
+      '',
+      `${r.title}: H=${c.hidden_size} L=${c.num_hidden_layers}; KV cache ${r.kvBytesPerTokenPerLayer} B per token per layer (${r.attention})`,
+      'phase    batch  tokens/step  step ms   tokens/s   experts/layer  MB read/step  GB/s achieved  % of measured',
+      ...r.prefill.map((p) => `prefill  ${String(p.batch).padStart(5)}  ${String(p.tokens).padStart(11)}  ${p.stepMs.toFixed(1).padStart(7)}  ${p.tokensPerS.toFixed(1).padStart(9)}`),
+      ...r.decode.map(
+        (d) =>
+          `decode   ${String(d.batch).padStart(5)}  ${String(d.batch).padStart(11)}  ${d.stepMs.toFixed(1).padStart(7)}  ${d.tokensPerS.toFixed(1).padStart(9)}` +
+          `  ${String(d.distinctExpertsPerLayer).padStart(13)}  ${mb(d.bytesPerStep).padStart(12)}  ${d.achievedGBs.toFixed(2).padStart(13)}  ${(d.percentOfMeasured?.toFixed(1) ?? 'n/a').padStart(12)}%`,
+      ),
+      `decode batch ${BATCH}: ${r.decodeNote}, so its bandwidth figures are upper bounds.`,
+    );
+  }
   console.log(lines.join('\n'));
   mkdirSync(join(ROOT, 'bench', 'results'), { recursive: true });
-  writeFileSync(join(ROOT, 'bench', 'results', 'engine-throughput.json'), JSON.stringify(results, null, 2) + '\n');
+  const file = join(ROOT, 'bench', 'results', 'engine-throughput.json');
+  writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), machine, measuredReadBandwidthGBs: bandwidthGBs, models: results }, null, 2) + '\n');
 }
 
 await main();

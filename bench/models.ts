@@ -7,6 +7,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { buildConfig, type DeepseekV2Config } from '../tools/fixtures/config.js';
+import { familyOf, moeLayers, presetConfig, type FixtureConfig, type Qwen3MoeConfig } from '../tools/fixtures/families.js';
 import { makeModel } from '../tools/fixtures/model.js';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -44,12 +45,19 @@ export const V2_SHAPED: DeepseekV2Config = buildConfig('v2Lite', {
  * 3.3 GB of bf16, far past any last-level cache, read ~0.8 GB per decode step. */
 export const V2_LITE_WIDTH: DeepseekV2Config = buildConfig('v2Lite', { num_hidden_layers: 3 });
 
-function modelDir(prefix: string, cfg: DeepseekV2Config): string {
+/**
+ * Qwen3-30B-A3B's structure (GQA 16/2 heads of 128 with q/k norms, 128 experts top-8 of
+ * moe_intermediate_size 384, no shared experts) scaled so a decode step on 2 cores takes
+ * well under a second: hidden 1024, 4 layers, vocab 32000 (1.2 GB of bf16).
+ */
+export const QWEN3_SHAPED: Qwen3MoeConfig = presetConfig('qwen3A3bShaped');
+
+function modelDir(prefix: string, cfg: FixtureConfig): string {
   return join(MODELS_DIR, `${prefix}-${createHash('sha256').update(JSON.stringify(cfg)).digest('hex').slice(0, 12)}`);
 }
 
-/** The directory of a bf16 random model of `cfg`, generated on first use. */
-export function ensureBenchModel(prefix: string, cfg: DeepseekV2Config): string {
+/** The directory of a bf16 random model of `cfg` (any family), generated on first use. */
+export function ensureBenchModel(prefix: string, cfg: FixtureConfig): string {
   const dir = modelDir(prefix, cfg);
   if (existsSync(join(dir, 'config.json'))) return dir;
   const tmp = dir + '.tmp';
@@ -61,36 +69,44 @@ export function ensureBenchModel(prefix: string, cfg: DeepseekV2Config): string 
   return dir;
 }
 
+/** KV cache values one token stores per layer: MLA's latent (c_kv + rotated k_pe) or GQA's keys and values. */
+export function kvValuesPerTokenLayer(c: FixtureConfig): number {
+  if ('kv_lora_rank' in c) return c.kv_lora_rank + c.qk_rope_head_dim;
+  const headDim = c.head_dim ?? Math.floor(c.hidden_size / c.num_attention_heads);
+  return 2 * c.num_key_value_heads * headDim;
+}
+
 /**
- * Bytes one decode step reads: every non-expert weight once (attention, norms, dense
- * MLP, routers, shared experts, final norm, lm_head), the embedding rows of the step's
- * tokens, each distinct routed expert touched, and the KV cache of every sequence.
+ * Bytes one decode step reads, from the checkpoint's own tensor list (any family): every
+ * non-expert weight once (attention, norms, dense MLPs, routers, shared experts, final
+ * norm, lm_head), the embedding rows of the step's tokens, each distinct routed expert
+ * touched, and the KV cache of every sequence. Multi-token-prediction layers are not read.
  */
 export function decodeStepBytes(
-  c: DeepseekV2Config,
+  c: FixtureConfig,
   opts: { tokens: number; distinctExpertsPerMoeLayer: number; contexts: number[]; bytesPerWeight: number; kvBytesPerValue: number },
 ): number {
-  const H = c.hidden_size;
-  const qHead = c.qk_nope_head_dim + c.qk_rope_head_dim;
-  const q = c.q_lora_rank ? c.q_lora_rank * H + c.q_lora_rank + c.num_attention_heads * qHead * c.q_lora_rank : c.num_attention_heads * qHead * H;
-  const attention =
-    q +
-    (c.kv_lora_rank + c.qk_rope_head_dim) * H +
-    c.kv_lora_rank +
-    c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim) * c.kv_lora_rank +
-    H * c.num_attention_heads * c.v_head_dim +
-    2 * H;
-  const expert = 3 * H * c.moe_intermediate_size;
-  let weights = H + c.vocab_size * H + opts.tokens * H; // final norm, lm_head, embedding rows
-  for (let l = 0; l < c.num_hidden_layers; l++) {
-    weights += attention;
-    const moe = l >= c.first_k_dense_replace && l % c.moe_layer_freq === 0;
-    weights += moe
-      ? c.n_routed_experts * H + (c.n_shared_experts ?? 0) * expert + opts.distinctExpertsPerMoeLayer * expert
-      : 3 * H * c.intermediate_size;
+  const f = familyOf(c);
+  const layers = f.layers(c);
+  const moe = moeLayers(c);
+  const expertNames = new Set(moe.flatMap((l) => Array.from({ length: f.routedExperts(c) }, (_, e) => f.expertPlan(c, l, e).map((t) => t.name)).flat()));
+  const numel = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+  let bytes = 0;
+  let expertBytes = 0;
+  let tied = true;
+  for (const t of f.plan(c)) {
+    const m = /^model\.layers\.(\d+)\./.exec(t.name);
+    if (m && Number(m[1]) >= layers) continue; // MTP
+    const size = numel(t.shape) * (t.f32 ? 4 : opts.bytesPerWeight);
+    if (t.name === 'model.embed_tokens.weight') bytes += opts.tokens * t.shape[1] * opts.bytesPerWeight;
+    else if (expertNames.has(t.name)) expertBytes = size; // every expert matrix has its layer's size
+    else bytes += size;
+    if (t.name === 'lm_head.weight') tied = false;
   }
-  const kvValues = opts.contexts.reduce((s, n) => s + n, 0) * (c.kv_lora_rank + c.qk_rope_head_dim) * c.num_hidden_layers;
-  return weights * opts.bytesPerWeight + kvValues * opts.kvBytesPerValue;
+  if (tied) bytes += c.vocab_size * c.hidden_size * opts.bytesPerWeight; // lm_head reads the whole embedding
+  bytes += moe.length * opts.distinctExpertsPerMoeLayer * 3 * expertBytes;
+  const kvValues = opts.contexts.reduce((s, n) => s + n, 0) * kvValuesPerTokenLayer(c) * layers;
+  return bytes + kvValues * opts.kvBytesPerValue;
 }
 
 export function median(xs: readonly number[]): number {

@@ -30,7 +30,10 @@ export type KvCacheDtype = 'f32' | 'bf16';
 export type CpuPath = 'portable' | 'avx2' | 'avx512' | 'avx512-bf16' | 'amx';
 
 export interface ModelInfo {
+  /** config.json's model_type: deepseek_v2, deepseek_v3, kimi_k2, qwen3_moe or mixtral. */
   modelType: string;
+  /** What the KV cache holds: MLA's latent (DeepSeek) or grouped-query K/V heads (Qwen3-MoE, Mixtral). */
+  attention: 'mla' | 'gqa';
   device: string;
   vocabSize: number;
   hiddenSize: number;
@@ -48,6 +51,8 @@ export interface ModelInfo {
   kvCacheDtype: KvCacheDtype;
   /** The CPU kernels' dispatch path, or '' when the CUDA runner runs the model. */
   cpuPath: CpuPath | '';
+  /** KV cache bytes of one token in one layer (MLA: kv_lora_rank + rope elements; GQA: 2 * kv_heads * head_dim; times the cache element size). */
+  kvBytesPerTokenPerLayer: number;
 }
 
 /**

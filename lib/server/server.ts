@@ -97,7 +97,17 @@ export function startServer(service: Service, engine: EnginePort, options: Serve
     })(res, req);
   };
 
-  app.get('/health', route((reply) => reply.json(200, { status: 'ok', engine: 'expertweave', device: service.info.device, model: service.modelName, model_type: service.info.modelType })));
+  app.get('/health', route((reply) =>
+    reply.json(200, {
+      status: 'ok',
+      engine: 'expertweave',
+      device: service.info.device,
+      model: service.modelName,
+      model_type: service.info.modelType,
+      // What one token costs in the KV cache: MLA's latent (DeepSeek) or GQA's K/V heads.
+      kv_cache: { attention: service.info.attention, dtype: service.info.kvCacheDtype, bytes_per_token_per_layer: service.info.kvBytesPerTokenPerLayer, layers: service.info.numLayers },
+    }),
+  ));
   app.get('/v1/models', route((reply) => {
     const created = 0;
     const maxLen = service.info.maxPositionEmbeddings;

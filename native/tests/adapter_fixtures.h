@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "engine/config.h"
+#include "engine/tensor_names.h"
 #include "util/tensor.h"
 #include "st_writer.h"
 
@@ -94,20 +95,15 @@ inline std::vector<uint8_t> expert_matrix_bytes(int64_t layer, int64_t expert, i
   return out;
 }
 
-const char* const kExpertMatNames[3] = {"gate_proj", "up_proj", "down_proj"};
-
-inline std::string expert_tensor_name(int64_t layer, int64_t expert, int mat, bool model_prefix = true) {
-  return std::string(model_prefix ? "model." : "") + "layers." + std::to_string(layer) + ".mlp.experts." +
-         std::to_string(expert) + "." + kExpertMatNames[mat] + ".weight";
-}
-
-// The three matrices of one expert as st_writer tensors: gate/up [I, H], down [H, I].
+// The three matrices of one expert as st_writer tensors: gate/up [I, H], down [H, I],
+// under the family's names (cfg.family), with or without the leading "model.".
 inline void add_expert(std::vector<StTensor>* tensors, const ew::ModelConfig& cfg, int64_t layer, int64_t expert,
                        uint32_t seed, ew::DType dtype = ew::DType::BF16, bool model_prefix = true) {
   const int64_t H = cfg.hidden_size, I = cfg.moe_intermediate_size;
   for (int m = 0; m < 3; ++m) {
     const int64_t rows = m == 2 ? H : I, cols = m == 2 ? I : H;
-    tensors->push_back(StTensor{expert_tensor_name(layer, expert, m, model_prefix), dtype, {rows, cols},
+    const std::string full = ew::expert_tensor_name(cfg, layer, expert, static_cast<ew::ExpertMat>(m));
+    tensors->push_back(StTensor{model_prefix ? full : full.substr(6), dtype, {rows, cols},
                                 expert_matrix_bytes(layer, expert, m, seed, rows, cols, dtype)});
   }
 }

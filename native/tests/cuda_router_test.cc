@@ -41,7 +41,8 @@ std::vector<T> to_host(const T* p, size_t n) {
 
 // tied: the second half of the router rows repeats the first, so every expert e ties with
 // e + M/2 (exactly: same logits bit for bit) and the top-k must take the lower id first.
-void compare_router(RouterParams p, int64_t T, int64_t H, uint32_t seed, bool tied = false) {
+// with_bias: a random e_score_correction_bias (DeepSeek-V3), the same on both sides.
+void compare_router(RouterParams p, int64_t T, int64_t H, uint32_t seed, bool tied = false, bool with_bias = false) {
   const int M = p.n_experts, k = p.top_k, rows = 5;
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
@@ -57,10 +58,12 @@ void compare_router(RouterParams p, int64_t T, int64_t H, uint32_t seed, bool ti
   std::vector<int32_t> adapter(T);
   for (int64_t t = 0; t < T; ++t) adapter[t] = static_cast<int32_t>(t % rows);
 
+  std::vector<float> bias(M);
+  for (auto& v : bias) v = nd(rng) * 0.5f;
   std::vector<float> scratch(T * M), cw(T * k);
   std::vector<int32_t> cs(T * k), cid(T * k);
   route_tokens_cpu(x.data(), T, H, W, p, tables.view(0), adapter.data(), cs.data(), cw.data(), cid.data(),
-                   scratch.data());
+                   scratch.data(), with_bias ? bias.data() : nullptr);
   std::vector<float> logits(T * M);
   matmul_cpu_raw(x.data(), T, w.data(), DType::F32, M, H, logits.data());
 
@@ -72,8 +75,10 @@ void compare_router(RouterParams p, int64_t T, int64_t H, uint32_t seed, bool ti
   int32_t* d_slots = to_device(std::vector<int32_t>(T * k));
   int32_t* d_ids = to_device(std::vector<int32_t>(T * k));
   float* d_w = to_device(std::vector<float>(T * k));
-  cuda::CudaOps().route(d_logits, T, p, {d_table, rows, M}, d_rows, d_slots, d_w, d_ids);
+  float* d_bias = to_device(bias);
+  cuda::CudaOps().route(d_logits, T, p, {d_table, rows, M}, d_rows, d_slots, d_w, d_ids, with_bias ? d_bias : nullptr);
   CHECK(cudaDeviceSynchronize() == cudaSuccess);
+  cudaFree(d_bias);
   auto gs = to_host(d_slots, T * k);
   auto gid = to_host(d_ids, T * k);
   auto gw = to_host(d_w, T * k);
@@ -97,28 +102,59 @@ TEST(cuda_router_matches_cpu) {
   p.n_experts = 64;
   p.top_k = 6;
   compare_router(p, 300, 64, 1);
-  p.norm_topk_prob = true;
+  p.normalize = true;
+  p.norm_eps = 1e-20f;
   compare_router(p, 33, 64, 2);
   compare_router(p, 40, 64, 9, /*tied=*/true);  // ties across lanes: e and e + 32
-  p.group_limited = true;
+  p.groups = GroupRule::BestScore;
   p.n_group = 8;
   p.topk_group = 3;
   compare_router(p, 77, 64, 3);
   RouterParams q;
   q.n_experts = 160;
   q.top_k = 6;
-  q.group_limited = true;
+  q.groups = GroupRule::BestScore;
   q.n_group = 8;
   q.topk_group = 3;
-  q.routed_scaling_factor = 16.f;
+  q.scale = 16.f;
   compare_router(q, 50, 32, 4);
   RouterParams r;  // widths that are not multiples of 32: padding lanes (the embedded model has 16)
   for (int M : {8, 16, 50, 200}) {
     r.n_experts = M;
     r.top_k = std::min(M, 4);
-    r.norm_topk_prob = M == 50;
+    r.normalize = M == 50;
     compare_router(r, 40, 32, 5 + M);
   }
+}
+
+// DeepSeek-V3's noaux_tc (sigmoid, correction bias, groups by their two best, closed
+// groups never chosen, then scaled), at V3's width (256 in 8 groups), Moonlight's (64, one
+// group), Kimi-K2's (384, one group) and the fixtures' (16 in 4 groups: padding lanes);
+// Qwen3's top-8 of 128 normalised without epsilon and its top-1 (weight exactly 1).
+TEST(cuda_router_sigmoid_noaux_tc_and_qwen3_match_cpu) {
+  ewtest::need_cuda_device();
+  struct Shape { int M, k, n_group, topk_group; };
+  for (Shape sh : {Shape{256, 8, 8, 4}, Shape{64, 6, 1, 1}, Shape{384, 8, 1, 1}, Shape{16, 4, 4, 2}, Shape{64, 6, 8, 1}}) {
+    RouterParams p;
+    p.n_experts = sh.M;
+    p.top_k = sh.k;
+    p.scoring = RouterScoring::Sigmoid;
+    p.groups = GroupRule::TopTwoSum;
+    p.n_group = sh.n_group;
+    p.topk_group = sh.topk_group;
+    p.normalize = true;
+    p.norm_eps = 1e-20f;
+    p.scale = 2.5f;
+    compare_router(p, 45, 48, 100 + sh.M, false, /*with_bias=*/true);
+    compare_router(p, 20, 48, 200 + sh.M, /*tied=*/true, /*with_bias=*/true);
+  }
+  RouterParams q;
+  q.n_experts = 128;
+  q.top_k = 8;
+  q.normalize = true;
+  compare_router(q, 64, 64, 300);
+  q.top_k = 1;
+  compare_router(q, 16, 64, 301);
 }
 
 // Logits the softmax turns into NaN everywhere (a NaN, a +inf, only -inf): the CPU router
@@ -144,11 +180,12 @@ TEST(cuda_router_nan_rows_match_cpu_rule) {
   logits[0 * M + 40] = NAN;
   logits[1 * M + 7] = INFINITY;
   for (int e = 0; e < M; ++e) logits[2 * M + e] = -INFINITY;
-  for (bool norm : {false, true}) {
+  for (int variant : {0, 1, 2}) {  // softmax; softmax normalised; sigmoid (the NaN logit only)
     RouterParams p;
     p.n_experts = M;
     p.top_k = k;
-    p.norm_topk_prob = norm;
+    p.normalize = variant == 1;
+    if (variant == 2) p.scoring = RouterScoring::Sigmoid;
     float* d_logits = to_device(logits);
     int32_t* d_slots = to_device(std::vector<int32_t>(T * k, -7));
     float* d_w = to_device(std::vector<float>(T * k, 0.f));
@@ -157,7 +194,7 @@ TEST(cuda_router_nan_rows_match_cpu_rule) {
     const auto gs = to_host(d_slots, T * k);
     const auto gw = to_host(d_w, T * k);
     for (void* ptr : {static_cast<void*>(d_logits), static_cast<void*>(d_slots), static_cast<void*>(d_w)}) cudaFree(ptr);
-    for (int t = 0; t < T; ++t)
+    for (int t = 0; t < (variant == 2 ? 1 : T); ++t)  // sigmoid of +-inf is finite: only row 0 has a NaN
       for (int j = 0; j < k; ++j) {
         CHECK_EQ(gs[t * k + j], j);
         CHECK(std::isnan(gw[t * k + j]));

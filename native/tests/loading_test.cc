@@ -142,7 +142,7 @@ TEST(config_refusals_name_the_key) {
   };
   const st::ConfigKeys base = st::tiny_config();
   const Case cases[] = {
-      {st::with(base, "model_type", "\"deepseek_v3\""), "model_type \"deepseek_v3\" is not supported"},
+      {st::with(base, "model_type", "\"deepseek_v3\""), "key scoring_func is \"softmax\"; only \"sigmoid\" is supported"},
       {st::with(base, "model_type", "\"llama\""), "model_type \"llama\""},
       {st::without(base, "model_type"), "missing required key model_type"},
       {st::with(base, "scoring_func", "\"sigmoid\""), "key scoring_func is \"sigmoid\""},

@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 
 import { Engine, type ChunkSpec, type EngineOptions } from '../../lib/engine/engine.js';
-import { makeAdapter } from '../../tools/fixtures/adapter.js';
+import { fitSelection, loadEsftSelection, makeAdapter } from '../../tools/fixtures/adapter.js';
+import { presetConfig, type AnyPresetName } from '../../tools/fixtures/families.js';
 import { addon, addonGate, logitRows, relativeError } from '../helpers/engine.js';
 import { gatedSuite, type Gate } from '../helpers/gate.js';
 import { presetModel, someTokens } from '../helpers/fixtures.js';
@@ -146,6 +147,24 @@ interface Subject {
 const defaultModel = join(repoRoot(), 'models', 'default');
 const bytes = (s: string) => [256, ...Buffer.from(s, 'utf8')]; // the default model's byte tokenizer, with BOS
 
+/** A tiny bf16 preset of another family with two adapters fitted from the ESFT selections. */
+function familySubject(preset: AnyPresetName): Subject {
+  const model = () => presetModel(preset, 'bf16', 7);
+  return {
+    name: `${preset} (${presetConfig(preset).model_type}) random bf16 fixture`,
+    model,
+    adapters: () => {
+      const root = tempDir('ew-cuda-adapters-');
+      return (['law', 'translation'] as const).map((task, i) => {
+        const dir = join(root, task);
+        makeAdapter(dir, model(), fitSelection(presetConfig(preset), loadEsftSelection(task)), { seed: 31 + i });
+        return [task, dir] as [string, string];
+      });
+    },
+    prompts: (vocab) => [3, 9, 17, 30, 5, 12].map((n, i) => someTokens(n, vocab, i)),
+  };
+}
+
 const SUBJECTS: Subject[] = [
   {
     name: 'tiny random bf16 fixture',
@@ -170,6 +189,9 @@ const SUBJECTS: Subject[] = [
     adapters: () => ['rot13', 'inc', 'shift', 'atbash'].map((n) => [n, join(repoRoot(), 'adapters', n)] as [string, string]),
     prompts: () => ['rot13: hello\n=', 'inc: 3847\n=', 'shift: abcxyz\n=', 'atbash: wizard\n=', 'the quick brown fox', 'rot13: gpu\n='].map(bytes),
   },
+  familySubject('qwen3Tiny'),
+  familySubject('v3Tiny'),
+  familySubject('mixtralTiny'),
 ];
 
 describe('CUDA engine parity with the CPU engine', () => {

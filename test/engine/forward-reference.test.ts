@@ -10,6 +10,7 @@ import { makeAdapter } from '../../tools/fixtures/adapter.js';
 import { buildConfig, isMoeLayer, type PresetName } from '../../tools/fixtures/config.js';
 import { makeModel, type FixtureDType } from '../../tools/fixtures/model.js';
 import { CPU_ENGINE, addon, logitRows, relativeError, withAddon } from '../helpers/engine.js';
+import { comparable, tolerance } from '../helpers/tolerance.js';
 import { editedModel, mergedModel, presetModel, someTokens } from '../helpers/fixtures.js';
 import { tempDir } from '../helpers/tmp.js';
 import { ReferenceModel, argmax } from '../reference/deepseek-v2.js';
@@ -40,46 +41,11 @@ function assertBitwise(a: Float32Array, b: Float32Array, what: string): void {
   assert.equal(i, -1, `${what}: differs at ${i} (${a[i]} vs ${b[i]})`);
 }
 
-/**
- * max |engine - reference| / max |reference| per logit row. The reference reads the same
- * dtype-rounded weights in float64 and stores its latent cache as the engine's does (exact
- * for an f32 cache, rounded to bf16 for a bf16 one), so only the engine's fp32 arithmetic
- * differs, in every dtype alike: with an f32 cache measured at most 6.8e-7 (AVX2 path) and
- * 8.1e-7 (EW_CPU_PATH=portable) over these presets and dtypes; 1e-5 leaves a 12x margin for
- * other CPUs' summation, and a bf16-rounded output in one matmul (relative error up to 4e-3
- * per element) lands far above it. With a bf16 cache (the CPU default) a cached value within
- * fp32 rounding of a bf16 rounding boundary may round one way in the engine and the other in
- * the reference (measured 2.8e-5 once, on the portable path): 1e-4 there.
- * The paths that round matmul activations to bf16 (avx512-bf16, amx; the reference does not)
- * differ by up to 1.2e-2 (measured, avx512-bf16, bf16 weights; 6e-3 typical): 3e-2 there,
- * still far below what a wrong row or a missed expert gives (order 1). That rounding can also
- * choose another expert where the reference's routing is a near-tie (these fixtures have
- * margins down to 6e-7, where it did: 0.12), and from there a sequence's logits legitimately
- * differ: on those paths a position is compared only while every routing margin up to it
- * exceeds NEAR_TIE = 1e-3 (comparable(), below; 6 to 13 of 13 prefill positions here).
- */
-const TOL_F32_CACHE = 1e-5;
-const TOL_BF16_CACHE = 1e-4;
-const TOL_BF16_ACTIVATIONS = 3e-2;
-const NEAR_TIE = 1e-3;
-const roundsActivations = (path: string) => path === 'avx512-bf16' || path === 'amx';
-/** Positions [0, n) of a reference run the engine's logits are compared at (see above). */
-function comparable(engine: NativeEngine, weights: FixtureDType, want: { routerMargins: number[] }): number {
-  if (!(roundsActivations(engine.info().cpuPath) && weights === 'bf16')) return want.routerMargins.length;
-  const first = want.routerMargins.findIndex((m) => m < NEAR_TIE);
-  return first < 0 ? want.routerMargins.length : first;
-}
 const PRESETS: PresetName[] = ['tiny', 'tinyQLora', 'tinyGrouped'];
 const DTYPES: FixtureDType[] = ['f32', 'bf16', 'f16'];
 const CASES = (['bf16', 'f32'] as const).flatMap((kvCacheDtype) =>
   PRESETS.flatMap((preset) => DTYPES.map((dtype) => ({ preset, dtype, kvCacheDtype }))),
 );
-/** The tolerance of an engine's logits against the reference: its path and its cache decide. */
-function tolerance(engine: NativeEngine, weights: FixtureDType): number {
-  const info = engine.info();
-  if (roundsActivations(info.cpuPath) && weights === 'bf16') return TOL_BF16_ACTIVATIONS;
-  return info.kvCacheDtype === 'bf16' ? TOL_BF16_CACHE : TOL_F32_CACHE;
-}
 
 for (const { preset, dtype, kvCacheDtype } of CASES) {
   describe(`${preset} ${dtype}, ${kvCacheDtype} KV cache`, () => {

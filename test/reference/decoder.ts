@@ -5,7 +5,7 @@
 // with a per-sequence KV cache, so a sequence can be extended chunk by chunk
 // (prefill, then one token at a time) exactly as an engine decodes it.
 import { Weights } from './checkpoint.js';
-import { add, matvec, rmsNorm, silu, softmax } from './ops.js';
+import { add, matvec, rmsNorm, silu, softmax, roundToBf16 } from './ops.js';
 import type { Routing } from './routing.js';
 
 export interface DecoderDims {
@@ -37,6 +37,12 @@ export interface ReferenceOptions {
   /** The KV cache's element type: 'bf16' rounds every cached entry to bf16 as it is stored
    * (the engine's default on the CPU); default 'f32' (exact: the reference keeps float64). */
   kvCacheDtype?: 'f32' | 'bf16';
+}
+
+/** How a KV cache of this element type stores an entry: exact (f32: the reference keeps
+ * float64), or rounded to bf16 as the engine writes it. */
+export function cacheStorage(dtype: ReferenceOptions['kvCacheDtype']): (x: Float64Array) => Float64Array {
+  return dtype === 'bf16' ? (x) => x.map(roundToBf16) : (x) => x;
 }
 
 /**

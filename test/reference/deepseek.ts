@@ -18,8 +18,8 @@ import { join } from 'node:path';
 
 import { loadWeights, mlpNames, swigluExperts, type ExpertLayout, type Weights } from './checkpoint.js';
 import { ConfigKeys } from './config-keys.js';
-import { DecoderReference, attendCached, mixExperts, swiglu, type LayerCache, type ReferenceOptions } from './decoder.js';
-import { matvec, rmsNorm, roundToBf16 } from './ops.js';
+import { DecoderReference, attendCached, cacheStorage, mixExperts, swiglu, type LayerCache, type ReferenceOptions } from './decoder.js';
+import { matvec, rmsNorm } from './ops.js';
 import { interleavedRope, ropeFrequencies, yarnGetMscale, type RopeScaling, type RopeTable } from './rope.js';
 import { routerScores, selectExperts, type RouterSpec } from './routing.js';
 
@@ -182,7 +182,7 @@ export class DeepseekReference extends DecoderReference {
     super(w, { vocab: cfg.vocab, hidden: cfg.hidden, layers: cfg.layers, eps: cfg.eps, tieWordEmbeddings: cfg.tieWordEmbeddings });
     this.rope = ropeTable(cfg);
     this.router = routerSpec(cfg);
-    this.stored = opts.kvCacheDtype === 'bf16' ? (x) => x.map(roundToBf16) : (x) => x;
+    this.stored = cacheStorage(opts.kvCacheDtype);
   }
 
   /** Loads either release (the config's model_type decides). */

@@ -6,7 +6,7 @@
 //   (repeat_kv); scores · head_dim^-0.5; causal softmax; o_proj over the concatenated heads.
 import { swigluExperts, type ExpertLayout, type Weights } from './checkpoint.js';
 import type { ConfigKeys } from './config-keys.js';
-import { DecoderReference, attendCached, mixExperts, swiglu, type DecoderDims, type LayerCache } from './decoder.js';
+import { DecoderReference, attendCached, cacheStorage, mixExperts, swiglu, type DecoderDims, type LayerCache, type ReferenceOptions } from './decoder.js';
 import { matvec, rmsNorm } from './ops.js';
 import { ropeFrequencies, rotateHalf, type RopeTable } from './rope.js';
 import { routerScores, selectExperts, type RouterSpec } from './routing.js';
@@ -29,8 +29,9 @@ function heads(v: Float64Array, n: number, d: number): Float64Array[] {
   return Array.from({ length: n }, (_, h) => v.slice(h * d, (h + 1) * d));
 }
 
-/** GQA of layer prefix `p` (model.layers.{l}.self_attn) over a chunk at positions start, start+1, ... */
-export function gqaAttention(w: Weights, p: string, dims: GqaDims, rope: RopeTable, xs: Float64Array[], start: number, cache: LayerCache): Float64Array[] {
+/** GQA of layer prefix `p` (model.layers.{l}.self_attn) over a chunk at positions start, start+1, ...;
+ * the cache keeps keys and values as `stored` returns them (a bf16 cache rounds them). */
+export function gqaAttention(w: Weights, p: string, dims: GqaDims, rope: RopeTable, xs: Float64Array[], start: number, cache: LayerCache, stored: (x: Float64Array) => Float64Array = (x) => x): Float64Array[] {
   const { hidden: H, heads: nq, kvHeads: nkv, headDim: d, eps } = dims;
   const qNorm = dims.qkNorm ? w.get(`${p}.q_norm.weight`, [d]) : undefined;
   const kNorm = dims.qkNorm ? w.get(`${p}.k_norm.weight`, [d]) : undefined;
@@ -40,8 +41,8 @@ export function gqaAttention(w: Weights, p: string, dims: GqaDims, rope: RopeTab
     const k = heads(matvec(w.get(`${p}.k_proj.weight`, [nkv * d, H]), nkv * d, H, x), nkv, d);
     const v = heads(matvec(w.get(`${p}.v_proj.weight`, [nkv * d, H]), nkv * d, H, x), nkv, d);
     const norm = (hs: Float64Array[], weight?: Float64Array) => (weight ? hs.map((h) => rmsNorm(h, weight, eps)) : hs);
-    cache.keys.push(norm(k, kNorm).map((h) => rotateHalf(h, pos, rope)));
-    cache.values.push(v);
+    cache.keys.push(norm(k, kNorm).map((h) => stored(rotateHalf(h, pos, rope))));
+    cache.values.push(v.map(stored));
     return norm(q, qNorm).map((h) => rotateHalf(h, pos, rope));
   });
   const oProj = w.get(`${p}.o_proj.weight`, [H, nq * d]);
@@ -119,14 +120,17 @@ export function gqaMoeExperts(f: GqaMoeLayout): ExpertLayout {
 /** A decoder of GQA attention and either a dense SwiGLU MLP or top-k routed SwiGLU experts per layer. */
 export class GqaMoeReference extends DecoderReference {
   private readonly rope: RopeTable;
+  /** The KV cache's entries as stored: exact, or rounded to bf16. */
+  private readonly stored: (x: Float64Array) => Float64Array;
 
-  constructor(readonly layout: GqaMoeLayout, w: Weights) {
+  constructor(readonly layout: GqaMoeLayout, w: Weights, opts: ReferenceOptions = {}) {
     super(w, layout.dims);
     this.rope = ropeFrequencies({ dim: layout.gqa.headDim, theta: layout.ropeTheta, scaling: null });
+    this.stored = cacheStorage(opts.kvCacheDtype);
   }
 
   protected override attention(l: number, xs: Float64Array[], start: number, cache: LayerCache): Float64Array[] {
-    return gqaAttention(this.w, `model.layers.${l}.self_attn`, this.layout.gqa, this.rope, xs, start, cache);
+    return gqaAttention(this.w, `model.layers.${l}.self_attn`, this.layout.gqa, this.rope, xs, start, cache, this.stored);
   }
 
   protected override ffn(l: number, x: Float64Array, margins: number[]): Float64Array {

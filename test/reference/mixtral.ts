@@ -62,6 +62,6 @@ export class MixtralReference extends GqaMoeReference {
   static load(dir: string, opts: ReferenceOptions = {}): MixtralReference {
     const path = join(dir, 'config.json');
     const layout = mixtralLayout(parseMixtralConfig(readFileSync(path, 'utf8'), path));
-    return new MixtralReference(layout, loadWeights(dir, gqaMoeExperts(layout), opts));
+    return new MixtralReference(layout, loadWeights(dir, gqaMoeExperts(layout), opts), opts);
   }
 }

@@ -72,6 +72,6 @@ export class Qwen3MoeReference extends GqaMoeReference {
   static load(dir: string, opts: ReferenceOptions = {}): Qwen3MoeReference {
     const path = join(dir, 'config.json');
     const layout = qwen3Layout(parseQwen3MoeConfig(readFileSync(path, 'utf8'), path));
-    return new Qwen3MoeReference(layout, loadWeights(dir, gqaMoeExperts(layout), opts));
+    return new Qwen3MoeReference(layout, loadWeights(dir, gqaMoeExperts(layout), opts), opts);
   }
 }

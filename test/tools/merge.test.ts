@@ -10,10 +10,11 @@ import { Engine } from '../../lib/engine/engine.js';
 import { TensorStore } from '../../lib/safetensors/reader.js';
 import { fitSelection, loadEsftSelection, makeAdapter } from '../../tools/fixtures/adapter.js';
 import { buildConfig } from '../../tools/fixtures/config.js';
+import { presetConfig } from '../../tools/fixtures/families.js';
 import { makeModel } from '../../tools/fixtures/model.js';
 import { mergeAdapter } from '../../tools/merge/merge.js';
 import { CPU_ENGINE, addon } from '../helpers/engine.js';
-import { someTokens } from '../helpers/fixtures.js';
+import { mergedModel, someTokens } from '../helpers/fixtures.js';
 import { tempDir } from '../helpers/tmp.js';
 
 const native = addon();
@@ -88,5 +89,23 @@ test('a merged model generates the greedy tokens of the adapter served over its 
   } finally {
     served.close();
     alone.close();
+  }
+});
+
+test('merging follows each family\'s expert names (Mixtral block_sparse_moe w1/w3/w2, Qwen3-MoE mlp.experts)', () => {
+  for (const preset of ['mixtralTiny', 'qwen3Tiny'] as const) {
+    const c = presetConfig(preset);
+    const root = tempDir('ew-merge-family-');
+    const base = join(root, 'base');
+    makeModel(base, c, { dtype: 'bf16', seed: 3 });
+    const adapter = join(root, 'a');
+    makeAdapter(adapter, base, fitSelection(c, loadEsftSelection('summary')), { seed: 4 });
+    const out = join(root, 'merged');
+    const report = mergeAdapter(base, adapter, out);
+    assert.equal(report.replaced, TensorStore.openDir(adapter).names().length);
+    // The test helpers' independent merge (by tensor name, through float64) holds the same values.
+    const m = TensorStore.openDir(out);
+    const want = TensorStore.openDir(mergedModel(base, adapter));
+    for (const name of want.names()) assert.deepEqual(m.readF64(name), want.readF64(name), `${preset}: ${name}`);
   }
 });

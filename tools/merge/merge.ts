@@ -11,7 +11,10 @@ import { isFloatDType } from '../../lib/safetensors/format.js';
 import { INDEX_FILE, TensorStore } from '../../lib/safetensors/reader.js';
 import { writeSafetensors, type TensorToWrite } from '../../lib/safetensors/writer.js';
 
-const EXPERT = /^(?:model\.)?layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$/;
+// A routed expert's matrix in any family's layout: DeepSeek / Qwen3-MoE
+// mlp.experts.E.{gate,up,down}_proj, Mixtral block_sparse_moe.experts.E.{w1,w3,w2}.
+const EXPERT = /^(?:model\.)?layers\.(\d+)\.(mlp|block_sparse_moe)\.experts\.(\d+)\.(gate_proj|up_proj|down_proj|w1|w2|w3)\.weight$/;
+const MATS: Record<string, string[]> = { mlp: ['gate_proj', 'up_proj', 'down_proj'], block_sparse_moe: ['w1', 'w3', 'w2'] };
 
 export interface MergeReport {
   /** Base tensors replaced by the adapter's. */
@@ -52,12 +55,15 @@ export function mergeAdapter(baseDir: string, adapterDir: string, outDir: string
 
   // Adapter tensor name -> the base tensor it replaces (canonical "model." name).
   const replacement = new Map<string, string>();
+  let block: string | undefined;
   for (const name of adapter.names()) {
     const m = EXPERT.exec(name);
-    if (!m) fail(`${adapterDir}: tensor ${name} is not a routed expert weight`);
-    const [layer, expert] = [Number(m[1]), Number(m[2])];
+    if (!m || !MATS[m[2]].includes(m[4])) fail(`${adapterDir}: tensor ${name} is not a routed expert weight`);
+    const [layer, expert] = [Number(m[1]), Number(m[3])];
+    if (block !== undefined && m[2] !== block) fail(`${adapterDir}: tensor ${name} mixes ${m[2]} with ${block} experts`);
+    block = m[2];
     if (!selection.get(layer)?.has(expert)) fail(`${adapterDir}: tensor ${name} is for an expert expert_cfg.json does not list`);
-    const target = `model.layers.${layer}.mlp.experts.${expert}.${m[3]}_proj.weight`;
+    const target = `model.layers.${layer}.${block}.experts.${expert}.${m[4]}.weight`;
     if (!base.has(target)) fail(`${adapterDir}: tensor ${name} has no counterpart ${target} in ${baseDir}`);
     if ([...replacement.values()].includes(target)) fail(`${adapterDir}: ${target} is given twice (with and without "model.")`);
     const a = adapter.info(name);
@@ -69,8 +75,8 @@ export function mergeAdapter(baseDir: string, adapterDir: string, outDir: string
   }
   for (const [layer, ids] of selection) {
     for (const e of ids) {
-      for (const mat of ['gate', 'up', 'down']) {
-        const target = `model.layers.${layer}.mlp.experts.${e}.${mat}_proj.weight`;
+      for (const mat of MATS[block ?? 'mlp']) {
+        const target = `model.layers.${layer}.${block ?? 'mlp'}.experts.${e}.${mat}.weight`;
         if (!replacement.has(target)) fail(`${adapterDir}: expert_cfg.json lists expert ${e} of layer ${layer}, but ${target} is missing`);
       }
     }

@@ -71,6 +71,7 @@ Napi::Object ModelInfoToJs(Napi::Env env, const ew::Engine& e) {
   const ew::ModelConfig& c = e.config();
   Napi::Object o = Napi::Object::New(env);
   o.Set("modelType", c.model_type);
+  o.Set("attention", c.gqa() ? "gqa" : "mla");
   o.Set("device", e.device_name());
   o.Set("vocabSize", static_cast<double>(c.vocab_size));
   o.Set("hiddenSize", static_cast<double>(c.hidden_size));
@@ -85,6 +86,7 @@ Napi::Object ModelInfoToJs(Napi::Env env, const ew::Engine& e) {
   o.Set("expertDtype", ExpertDtypeName(e.expert_dtype()));
   o.Set("kvCacheDtype", ExpertDtypeName(e.kv_cache_dtype()));
   o.Set("cpuPath", e.cpu_path());
+  o.Set("kvBytesPerTokenPerLayer", static_cast<double>(e.kv_stats().bytes_per_token_layer));
   return o;
 }
 

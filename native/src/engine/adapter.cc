@@ -6,6 +6,7 @@
 #include <set>
 #include <sstream>
 
+#include "engine/tensor_names.h"
 #include "util/error.h"
 #include "util/file.h"
 #include "util/json.h"
@@ -22,16 +23,6 @@ std::string read_expert_cfg(const std::string& dir, const std::string& path) {
     fail("adapter ", dir, ": ", e.what());
   }
 }
-
-// "model.layers.L.mlp.experts.E.*" or "layers.L.mlp.experts.E.*" -> (L, E).
-bool parse_expert_name(const std::string& name, long long* layer, long long* expert) {
-  const char* s = name.c_str();
-  if (name.rfind("model.", 0) == 0) s += 6;
-  int used = 0;
-  return std::sscanf(s, "layers.%lld.mlp.experts.%lld.%n", layer, expert, &used) == 2 && used > 0;
-}
-
-const char* const kMatNames[3] = {"gate_proj", "up_proj", "down_proj"};
 
 }  // namespace
 
@@ -89,7 +80,7 @@ AdapterSpec load_adapter(const std::string& dir, const ModelConfig& cfg, DType p
   for (const auto& [layer, ids] : sel.layers) {
     if (layer < 0 || layer >= cfg.num_hidden_layers || moe_index[layer] < 0)
       fail("adapter ", dir, ": ", cfg_path, " lists layer ", layer, ", which is not a MoE layer of the base model (",
-           cfg.num_hidden_layers, " layers, MoE from layer ", cfg.first_k_dense_replace, ")");
+           cfg.num_hidden_layers, " layers; MoE layers ", cfg.moe_layers_text(), ")");
     std::vector<int64_t> sorted = ids;
     std::sort(sorted.begin(), sorted.end());
     for (size_t i = 0; i < sorted.size(); ++i) {
@@ -113,9 +104,8 @@ AdapterSpec load_adapter(const std::string& dir, const ModelConfig& cfg, DType p
     for (AdapterExpert& x : spec.layers[moe_index[l]]) {
       TensorView* views[3] = {&x.gate, &x.up, &x.down};
       for (int m = 0; m < 3; ++m) {
-        const std::string bare = "layers." + std::to_string(l) + ".mlp.experts." + std::to_string(x.expert) + "." +
-                                 kMatNames[m] + ".weight";
-        const std::string full = "model." + bare;
+        const std::string full = expert_tensor_name(cfg, l, x.expert, static_cast<ExpertMat>(m));
+        const std::string bare = full.substr(6);  // without "model."
         const bool has_full = spec.store->has(full), has_bare = spec.store->has(bare);
         if (has_full && has_bare) fail("adapter ", dir, ": holds both ", full, " and ", bare);
         if (!has_full && !has_bare)
@@ -137,8 +127,8 @@ AdapterSpec load_adapter(const std::string& dir, const ModelConfig& cfg, DType p
   }
   for (const std::string& name : spec.store->names()) {
     if (consumed.count(name)) continue;
-    long long layer, expert;
-    if (parse_expert_name(name, &layer, &expert))
+    int64_t layer, expert;
+    if (parse_expert_tensor_name(cfg, name, &layer, &expert))
       fail("adapter ", dir, ": tensor ", name, " is for expert ", expert, " of layer ", layer,
            ", which expert_cfg.json does not list");
     fail("adapter ", dir, ": unexpected tensor ", name, ": an ESFT adapter served over a shared base holds only "

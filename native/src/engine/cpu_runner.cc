@@ -30,7 +30,7 @@ StepLogits CpuRunner::run(const StepTokens& st, const std::vector<uint8_t>&, KvC
   const int64_t V = forward_.config().vocab_size;
   const StepMetadata meta = pack_step_metadata(st, kv, rope_);
   if (!kv.has_host_storage()) fail("CPU runner: the KV cache has no host storage");
-  const LatentCache lc{kv.block_layer(0, 0), kv.n_layers(), kv.block_size(), kv.width(), kv.dtype()};
+  const PagedKvCache lc{kv.block_layer(0, 0), kv.n_layers(), kv.block_size(), kv.width(), kv.dtype()};
   const RerouteTablesView tv{tables.data().data(), tables.n_rows(), tables.n_experts()};
   StepLogits out;
   out.rows.resize(static_cast<size_t>(meta.n_out * V));

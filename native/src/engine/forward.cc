@@ -5,16 +5,48 @@
 #include "util/error.h"
 
 namespace ew {
+namespace {
+
+// Runs attention over token chunks whose workspace (on the GPU, the scores or partial sums
+// of every head over max_ctx positions) fits ForwardPass::kMaxAttentionWorkspace; each
+// token's result is the same in any chunk.
+template <typename Bytes, typename Run>
+void in_token_chunks(int64_t T, Arena& arena, Bytes workspace_bytes, Run run) {
+  int64_t chunk = T;
+  while (chunk > 1 && workspace_bytes(chunk) > ForwardPass::kMaxAttentionWorkspace) chunk = (chunk + 1) / 2;
+  void* ws = arena.take(workspace_bytes(chunk));
+  for (int64_t t0 = 0; t0 < T; t0 += chunk) run(t0, std::min(chunk, T - t0), ws);
+}
+
+}  // namespace
 
 RouterParams router_params(const ModelConfig& cfg) {
   RouterParams p;
   p.n_experts = static_cast<int32_t>(cfg.n_routed_experts);
   p.top_k = static_cast<int32_t>(cfg.num_experts_per_tok);
-  p.group_limited = cfg.topk_method == TopkMethod::GroupLimitedGreedy;
+  p.scoring = cfg.scoring_func == ScoringFunc::Sigmoid ? RouterScoring::Sigmoid : RouterScoring::Softmax;
+  p.groups = cfg.topk_method == TopkMethod::GroupLimitedGreedy ? GroupRule::BestScore
+             : cfg.topk_method == TopkMethod::NoauxTc          ? GroupRule::TopTwoSum
+                                                               : GroupRule::None;
   p.n_group = static_cast<int32_t>(cfg.n_group);
   p.topk_group = static_cast<int32_t>(cfg.topk_group);
-  p.norm_topk_prob = cfg.norm_topk_prob;
-  p.routed_scaling_factor = static_cast<float>(cfg.routed_scaling_factor);
+  const float rsf = static_cast<float>(cfg.routed_scaling_factor);
+  switch (cfg.family) {
+    case ModelFamily::DeepseekV2:  // MoEGate: normalised (k > 1) or scaled, never both
+      p.normalize = cfg.norm_topk_prob && p.top_k > 1;
+      p.norm_eps = 1e-20f;
+      p.scale = p.normalize ? 1.f : rsf;
+      break;
+    case ModelFamily::DeepseekV3:  // normalised when k > 1, then always scaled
+      p.normalize = cfg.norm_topk_prob && p.top_k > 1;
+      p.norm_eps = 1e-20f;
+      p.scale = rsf;
+      break;
+    case ModelFamily::Qwen3Moe:  // norm_topk_prob, also for k = 1, no epsilon
+    case ModelFamily::Mixtral:   // always renormalised over the chosen (norm_topk_prob set at parse)
+      p.normalize = cfg.norm_topk_prob;
+      break;
+  }
   return p;
 }
 
@@ -28,11 +60,15 @@ ForwardPass::ForwardPass(const ModelConfig& cfg, const ModelTensors& w, Ops& ops
   mla_.v_dim = static_cast<int32_t>(cfg.v_head_dim);
   mla_.kv_rank = static_cast<int32_t>(cfg.kv_lora_rank);
   mla_.softmax_scale = softmax_scale;
+  gqa_.n_heads = static_cast<int32_t>(cfg.num_attention_heads);
+  gqa_.kv_heads = static_cast<int32_t>(cfg.num_key_value_heads);
+  gqa_.head_dim = static_cast<int32_t>(cfg.head_dim);
+  gqa_.softmax_scale = softmax_scale;
 }
 
-// x += Attention(RMSNorm(x)).
-void ForwardPass::attention(int layer, const StepInputs& in, const LatentCache& cache, Arena& arena, float* xn,
-                            float* x) {
+// MLA (DeepSeek), absorbed: the cache holds each token's normed c_kv and rotated k_pe.
+void ForwardPass::mla_attention(int layer, const StepInputs& in, const PagedKvCache& cache, Arena& arena, float* xn,
+                                float* x) {
   const LayerTensors& L = w_.layers[layer];
   const int64_t T = in.T, H = cfg_.hidden_size, heads = cfg_.num_attention_heads, qd = cfg_.q_head_dim();
   const int64_t nope = cfg_.qk_nope_head_dim, R = cfg_.kv_lora_rank, rd = cfg_.qk_rope_head_dim, width = R + rd;
@@ -67,19 +103,57 @@ void ForwardPass::attention(int layer, const StepInputs& in, const LatentCache& 
   cv.max_blocks = static_cast<int32_t>(in.max_blocks);
   ops_.kv_write(cv, kva, T, in.seq, in.pos);
 
-  // Token chunks whose workspace (the scores of every head over max_ctx positions, on the
-  // GPU) fits the bound; each token's result is the same in any chunk.
   float* attn = arena.take_n<float>(T * heads * vd);
-  int64_t chunk = T;
-  while (chunk > 1 && ops_.mla_workspace_bytes(chunk, mla_, in.max_ctx) > kMaxAttentionWorkspace)
-    chunk = (chunk + 1) / 2;
-  void* ws = arena.take(ops_.mla_workspace_bytes(chunk, mla_, in.max_ctx));
-  for (int64_t t0 = 0; t0 < T; t0 += chunk) {
-    const int64_t n = std::min(chunk, T - t0);
-    ops_.mla_attention(q + t0 * heads * qd, n, cv, in.seq + t0, in.pos + t0, L.kv_b, mla_, in.max_ctx,
-                       attn + t0 * heads * vd, ws);
-  }
+  in_token_chunks(
+      T, arena, [&](int64_t n) { return ops_.mla_workspace_bytes(n, mla_, in.max_ctx); },
+      [&](int64_t t0, int64_t n, void* ws) {
+        ops_.mla_attention(q + t0 * heads * qd, n, cv, in.seq + t0, in.pos + t0, L.kv_b, mla_, in.max_ctx,
+                           attn + t0 * heads * vd, ws);
+      });
   ops_.matmul(attn, T, L.o_proj, H, heads * vd, x, /*accumulate=*/true);
+}
+
+// GQA (Qwen3-MoE, Mixtral): keys and values projected side by side into the cache row
+// layout [K | V], Qwen3's per-head RMSNorm on q and k, rotate_half RoPE on both, then
+// attention of each query head over its KV head.
+void ForwardPass::gqa_attention(int layer, const StepInputs& in, const PagedKvCache& cache, Arena& arena, float* xn,
+                                float* x) {
+  const LayerTensors& L = w_.layers[layer];
+  const int64_t T = in.T, H = cfg_.hidden_size, heads = cfg_.num_attention_heads, kvh = cfg_.num_key_value_heads;
+  const int64_t D = cfg_.head_dim, qd = heads * D, kvd = kvh * D;
+  const float eps = static_cast<float>(cfg_.rms_norm_eps);
+
+  ops_.rms_norm(x, H, L.input_norm, eps, xn, H, T, H);
+  float* q = arena.take_n<float>(T * qd);
+  float* kv = arena.take_n<float>(T * 2 * kvd);  // [k | v] per token: the cache entry
+  ops_.matmul(xn, T, L.q_proj, qd, H, q);
+  ops_.matmul_pair(xn, T, L.k_proj, kvd, L.v_proj, kvd, H, kv);
+  if (cfg_.qk_norm) {
+    ops_.rms_norm(q, D, L.q_norm, eps, q, D, T * heads, D);  // every head of every token is one row
+    for (int64_t g = 0; g < kvh; ++g) ops_.rms_norm(kv + g * D, 2 * kvd, L.k_norm, eps, kv + g * D, 2 * kvd, T, D);
+  }
+  ops_.rope(q, T, heads, qd, D, D, in.cos, in.sin, RopeLayout::RotateHalf);
+  ops_.rope(kv, T, kvh, 2 * kvd, D, D, in.cos, in.sin, RopeLayout::RotateHalf);
+
+  GqaCacheView cv;
+  cv.data = static_cast<uint8_t*>(cache.data) +
+            static_cast<size_t>(layer) * cache.block_size * cache.width * dtype_size(cache.dtype);
+  cv.dtype = cache.dtype;
+  cv.block_stride = static_cast<int64_t>(cache.n_layers) * cache.block_size * cache.width;
+  cv.block_size = cache.block_size;
+  cv.kv_heads = gqa_.kv_heads;
+  cv.head_dim = gqa_.head_dim;
+  cv.block_tables = in.block_tables;
+  cv.max_blocks = static_cast<int32_t>(in.max_blocks);
+  ops_.gqa_kv_write(cv, kv, T, in.seq, in.pos);
+
+  float* attn = arena.take_n<float>(T * qd);
+  in_token_chunks(
+      T, arena, [&](int64_t n) { return ops_.gqa_workspace_bytes(n, gqa_, in.max_ctx); },
+      [&](int64_t t0, int64_t n, void* ws) {
+        ops_.gqa_attention(q + t0 * qd, n, cv, in.seq + t0, in.pos + t0, gqa_, in.max_ctx, attn + t0 * qd, ws);
+      });
+  ops_.matmul(attn, T, L.o_proj, H, qd, x, /*accumulate=*/true);
 }
 
 // x += FFN(RMSNorm(x)): the routed experts and the shared experts summed into one delta
@@ -101,7 +175,8 @@ void ForwardPass::ffn(int layer, const StepInputs& in, const RerouteTablesView& 
     float* weights = arena.take_n<float>(T * k);
     const RerouteTableView tv{tables.data + static_cast<int64_t>(L.moe_index) * tables.n_rows * tables.n_experts,
                               tables.n_rows, tables.n_experts};
-    ops_.route(logits, T, router_, tv, in.rows, slots, weights, nullptr);
+    ops_.route(logits, T, router_, tv, in.rows, slots, weights, nullptr,
+               static_cast<const float*>(L.router_bias.data));
     if (observe) (*observe)(L.moe_index, slots, T * k);
     void* ws = arena.take(ops_.moe_workspace_bytes(T, k, L.experts));
     ops_.moe(xn, T, k, slots, weights, L.experts, delta, /*accumulate=*/false, ws);
@@ -119,12 +194,12 @@ void ForwardPass::ffn(int layer, const StepInputs& in, const RerouteTablesView& 
   if (have) ops_.add(x, delta, T * H);
 }
 
-float* ForwardPass::run(const StepInputs& in, const LatentCache& cache, const RerouteTablesView& tables,
+float* ForwardPass::run(const StepInputs& in, const PagedKvCache& cache, const RerouteTablesView& tables,
                         Arena& arena, float* logits, const SlotObserver* observe) {
   const int64_t T = in.T, H = cfg_.hidden_size, V = cfg_.vocab_size;
   if (T <= 0) fail("forward pass: a step needs at least one token");
   if (cache.width != cfg_.kv_cache_width() || cache.n_layers != cfg_.num_hidden_layers)
-    fail("forward pass: latent cache of ", cache.n_layers, " layers x ", cache.width, " for a config of ",
+    fail("forward pass: KV cache of ", cache.n_layers, " layers x ", cache.width, " for a config of ",
          cfg_.num_hidden_layers, " x ", cfg_.kv_cache_width());
   if (cfg_.num_moe_layers() > 0 && tables.n_experts != router_.n_experts)
     fail("forward pass: reroute tables of ", tables.n_experts, " experts for a router of ", router_.n_experts);
@@ -133,7 +208,10 @@ float* ForwardPass::run(const StepInputs& in, const LatentCache& cache, const Re
   ops_.embed(in.ids, T, w_.embed, V, H, x);
   for (int l = 0; l < static_cast<int>(w_.layers.size()); ++l) {
     const Arena::Mark m = arena.mark();  // the layer's intermediates go back before the next layer
-    attention(l, in, cache, arena, xn, x);
+    if (cfg_.gqa())
+      gqa_attention(l, in, cache, arena, xn, x);
+    else
+      mla_attention(l, in, cache, arena, xn, x);
     arena.rewind(m);
     ffn(l, in, tables, arena, xn, x, observe);
     arena.rewind(m);

@@ -34,6 +34,9 @@ ModelTensors model_tensors(const ModelWeights& w, const TensorPlacement& p) {
     t.kv_a = p.place(L.attn.kv_a_proj_with_mqa);
     t.kv_a_norm = p.place(L.attn.kv_a_layernorm);
     t.kv_b = p.place(L.attn.kv_b_proj);
+    if (L.attn.k_proj.data) p.place_gate_up(L.attn.k_proj, L.attn.v_proj, &t.k_proj, &t.v_proj);  // [k | v] in one pass
+    t.q_norm = p.place(L.attn.q_norm);
+    t.k_norm = p.place(L.attn.k_norm);
     t.o_proj = p.place(L.attn.o_proj);
     const MlpWeights* mlp = L.is_moe ? (L.has_shared ? &L.shared : nullptr) : &L.dense;
     if (mlp) {
@@ -45,6 +48,7 @@ ModelTensors model_tensors(const ModelWeights& w, const TensorPlacement& p) {
     if (L.is_moe) {
       t.moe_index = L.moe_index;
       t.router = p.place(L.router);
+      t.router_bias = p.place(L.router_bias);
       t.experts = moe_weights(*w.experts, L.moe_index);
     }
     m.layers.push_back(t);

@@ -12,8 +12,8 @@ namespace ew {
 struct TensorPlacement {
   // One tensor where the ops read it (an absent tensor, data == nullptr, may stay absent).
   std::function<Weight(const TensorView&)> place;
-  // The gate and up projections of one gated MLP (the CUDA runner puts them in one buffer
-  // so matmul_pair reads both in one launch).
+  // Two projections matmul_pair reads together: the gate and up of a gated MLP, GQA's
+  // keys and values (the CUDA runner puts them in one buffer so one launch reads both).
   std::function<void(const TensorView& gate, const TensorView& up, Weight* g, Weight* u)> place_gate_up;
 };
 

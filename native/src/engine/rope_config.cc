@@ -24,8 +24,8 @@ double yarn_get_mscale(double scale, double mscale) {
 
 RopeTable make_rope_table(const ModelConfig& cfg) {
   RopeTable t;
-  t.dim = cfg.qk_rope_head_dim;
-  if (t.dim <= 0 || t.dim % 2) fail("rope: qk_rope_head_dim must be even and positive, got ", t.dim);
+  t.dim = cfg.rope_dim();
+  if (t.dim <= 0 || t.dim % 2) fail("rope: the rotated dims per head must be even and positive, got ", t.dim);
   const int64_t half = t.dim / 2;
   const double base = cfg.rope_theta, dim = static_cast<double>(t.dim);
   t.inv_freq.resize(half);

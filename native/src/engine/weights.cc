@@ -1,7 +1,10 @@
 #include "engine/weights.h"
 
+#include <cstdio>
 #include <set>
 
+#include "engine/tensor_names.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "memory/expert_pool.h"
 #include "util/error.h"
 
@@ -31,7 +34,7 @@ MlpWeights bind_mlp(Binder& b, const std::string& prefix, int64_t H, int64_t W) 
   return m;
 }
 
-AttentionWeights bind_attention(Binder& b, const std::string& p, const ModelConfig& c) {
+AttentionWeights bind_mla(Binder& b, const std::string& p, const ModelConfig& c) {
   const int64_t H = c.hidden_size, heads = c.num_attention_heads;
   AttentionWeights a;
   if (c.q_lora_rank == 0) {
@@ -48,11 +51,33 @@ AttentionWeights bind_attention(Binder& b, const std::string& p, const ModelConf
   return a;
 }
 
+AttentionWeights bind_gqa(Binder& b, const std::string& p, const ModelConfig& c) {
+  const int64_t H = c.hidden_size, q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
+  AttentionWeights a;
+  a.q_proj = b.bind(p + "q_proj.weight", {q, H});
+  a.k_proj = b.bind(p + "k_proj.weight", {kv, H});
+  a.v_proj = b.bind(p + "v_proj.weight", {kv, H});
+  a.o_proj = b.bind(p + "o_proj.weight", {H, q});
+  if (c.qk_norm) {
+    a.q_norm = b.bind(p + "q_norm.weight", {c.head_dim});
+    a.k_norm = b.bind(p + "k_norm.weight", {c.head_dim});
+  }
+  return a;
+}
+
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-const char* kMatNames[kExpertMats] = {"gate_proj", "up_proj", "down_proj"};
+// DeepSeek-V3's multi-token-prediction layers: model.layers.{L}.* with
+// num_hidden_layers <= L < num_hidden_layers + num_nextn_predict_layers.
+bool is_mtp_tensor(const ModelConfig& cfg, const std::string& name) {
+  if (cfg.num_nextn_predict_layers <= 0 || name.rfind("model.layers.", 0) != 0) return false;
+  long long l = -1;
+  int used = 0;
+  if (std::sscanf(name.c_str(), "model.layers.%lld.%n", &l, &used) != 1 || used == 0) return false;
+  return l >= cfg.num_hidden_layers && l < cfg.num_hidden_layers + cfg.num_nextn_predict_layers;
+}
 
 }  // namespace
 
@@ -82,28 +107,37 @@ ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig&
     const std::string p = "model.layers." + std::to_string(l) + ".";
     L.input_layernorm = b.bind(p + "input_layernorm.weight", {H});
     L.post_attention_layernorm = b.bind(p + "post_attention_layernorm.weight", {H});
-    L.attn = bind_attention(b, p + "self_attn.", cfg);
+    L.attn = cfg.gqa() ? bind_gqa(b, p + "self_attn.", cfg) : bind_mla(b, p + "self_attn.", cfg);
     L.is_moe = cfg.is_moe_layer(l);
     if (!L.is_moe) {
       L.dense = bind_mlp(b, p + "mlp.", H, cfg.intermediate_size);
       continue;
     }
     L.moe_index = static_cast<int>(experts.size());
-    L.router = b.bind(p + "mlp.gate.weight", {M, H});
+    const std::string block = moe_block_prefix(cfg, l);
+    L.router = b.bind(block + ".gate.weight", {M, H});
+    if (cfg.topk_method == TopkMethod::NoauxTc) {
+      // Checkpoints keep it in fp32; another dtype is widened once (the route op reads fp32).
+      L.router_bias = b.bind(block + ".gate.e_score_correction_bias", {M});
+      if (L.router_bias.dtype != DType::F32) {
+        std::vector<float>& f = w.converted.emplace_back(static_cast<size_t>(M));
+        convert_to_f32(L.router_bias.data, L.router_bias.dtype, 0, M, f.data());
+        L.router_bias = TensorView{f.data(), DType::F32, {M}};
+      }
+    }
     if (cfg.n_shared_experts > 0) {
       L.has_shared = true;
       L.shared = bind_mlp(b, p + "mlp.shared_experts.", H, cfg.n_shared_experts * I);
     }
     std::vector<TensorView>& ex = experts.emplace_back();
     for (int64_t e = 0; e < M; ++e) {
-      const std::string ep = p + "mlp.experts." + std::to_string(e) + ".";
       for (int m = 0; m < kExpertMats; ++m) {
-        const std::string name = ep + kMatNames[m] + ".weight";
+        const std::string name = expert_tensor_name(cfg, l, e, static_cast<ExpertMat>(m));
         ex.push_back(b.bind(name, m == 2 ? std::vector<int64_t>{H, I} : std::vector<int64_t>{I, H}));
         if (ex.back().dtype != ex.front().dtype)
-          fail("tensor ", name, " is ", dtype_name(ex.back().dtype), " but ", p, "mlp.experts.0.gate_proj.weight is ",
-               dtype_name(ex.front().dtype), ": all routed experts must share one dtype (in ", w.store->file_of(name),
-               ")");
+          fail("tensor ", name, " is ", dtype_name(ex.back().dtype), " but ", expert_tensor_name(cfg, l, 0, ExpertMat::Gate),
+               " is ", dtype_name(ex.front().dtype), ": all routed experts must share one dtype (in ",
+               w.store->file_of(name), ")");
       }
     }
     if (experts.size() > 1 && ex.front().dtype != experts.front().front().dtype)
@@ -114,8 +148,16 @@ ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig&
   // Everything stored must be explained by the config: a leftover tensor means the
   // config and the checkpoint disagree (more layers or experts than configured, ...).
   std::vector<std::string> extra;
-  for (const std::string& n : w.store->names())
-    if (!b.explained(n) && !ends_with(n, ".rotary_emb.inv_freq")) extra.push_back(n);
+  size_t mtp_tensors = 0, mtp_bytes = 0;
+  for (const std::string& n : w.store->names()) {
+    if (b.explained(n) || ends_with(n, ".rotary_emb.inv_freq")) continue;
+    if (is_mtp_tensor(cfg, n)) {
+      ++mtp_tensors;
+      mtp_bytes += w.store->get(n).nbytes();
+      continue;
+    }
+    extra.push_back(n);
+  }
   if (!extra.empty()) {
     std::string list;
     for (size_t i = 0; i < extra.size() && i < 5; ++i) list += (i ? ", " : "") + extra[i];
@@ -123,6 +165,13 @@ ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig&
     fail(model_dir, ": ", extra.size(), " tensor(s) not used by config.json (", cfg.num_hidden_layers, " layers, ", M,
          " routed experts): ", list);
   }
+
+  if (mtp_tensors > 0)
+    std::fprintf(stderr,
+                 "expertweave: %s: not loading the %lld multi-token-prediction layer(s) from model.layers.%lld "
+                 "(%zu tensors, %.1f MB): they serve speculative decoding only, which is not supported\n",
+                 model_dir.c_str(), static_cast<long long>(cfg.num_nextn_predict_layers),
+                 static_cast<long long>(cfg.num_hidden_layers), mtp_tensors, mtp_bytes / 1e6);
 
   if (!experts.empty()) {
     const int n = static_cast<int>(experts.size());

@@ -1,6 +1,8 @@
-// The model's weights bound by name to the config's shapes. Non-expert tensors
-// are views into the mmap'd safetensors (kept as stored: bf16 stays bf16);
-// routed experts are copied into an expert store, base expert e in slot e.
+// The model's weights bound by name to the config's shapes, for every family (the names
+// that differ between families come from engine/tensor_names.h). Non-expert tensors are
+// views into the mmap'd safetensors (kept as stored: bf16 stays bf16); routed experts are
+// copied into an expert store, base expert e in slot e. DeepSeek-V3's multi-token-
+// prediction layers (model.layers.{num_hidden_layers + i}.*) are skipped with a log line.
 #pragma once
 #include <functional>
 #include <memory>
@@ -18,15 +20,18 @@ struct MlpWeights {
   TensorView gate, up, down;  // [W, H], [W, H], [H, W]
 };
 
+// MLA (DeepSeek) or GQA (Qwen3-MoE, Mixtral); the other kind's views stay empty.
 struct AttentionWeights {
-  TensorView q_proj;         // [heads*q_head_dim, H] when q_lora_rank == 0
+  TensorView q_proj;         // MLA: [heads*q_head_dim, H] when q_lora_rank == 0; GQA: [heads*head_dim, H]
   TensorView q_a_proj;       // [q_lora_rank, H] otherwise
   TensorView q_a_layernorm;  // [q_lora_rank]
   TensorView q_b_proj;       // [heads*q_head_dim, q_lora_rank]
   TensorView kv_a_proj_with_mqa;  // [kv_lora_rank + rope, H]
   TensorView kv_a_layernorm;      // [kv_lora_rank]
   TensorView kv_b_proj;           // [heads*(nope + v), kv_lora_rank]
-  TensorView o_proj;              // [H, heads*v]
+  TensorView k_proj, v_proj;      // GQA: [kv_heads*head_dim, H]
+  TensorView q_norm, k_norm;      // GQA with qk_norm (Qwen3): [head_dim]
+  TensorView o_proj;              // MLA: [H, heads*v]; GQA: [H, heads*head_dim]
 };
 
 struct LayerWeights {
@@ -35,7 +40,8 @@ struct LayerWeights {
   bool is_moe = false;
   int moe_index = -1;  // index into the expert store's layers when is_moe
   MlpWeights dense;    // when !is_moe
-  TensorView router;   // [M, H] (mlp.gate.weight) when is_moe
+  TensorView router;   // [M, H] (mlp.gate.weight, block_sparse_moe.gate.weight) when is_moe
+  TensorView router_bias;  // [M] F32: DeepSeek-V3's mlp.gate.e_score_correction_bias
   bool has_shared = false;
   MlpWeights shared;   // mlp.shared_experts.* when is_moe && n_shared_experts > 0
 };
@@ -56,6 +62,7 @@ struct ModelWeights {
   TensorView lm_head;                  // [V, H]
   std::vector<LayerWeights> layers;
   std::unique_ptr<ExpertStore> experts;
+  std::vector<std::vector<float>> converted;  // F32 copies of tensors stored in another dtype (router biases)
 };
 
 // Binds every tensor the config needs (checking each shape), rejects unknown extra

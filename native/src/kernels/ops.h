@@ -14,7 +14,7 @@
 //  - Batch independence: a token's outputs depend only on its own inputs (and its own
 //    sequence's cache), never on which other tokens share the call. On the CPU this holds
 //    bitwise; the CUDA ops say where it does (kernels/cuda/cuda_ops.h).
-//  - Parameters are kernel-level structs (RouterParams, MlaShape, RoPE cos/sin rows) that
+//  - Parameters are kernel-level structs (RouterParams, MlaShape, GqaShape, RoPE cos/sin rows) that
 //    the engine fills from the model config; no op sees the config.
 // Errors (bad shapes, launch failures) throw ew::Error naming the op.
 #pragma once
@@ -32,18 +32,33 @@ struct Weight {
   DType dtype = DType::F32;
 };
 
-// The fused router's rule (DeepSeek-V2 MoEGate): softmax over n_experts, top_k by
-// probability (ties: lower id first), optionally within the topk_group groups of
-// n_experts / n_group experts with the highest maximum (group_limited; the other groups
-// count as probability 0); weights divided by (sum + 1e-20) when norm_topk_prob and
-// top_k > 1, else multiplied by routed_scaling_factor.
+// The fused router's rule, one for every family (the engine fills it from the config,
+// engine/forward.h's router_params):
+//  1. scores: softmax over the n_experts logits, or sigmoid of each;
+//  2. choice: top_k of the scores, plus the per-expert correction bias when one is given
+//     (DeepSeek-V3's e_score_correction_bias: it chooses, it never weights), within the
+//     topk_group best of n_group equal groups of consecutive experts when grouped:
+//       GroupRule::BestScore (V2 group_limited_greedy): a group scores its best; the
+//         closed groups' experts count 0;
+//       GroupRule::TopTwoSum (V3 noaux_tc): a group scores the sum of its two best; the
+//         closed groups' experts are never chosen (-inf, as DeepSeek's inference code and vLLM);
+//     ties go to the lower id (and the lower group);
+//  3. weights: the chosen experts' unbiased scores, divided by (their sum + norm_eps) when
+//     normalize, then multiplied by scale.
+// The families: V2 normalize = norm_topk_prob && k > 1 with eps 1e-20, scale =
+// routed_scaling_factor only when not normalising; V3 the same normalisation, then always
+// scaled; Qwen3 normalize = norm_topk_prob (eps 0, scale 1); Mixtral always normalises.
+enum class RouterScoring : uint8_t { Softmax, Sigmoid };
+enum class GroupRule : uint8_t { None, BestScore, TopTwoSum };
 struct RouterParams {
   int32_t n_experts = 0;  // M
   int32_t top_k = 0;
-  bool group_limited = false;
+  RouterScoring scoring = RouterScoring::Softmax;
+  GroupRule groups = GroupRule::None;
   int32_t n_group = 1, topk_group = 1;
-  bool norm_topk_prob = false;
-  float routed_scaling_factor = 1.f;
+  bool normalize = false;
+  float norm_eps = 0.f;
+  float scale = 1.f;
 };
 
 // One MoE layer's reroute table: table[row * n_experts + e] = the expert slot that serves
@@ -81,6 +96,32 @@ struct LatentCacheView {
   DType dtype = DType::F32;
 };
 
+// One layer of the block-paged GQA cache: token p of step-local sequence s holds its keys
+// then its values, kv_heads * head_dim each (keys rotated), at
+//   data + (block_tables[s * max_blocks + p / block_size] * block_stride + (p % block_size) * 2 * kv_heads * head_dim)
+// elements of `dtype` (F32 or BF16; bf16 entries are rounded to nearest even when written).
+struct GqaCacheView {
+  void* data = nullptr;      // this layer's part of block 0
+  DType dtype = DType::F32;
+  int64_t block_stride = 0;  // elements between consecutive blocks (all layers of a block are adjacent)
+  int32_t block_size = 0;    // tokens per block
+  int32_t kv_heads = 0, head_dim = 0;
+  const int32_t* block_tables = nullptr;  // [n_seqs, max_blocks]
+  int32_t max_blocks = 0;
+  int64_t entry() const { return int64_t{2} * kv_heads * head_dim; }  // elements per token
+};
+
+// Grouped-query attention's shape: n_heads query heads of head_dim; query head h reads
+// KV head h / (n_heads / kv_heads) (the cache view's kv_heads).
+struct GqaShape {
+  int32_t n_heads = 0, kv_heads = 0, head_dim = 0;
+  float softmax_scale = 0.f;
+};
+
+// How RoPE pairs a vector's dims: DeepSeek's checkpoints rotate interleaved pairs
+// (2j, 2j+1); Qwen3-MoE and Mixtral rotate_half (j, j + rot_dim/2), as HF's apply_rotary_pos_emb.
+enum class RopeLayout : uint8_t { Interleaved, RotateHalf };
+
 // MLA attention's shape: n_heads query heads of nope + rope dims over the shared latent
 // (kv_rank + rope per position), values of v_dim per head.
 struct MlaShape {
@@ -116,11 +157,11 @@ class Ops {
   virtual void add(float* y, const float* x, int64_t n) = 0;
   // y[i, :D] = x[rows[i] * ld + :D] for i < n.
   virtual void gather_rows(const float* x, int64_t ld, const int32_t* rows, int64_t n, int64_t D, float* y) = 0;
-  // DeepSeek RoPE in place on n_vec vectors of rot_dim per token, vector i of token t at
-  // x + t * ld + i * vec_stride: pair (2j, 2j+1) rotated by the token's cos/sin j.
+  // RoPE in place on n_vec vectors of rot_dim per token, vector i of token t at
+  // x + t * ld + i * vec_stride: pair j (of `layout`) rotated by the token's cos/sin j.
   // cos_rows / sin_rows: [T, rot_dim / 2] (kernels/rope_rows.h).
   virtual void rope(float* x, int64_t T, int64_t n_vec, int64_t ld, int64_t vec_stride, int64_t rot_dim,
-                    const float* cos_rows, const float* sin_rows) = 0;
+                    const float* cos_rows, const float* sin_rows, RopeLayout layout = RopeLayout::Interleaved) = 0;
   // Copies latent rows [T, width] into the cache at (seq[t], pos[t]) (step-local sequences).
   virtual void kv_write(const LatentCacheView& cache, const float* latent, int64_t T, const int32_t* seq,
                         const int32_t* pos) = 0;
@@ -132,13 +173,25 @@ class Ops {
   virtual void mla_attention(const float* q, int64_t T, const LatentCacheView& cache, const int32_t* seq,
                              const int32_t* pos, Weight w_kvb, const MlaShape& s, int64_t max_ctx, float* out,
                              void* workspace) = 0;
-  // The fused router step from the router logits [T, M] (overwritten: they may be turned
-  // into probabilities in place): softmax, top-k and the reroute of each chosen base id
-  // through the token's adapter row (adapter_rows null: row 0).
+  // Copies each token's key | value row ([T, 2 * kv_heads * head_dim] fp32, keys rotated)
+  // into the GQA cache at (seq[t], pos[t]), converted to the cache's dtype.
+  virtual void gqa_kv_write(const GqaCacheView& cache, const float* kv, int64_t T, const int32_t* seq,
+                            const int32_t* pos) = 0;
+  // Grouped-query attention for T query tokens: token t attends causally to positions
+  // [0, pos[t]] of its sequence in `cache` (its own entry written first). q: [T, n_heads,
+  // head_dim] (normed and rotated); out: [T, n_heads * head_dim]. max_ctx > every pos[t].
+  virtual size_t gqa_workspace_bytes(int64_t T, const GqaShape& s, int64_t max_ctx) const = 0;
+  virtual void gqa_attention(const float* q, int64_t T, const GqaCacheView& cache, const int32_t* seq,
+                             const int32_t* pos, const GqaShape& s, int64_t max_ctx, float* out, void* workspace) = 0;
+  // The fused router step (RouterParams) from the router logits [T, M] (overwritten: they
+  // may be turned into scores in place): scores, top-k and the reroute of each chosen base
+  // id through the token's adapter row (adapter_rows null: row 0).
   //   out_slots[t*k + j] = table[row_t * M + id_j], out_weights[t*k + j] = weight of id_j,
-  // ids in descending-probability order; out_ids (may be null) gets the ids before the remap.
+  // ids in descending order of choice; out_ids (may be null) gets the ids before the remap.
+  // correction_bias: [M] fp32 in the backend's memory, or null.
   virtual void route(float* logits, int64_t T, const RouterParams& p, const RerouteTableView& table,
-                     const int32_t* adapter_rows, int32_t* out_slots, float* out_weights, int32_t* out_ids) = 0;
+                     const int32_t* adapter_rows, int32_t* out_slots, float* out_weights, int32_t* out_ids,
+                     const float* correction_bias = nullptr) = 0;
   // y[t] (+)= sum_j weights[t*k+j] * Expert_{slots[t*k+j]}(x[t]), summed in j order, with
   // Expert_s(x) = down_s . (silu(gate_s . x) * (up_s . x)).
   virtual size_t moe_workspace_bytes(int64_t T, int64_t k, const MoeWeights& w) const = 0;

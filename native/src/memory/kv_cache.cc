@@ -101,6 +101,7 @@ void* KvCache::entry(int layer, int64_t seq, int64_t pos) {
 
 KvStats KvCache::stats() const {
   KvStats s;
+  s.bytes_per_token_layer = width_ * static_cast<int64_t>(elem_);
   s.block_size = block_size_;
   s.total_blocks = total_blocks_;
   s.free_blocks = static_cast<int>(free_list_.size());

@@ -1,9 +1,9 @@
-// KvCache: the MLA latent cache in fixed-size blocks from one pool.
-// Per token per layer it stores kv_cache_width() elements: the normed c_kv
-// (kv_lora_rank) followed by the rotated k_pe (qk_rope_head_dim), of the cache's element
-// type: F32, or BF16 (half the bytes per token; written rounded to nearest even, read back
-// into fp32 arithmetic). The element type is a parameter of the cache, not of its users:
-// any per-token row layout (MLA's latent, a GQA cache's K|V heads) can use it.
+// KvCache: the KV cache in fixed-size blocks from one pool, for any attention: per token
+// per layer it stores `width` elements (ModelConfig::kv_cache_width): MLA's latent (the
+// normed c_kv, kv_lora_rank, then the rotated k_pe, qk_rope_head_dim) or GQA's keys then
+// values (2 * kv_heads * head_dim). The element type is a parameter of the cache, not of
+// its users: F32, or BF16 (half the bytes per token; written rounded to nearest even, read
+// back into fp32 arithmetic).
 // Sequences own lists of blocks (a block table), so sequences of any length share the pool.
 // Without host storage the object only keeps the block tables and lengths: the CUDA
 // engine keeps the blocks themselves in device memory with the same layout.
@@ -19,6 +19,7 @@
 namespace ew {
 
 struct KvStats {
+  int64_t bytes_per_token_layer = 0;  // one token's entry in one layer
   int block_size = 0;
   int total_blocks = 0;
   int free_blocks = 0;

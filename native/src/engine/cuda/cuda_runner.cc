@@ -70,7 +70,7 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, ModelTensors tensors, const KvCac
   const size_t block_floats = static_cast<size_t>(kv.n_layers()) * kv.block_size() * kv.width();
   cache_buf_ = cuda::DeviceBuffer(static_cast<size_t>(kv.total_blocks()) * block_floats * sizeof(float));
   cache_buf_.fill_bytes(0);
-  cache_ = LatentCache{cache_buf_.as<float>(), kv.n_layers(), kv.block_size(), kv.width(), DType::F32};
+  cache_ = PagedKvCache{cache_buf_.as<float>(), kv.n_layers(), kv.block_size(), kv.width(), DType::F32};
   n_rows_ = n_reroute_rows;
   reroute_ = cuda::DeviceBuffer(static_cast<size_t>(cfg.num_moe_layers()) * n_rows_ * cfg.n_routed_experts *
                                 sizeof(int32_t));

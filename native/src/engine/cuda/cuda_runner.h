@@ -87,7 +87,7 @@ class CudaRunner final : public StepRunner {
   ForwardPass forward_;
   Arena arena_;
   uint64_t graph_generation_ = 0;  // arena generation the graphs were captured in
-  LatentCache cache_;
+  PagedKvCache cache_;
   cuda::DeviceBuffer cache_buf_;   // [blocks][layers][block_size][width] floats
   cuda::DeviceBuffer reroute_;     // [moe layer][row][expert] int32
   int n_rows_ = 0;

@@ -144,9 +144,16 @@ inline float bf16_to_f32(uint16_t h) {
   } v{static_cast<uint32_t>(h) << 16};
   return v.f;
 }
-// Round to nearest even (NaNs stay NaN), as vcvtneps2bf16 does.
-uint16_t f32_to_bf16(float f);
 float f16_to_f32(uint16_t h);
+// fp32 -> bf16 rounded to nearest even (NaN stays a quiet NaN), as vcvtneps2bf16 and CUDA's __float2bfloat16_rn.
+inline uint16_t f32_to_bf16(float f) {
+  union {
+    float f;
+    uint32_t u;
+  } v{f};
+  if ((v.u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((v.u >> 16) | 0x40u);
+  return static_cast<uint16_t>((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+}
 // Throws ew::Error: a DType value no kernel knows (a switch over DType fell through).
 [[noreturn]] void unknown_dtype(const char* where, DType dt);
 // Element i of a stored tensor as fp32.

@@ -34,14 +34,6 @@ float f16_to_f32(uint16_t h) {
   return f;
 }
 
-uint16_t f32_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1);
-  return static_cast<uint16_t>(u >> 16);
-}
-
 void convert_to_f32(const void* data, DType dt, int64_t first, int64_t n, float* out) {
   if (dt == DType::F32) {
     std::memcpy(out, static_cast<const float*>(data) + first, static_cast<size_t>(n) * 4);

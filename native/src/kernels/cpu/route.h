@@ -9,9 +9,10 @@
 namespace ew {
 
 // x: [T, H] fp32, W: the router weight [M, H] of any dtype; scratch holds T * M floats
-// (the logits, then the probabilities). Throws ew::Error on a bad shape or adapter row.
+// (the logits, then the scores); correction_bias: [M] or null. Throws ew::Error on a bad
+// shape or adapter row.
 void route_tokens_cpu(const float* x, int64_t T, int64_t H, const TensorView& W, const RouterParams& p,
                       const RerouteTableView& reroute, const int32_t* adapter_rows, int32_t* out_slots,
-                      float* out_weights, int32_t* out_ids, float* scratch);
+                      float* out_weights, int32_t* out_ids, float* scratch, const float* correction_bias = nullptr);
 
 }  // namespace ew

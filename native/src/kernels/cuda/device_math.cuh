@@ -71,6 +71,9 @@ __device__ __forceinline__ const float* latent_entry(const LatentCacheView& c, i
   return static_cast<const float*>(c.data) + block * c.block_stride + static_cast<int64_t>(pos % c.block_size) * c.width;
 }
 
+// Elements per token of a GQA cache entry (GqaCacheView::entry, which is host code).
+__device__ __forceinline__ int64_t gqa_entry(const GqaCacheView& c) { return int64_t{2} * c.kv_heads * c.head_dim; }
+
 // gridDim.x for a grid-stride loop over n elements (at most 65535 blocks).
 inline unsigned grid_for(int64_t n, int threads) {
   const int64_t blocks = (n + threads - 1) / threads;
