@@ -3,13 +3,15 @@
 // 16/2 heads of 128 with q/k norms, 128 experts top-8). For each: prefill and decode
 // tokens/s at batch 1 and 16, decode step time, the weight and KV bytes a decode step
 // reads, and that as a share of the measured memory read bandwidth; the KV cache's bytes
-// per token per layer. The models are generated once (random weights) under bench/.models/.
-// Prints a table per model; writes bench/results/engine-throughput.json.
+// per token per layer. Each on the default CPU path (fp32 activations) and, where this CPU has
+// it, avx512-bf16 (bf16 activations), each in its own engine, one after the other; the KV
+// cache is the CPU default (bf16). The models are generated once (random weights) under
+// bench/.models/. Prints a table per model and path; writes bench/results/engine-throughput.json.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join, relative } from 'node:path';
 
-import { loadBinding } from '../lib/engine/binding.js';
+import { loadBinding, type CpuPath } from '../lib/engine/binding.js';
 import { Engine, type ChunkSpec } from '../lib/engine/engine.js';
 import type { FixtureConfig } from '../tools/fixtures/families.js';
 import { QWEN3_SHAPED, ROOT, V2_SHAPED, decodeStepBytes as stepBytes, ensureBenchModel, median, promptTokens } from './models.js';
@@ -21,7 +23,6 @@ const MODELS: { key: string; title: string; config: FixtureConfig; experts: numb
 const PROMPT = 128;
 const BATCH = 16;
 const BYTES_PER_WEIGHT = 2; // bf16
-const KV_BYTES_PER_VALUE = 4; // the KV cache is fp32
 
 async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
   const t0 = performance.now();
@@ -29,9 +30,10 @@ async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
   return [r, performance.now() - t0];
 }
 
-async function measure(model: (typeof MODELS)[number], bandwidthGBs: number) {
+async function measure(model: (typeof MODELS)[number], bandwidthGBs: number, cpuPath: CpuPath) {
   const dir = ensureBenchModel(model.key, model.config);
-  const engine = await Engine.load(dir, { device: 'cpu', kvCacheTokens: (BATCH + 2) * (PROMPT + 64) });
+  const engine = await Engine.load(dir, { device: 'cpu', kvCacheTokens: (BATCH + 2) * (PROMPT + 64), cpuPath });
+  const kvBytesPerValue = engine.info.kvCacheDtype === 'f32' ? 4 : 2;
   const V = engine.info.vocabSize;
   const prefillChunks = (ids: number[]): ChunkSpec[] => ids.map((seqId) => ({ seqId, tokens: promptTokens(seqId, PROMPT, V) }));
   const freeAll = (ids: number[]) => ids.forEach((id) => engine.freeSequence(id));
@@ -78,7 +80,7 @@ async function measure(model: (typeof MODELS)[number], bandwidthGBs: number) {
   const bound16 = Math.min(M, BATCH * k);
   const uniform16 = M * (1 - (1 - k / M) ** BATCH);
   const row = (batch: number, stepMs: number, experts: number, contexts: number[]) => {
-    const bytes = stepBytes(model.config, { tokens: batch, distinctExpertsPerMoeLayer: experts, contexts, bytesPerWeight: BYTES_PER_WEIGHT, kvBytesPerValue: KV_BYTES_PER_VALUE });
+    const bytes = stepBytes(model.config, { tokens: batch, distinctExpertsPerMoeLayer: experts, contexts, bytesPerWeight: BYTES_PER_WEIGHT, kvBytesPerValue });
     const achievedGBs = bytes / (stepMs / 1000) / 1e9;
     return {
       batch,
@@ -96,6 +98,8 @@ async function measure(model: (typeof MODELS)[number], bandwidthGBs: number) {
     title: model.title,
     dir: relative(ROOT, dir),
     config: model.config,
+    cpuPath: info.cpuPath,
+    kvCacheDtype: info.kvCacheDtype,
     expertDtype: info.expertDtype,
     attention: info.attention,
     kvBytesPerTokenPerLayer: info.kvBytesPerTokenPerLayer,
@@ -112,10 +116,14 @@ async function main(): Promise<void> {
   const only = process.argv[2];
   const models = MODELS.filter((m) => !only || m.key === only);
   if (models.length === 0) throw new Error(`bench:engine: no model ${only}; one of ${MODELS.map((m) => m.key).join(', ')}`);
-  const bandwidthGBs = await loadBinding().measureMemoryBandwidth();
+  const binding = loadBinding();
+  const bandwidthGBs = await binding.measureMemoryBandwidth();
+  const cpuPaths = binding.buildInfo().cpuPaths;
+  const fp32Path = cpuPaths.filter((p) => p !== 'avx512-bf16' && p !== 'amx').at(-1) ?? 'portable';
+  const paths: CpuPath[] = [fp32Path, ...(cpuPaths.includes('avx512-bf16') ? (['avx512-bf16'] as const) : [])];
   const machine = { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, node: process.version };
   const results = [];
-  for (const m of models) results.push(await measure(m, bandwidthGBs));
+  for (const m of models) for (const p of paths) results.push(await measure(m, bandwidthGBs, p));
 
   const mb = (b: number) => (b / 1e6).toFixed(1);
   const lines = [`Engine throughput, ${machine.cpu} (${machine.cores} threads), bf16 weights`, `Measured memory read bandwidth: ${bandwidthGBs.toFixed(1)} GB/s`];
@@ -123,7 +131,7 @@ async function main(): Promise<void> {
     const c = r.config;
     lines.push(
       '',
-      `${r.title}: H=${c.hidden_size} L=${c.num_hidden_layers}; KV cache ${r.kvBytesPerTokenPerLayer} B per token per layer (${r.attention})`,
+      `${r.title}, CPU path ${r.cpuPath}: H=${c.hidden_size} L=${c.num_hidden_layers}; ${r.kvCacheDtype} KV cache, ${r.kvBytesPerTokenPerLayer} B per token per layer (${r.attention})`,
       'phase    batch  tokens/step  step ms   tokens/s   experts/layer  MB read/step  GB/s achieved  % of measured',
       ...r.prefill.map((p) => `prefill  ${String(p.batch).padStart(5)}  ${String(p.tokens).padStart(11)}  ${p.stepMs.toFixed(1).padStart(7)}  ${p.tokensPerS.toFixed(1).padStart(9)}`),
       ...r.decode.map(

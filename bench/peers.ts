@@ -20,6 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
 import type { DeepseekV2Config } from '../tools/fixtures/config.js';
+import { loadBinding } from '../lib/engine/binding.js';
 import { convertDeepseekV2 } from '../tools/gguf/deepseek2.js';
 import { MODELS_DIR, ROOT, V2_LITE_WIDTH, V2_SHAPED, decodeStepBytes, ensureBenchModel, median, promptTokens } from './models.js';
 import { NODE_LLAMA_CPP_VERSION, ensureLlamaCpp } from './peers/llama-cpp.js';
@@ -140,18 +141,38 @@ interface TokenCheck {
   theirs: number[];
 }
 
+/** One ExpertWeave configuration timed against llama.cpp. */
+interface Variant {
+  key: string;
+  title: string;
+  cpuPath?: string;
+}
+
+/** The default (best fp32-activation path, bf16 KV cache) and, where this CPU has it, bf16 activations (avx512-bf16). */
+function variants(): Variant[] {
+  const paths = loadBinding().buildInfo().cpuPaths;
+  const fp32 = paths.filter((p) => p !== 'avx512-bf16' && p !== 'amx').at(-1) ?? 'portable';
+  const out: Variant[] = [{ key: fp32, title: `ExpertWeave ${fp32} (fp32 activations, the default)`, cpuPath: fp32 }];
+  for (const p of ['avx512-bf16', 'amx'].filter((x) => paths.includes(x as never)))
+    out.push({ key: p, title: `ExpertWeave ${p} (bf16 activations, like llama.cpp's bf16 matmul)`, cpuPath: p });
+  return out;
+}
+
 interface ModelResult {
   spec: ModelSpec;
   config: DeepseekV2Config;
   gguf: string;
+  variants: Variant[];
+  /** The default variant's tokens (the reference of the checks) and its logit margins. */
   ours: { tokens: number[]; medianMargin: number };
-  /** On the F32-widened GGUF: the same arithmetic as ExpertWeave (f32 activations), must be identical. */
+  /** ExpertWeave with an f32 KV cache on fp32 activations vs llama.cpp on the weights widened to F32: must be identical. */
   exact?: TokenCheck;
-  /** On the bf16 GGUF that is timed: llama.cpp rounds activations to bf16 first, so near-ties may flip. */
-  bf16: TokenCheck;
+  /** Each variant against llama.cpp on the bf16 GGUF that is timed: rounding differs, so near-ties may flip. */
+  bf16: TokenCheck[];
   deterministic: boolean;
-  rounds: Array<{ ours: RunResult; theirs: RunResult }>;
-  oursInfo: Record<string, unknown>;
+  /** Per round: each variant's run (in variant order), then llama.cpp's. */
+  rounds: Array<{ ours: RunResult[]; theirs: RunResult }>;
+  oursInfo: Record<string, unknown>[];
   theirsInfo: Record<string, unknown>;
   bandwidthGBs?: number[];
 }
@@ -175,30 +196,35 @@ async function benchModel(spec: ModelSpec, rounds: number, threads: number): Pro
   // Prompt ids below any special token (the embedded model's BOS/EOS are 256/257).
   const span = Math.min(config.vocab_size, ...[config.bos_token_id, config.eos_token_id].filter((t) => t >= 2));
   const prompt = promptTokens(7, spec.prompt, span);
+  const vs = variants();
 
   console.log(`\n== ${spec.title}: loading ...`);
-  const ours = await Worker.start({ engine: 'expertweave', model: dir, threads, contextTokens });
+  const ours: Awaited<ReturnType<typeof Worker.start>>[] = [];
   let theirs: Awaited<ReturnType<typeof Worker.start>> | undefined;
   try {
+    for (const v of vs) ours.push(await Worker.start({ engine: 'expertweave', model: dir, threads, contextTokens, cpuPath: v.cpuPath }));
     const bandwidthGBs: number[] = [];
-    if (spec.decodeOnly) bandwidthGBs.push(await ours.worker.bandwidth());
+    if (spec.decodeOnly) bandwidthGBs.push(await ours[0].worker.bandwidth());
     // Reference tokens with logit margins (also the warm-up: page faults, first-touch allocations).
-    const o0 = await ours.worker.run(prompt, spec.generate, true);
+    const o0 = await Promise.all(ours.map(async (w) => w.worker.run(prompt, spec.generate, true)));
     let exact: TokenCheck | undefined;
     if (ggufF32) {
+      // The same arithmetic on both sides: fp32 activations, an f32 cache on ours (llama.cpp: F32 weights).
+      const mine = await Worker.start({ engine: 'expertweave', model: dir, threads, contextTokens, kvCacheDtype: 'f32', cpuPath: vs[0].cpuPath });
       const f32 = await Worker.start({ engine: 'llama.cpp', model: ggufF32, threads, contextTokens });
       try {
-        exact = check(o0, await f32.worker.run(prompt, spec.generate));
+        exact = check(await mine.worker.run(prompt, spec.generate, true), await f32.worker.run(prompt, spec.generate));
       } finally {
+        await mine.worker.close();
         await f32.worker.close();
       }
     }
     theirs = await Worker.start({ engine: 'llama.cpp', model: gguf, threads, contextTokens });
     const t0 = await theirs.worker.run(prompt, spec.generate); // warm-up
-    const bf16 = check(o0, t0);
+    const bf16 = o0.map((o) => check(o, t0));
     console.log(
       `tokens: ${exact ? `F32 GGUF ${exact.firstDifference < 0 ? 'identical' : `differ from ${exact.firstDifference}`}, ` : ''}` +
-        `bf16 GGUF ${bf16.firstDifference < 0 ? 'identical' : `differ from ${bf16.firstDifference} (our top-2 margin there ${bf16.marginThere?.toFixed(4)})`}`,
+        vs.map((v, i) => `${v.key} vs bf16 GGUF ${bf16[i].firstDifference < 0 ? 'identical' : `differ from ${bf16[i].firstDifference} (our top-2 margin there ${bf16[i].marginThere?.toFixed(4)})`}`).join(', '),
     );
     let deterministic = true;
     const log: ModelResult['rounds'] = [];
@@ -217,32 +243,39 @@ async function benchModel(spec: ModelSpec, rounds: number, threads: number): Pro
       return best!;
     };
     for (let r = 0; r < rounds; r++) {
-      const o = await runs(ours.worker, o0);
+      const o: RunResult[] = [];
+      for (let i = 0; i < ours.length; i++) o.push(await runs(ours[i].worker, o0[i]));
       const t = await runs(theirs.worker, t0);
       log.push({ ours: o, theirs: t });
       const ratio = (a: number, b: number) => (a / b).toFixed(2);
       console.log(
         `round ${r + 1}/${rounds}: ` +
-          (spec.decodeOnly ? '' : `pp${spec.prompt} ${o.prefillMs.toFixed(1)} vs ${t.prefillMs.toFixed(1)} ms (x${ratio(t.prefillMs, o.prefillMs)}), `) +
-          `tg${spec.generate} ${o.decodeMs.toFixed(1)} vs ${t.decodeMs.toFixed(1)} ms (x${ratio(t.decodeMs, o.decodeMs)})`,
+          vs
+            .map((v, i) =>
+              `${v.key}: ` +
+              (spec.decodeOnly ? '' : `pp${spec.prompt} ${o[i].prefillMs.toFixed(1)} vs ${t.prefillMs.toFixed(1)} ms (x${ratio(t.prefillMs, o[i].prefillMs)}), `) +
+              `tg${spec.generate} ${o[i].decodeMs.toFixed(1)} vs ${t.decodeMs.toFixed(1)} ms (x${ratio(t.decodeMs, o[i].decodeMs)})`,
+            )
+            .join('; '),
       );
     }
-    if (spec.decodeOnly) bandwidthGBs.push(await ours.worker.bandwidth());
+    if (spec.decodeOnly) bandwidthGBs.push(await ours[0].worker.bandwidth());
     return {
       spec,
       config,
       gguf,
-      ours: { tokens: o0.tokens, medianMargin: median(o0.margins ?? [NaN]) },
+      variants: vs,
+      ours: { tokens: o0[0].tokens, medianMargin: median(o0[0].margins ?? [NaN]) },
       exact,
       bf16,
       deterministic,
       rounds: log,
-      oursInfo: ours.info,
+      oursInfo: ours.map((w) => w.info),
       theirsInfo: theirs.info,
       bandwidthGBs: spec.decodeOnly ? bandwidthGBs : undefined,
     };
   } finally {
-    await ours.worker.close();
+    for (const w of ours) await w.worker.close();
     await theirs?.worker.close();
   }
 }
@@ -261,8 +294,8 @@ interface Metric {
   cvTheirs: number;
 }
 
-function metric(m: ModelResult, pick: (r: RunResult) => number | undefined, pickInternal: (r: RunResult) => number | undefined, n: number): Metric {
-  const ours = m.rounds.map((r) => pick(r.ours)!);
+function metric(m: ModelResult, v: number, pick: (r: RunResult) => number | undefined, pickInternal: (r: RunResult) => number | undefined, n: number): Metric {
+  const ours = m.rounds.map((r) => pick(r.ours[v])!);
   const theirs = m.rounds.map((r) => pick(r.theirs)!);
   const internal = m.rounds.map((r) => pickInternal(r.theirs));
   return {
@@ -276,10 +309,10 @@ function metric(m: ModelResult, pick: (r: RunResult) => number | undefined, pick
   };
 }
 
-function summarize(m: ModelResult): { pp?: Metric; tg: Metric } {
+function summarize(m: ModelResult, v: number): { pp?: Metric; tg: Metric } {
   return {
-    pp: m.spec.decodeOnly ? undefined : metric(m, (r) => r.prefillMs, (r) => r.internal?.prefillMs, m.spec.prompt),
-    tg: metric(m, (r) => r.decodeMs, (r) => r.internal?.decodeMs, m.spec.generate),
+    pp: m.spec.decodeOnly ? undefined : metric(m, v, (r) => r.prefillMs, (r) => r.internal?.prefillMs, m.spec.prompt),
+    tg: metric(m, v, (r) => r.decodeMs, (r) => r.internal?.decodeMs, m.spec.generate),
   };
 }
 
@@ -296,7 +329,7 @@ function gitCommit(): string {
 function describeCheck(c: TokenCheck, medianMargin: number): string {
   if (c.firstDifference < 0) return `identical (${c.count} of ${c.count})`;
   return (
-    `the first ${c.firstDifference} of ${c.count} identical, then llama.cpp's bf16 rounding picks another token ` +
+    `the first ${c.firstDifference} of ${c.count} identical, then the other rounding picks another token ` +
     `(ExpertWeave's best-minus-second logit there ${c.marginThere?.toFixed(4)}; its median over the run ${medianMargin.toFixed(2)})`
   );
 }
@@ -306,6 +339,7 @@ function report(results: ModelResult[], meta: { threads: number; load: [number[]
   const sp = (s: Spread) => `**${f(s.median)}x** (${f(s.min)}-${f(s.max)})`;
   const first = results[0];
   const llama = first?.theirsInfo.llamaCpp as { repo: string; release: string } | undefined;
+  const kv = String(first?.oursInfo[0]?.kvCacheDtype ?? 'bf16');
   const lines = [
     '# Peer benchmark: ExpertWeave vs llama.cpp, CPU',
     '',
@@ -314,10 +348,12 @@ function report(results: ModelResult[], meta: { threads: number; load: [number[]
       `load average ${meta.load[0].map((x) => x.toFixed(2)).join(' ')} at the start, ${meta.load[1].map((x) => x.toFixed(2)).join(' ')} at the end (shared with other work)`,
     `- llama.cpp: node-llama-cpp ${NODE_LLAMA_CPP_VERSION}, its bundled ${llama?.repo ?? 'llama.cpp'} ${llama?.release ?? ''}, built from that source once here ` +
       `(\`node-llama-cpp source download --gpu false\`: GGML_NATIVE, OpenMP, no GPU backend; ${Math.round(meta.buildSeconds / 60)} min), driven through node-llama-cpp's API; ` +
-      `flash attention ${first?.theirsInfo.flashAttention ? 'on' : 'off'} (node-llama-cpp's "auto"), KV cache f16 (its default; ExpertWeave's latent cache is fp32)`,
+      `flash attention ${first?.theirsInfo.flashAttention ? 'on' : 'off'} (node-llama-cpp's "auto"), KV cache f16 (its default; ExpertWeave's latent cache: ${kv}, its CPU default)`,
     `- llama.cpp system info: \`${String(first?.theirsInfo.systemInfo ?? '').trim()}\``,
+    `- ExpertWeave: ${first?.variants.map((v) => `\`${v.key}\``).join(' and ')} (README, "CPU kernels"): the first keeps fp32 activations (the default), ` +
+      'the second rounds a matmul\'s activations to bf16 as llama.cpp\'s bf16 matmul does and uses AVX512_BF16 dot products.',
     `- Both engines: the same bf16 weights (ExpertWeave's safetensors converted by tools/gguf; norms and router in f32 in the GGUF, as llama.cpp's converter does), ` +
-      `the same token ids in, greedy, ${meta.threads} threads, one process each, runs interleaved (ours, theirs, ours, ...) with 100 ms between runs, after one warm-up run each; ` +
+      `the same token ids in, greedy, ${meta.threads} threads, one process each, runs interleaved (ours, ours, theirs, ...) with 100 ms between runs, after one warm-up run each; ` +
       `where a model's runs take milliseconds, each round is the fastest of several runs per engine (${results.filter((r) => r.spec.repeats > 1).map((r) => `${r.spec.key}: ${r.spec.repeats}`).join(', ') || 'none'}).`,
     '- pp = one step over the whole prompt, sampling its token; tg = the decode steps after it, one token each. ' +
       'Ratios are ExpertWeave / llama.cpp in tokens/s (above 1: ExpertWeave is faster), per round, median (min-max) over the rounds, ' +
@@ -325,45 +361,46 @@ function report(results: ModelResult[], meta: { threads: number; load: [number[]
       'best/best: the ratio of the two engines\' fastest runs, the figure least disturbed by other load. ' +
       'CV: the coefficient of variation of each engine\'s times over the rounds.',
     '',
-    '| model | rounds | pp tok/s ours / llama.cpp | pp ratio [own time] | pp best/best | tg tok/s ours / llama.cpp | tg ratio [own time] | tg best/best | CV ours / llama.cpp (pp; tg) |',
-    '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    '| model | ExpertWeave | rounds | pp tok/s ours / llama.cpp | pp ratio [own time] | pp best/best | tg tok/s ours / llama.cpp | tg ratio [own time] | tg best/best | CV ours / llama.cpp (pp; tg) |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
   ];
-  for (const m of results) {
-    const s = summarize(m);
-    const own = (x: Metric) => (x.ratioInternal ? ` [${f(x.ratioInternal.median)}x]` : '');
-    const pp = s.pp ? `${f(s.pp.ours, 0)} / ${f(s.pp.theirs, 0)}` : 'n/a';
-    const cvs = `${s.pp ? `${f(s.pp.cvOurs, 0)}% / ${f(s.pp.cvTheirs, 0)}%; ` : ''}${f(s.tg.cvOurs, 0)}% / ${f(s.tg.cvTheirs, 0)}%`;
-    lines.push(
-      `| ${m.spec.title} | ${m.rounds.length} | ${pp} | ${s.pp ? sp(s.pp.ratio) + own(s.pp) : 'n/a'} | ${s.pp ? `${f(s.pp.ratioOfBest)}x` : 'n/a'} ` +
-        `| ${f(s.tg.ours, 1)} / ${f(s.tg.theirs, 1)} | ${sp(s.tg.ratio)}${own(s.tg)} | ${f(s.tg.ratioOfBest)}x | ${cvs} |`,
-    );
-  }
+  for (const m of results)
+    m.variants.forEach((v, vi) => {
+      const s = summarize(m, vi);
+      const own = (x: Metric) => (x.ratioInternal ? ` [${f(x.ratioInternal.median)}x]` : '');
+      const pp = s.pp ? `${f(s.pp.ours, 0)} / ${f(s.pp.theirs, 0)}` : 'n/a';
+      const cvs = `${s.pp ? `${f(s.pp.cvOurs, 0)}% / ${f(s.pp.cvTheirs, 0)}%; ` : ''}${f(s.tg.cvOurs, 0)}% / ${f(s.tg.cvTheirs, 0)}%`;
+      lines.push(
+        `| ${vi === 0 ? m.spec.title : ''} | ${v.key} | ${m.rounds.length} | ${pp} | ${s.pp ? sp(s.pp.ratio) + own(s.pp) : 'n/a'} | ${s.pp ? `${f(s.pp.ratioOfBest)}x` : 'n/a'} ` +
+          `| ${f(s.tg.ours, 1)} / ${f(s.tg.theirs, 1)} | ${sp(s.tg.ratio)}${own(s.tg)} | ${f(s.tg.ratioOfBest)}x | ${cvs} |`,
+      );
+    });
   lines.push(
     '',
     '## Greedy tokens',
     '',
-    'ExpertWeave computes with f32 activations; llama.cpp\'s bf16 matmul first rounds its activations to bf16. ' +
-      'So the exact check runs llama.cpp on the same weights widened to F32 (exact, the same arithmetic as ExpertWeave): its tokens must equal ExpertWeave\'s. ' +
-      'On the bf16 file that is timed, that rounding can change a close choice, and from there the continuations differ.',
+    'The exact check runs ExpertWeave with an f32 KV cache and fp32 activations against llama.cpp on the same weights widened to F32 ' +
+      '(the same arithmetic but for llama.cpp\'s f16 KV cache): the tokens must be equal. On the bf16 file that is timed, llama.cpp rounds its ' +
+      'activations to bf16 and ExpertWeave (by default) does not, and ExpertWeave\'s cache is bf16 against llama.cpp\'s f16: a close choice can go ' +
+      'either way, and from there the continuations differ.',
     '',
   );
   for (const m of results) {
     const exact = m.exact ? `F32 GGUF: ${describeCheck(m.exact, m.ours.medianMargin)}` : 'F32 GGUF: not run (it would double the model on disk and in memory)';
-    lines.push(`- ${m.spec.key}: ${exact}; bf16 GGUF: ${describeCheck(m.bf16, m.ours.medianMargin)}${m.deterministic ? '' : '; NOTE: repeated runs did not reproduce their tokens'}`);
+    lines.push(
+      `- ${m.spec.key}: ${exact}; bf16 GGUF: ${m.variants.map((v, i) => `${v.key} ${describeCheck(m.bf16[i], m.ours.medianMargin)}`).join('; ')}` +
+        `${m.deterministic ? '' : '; NOTE: repeated runs did not reproduce their tokens'}`,
+    );
     if (m.exact && m.exact.firstDifference >= 0) {
       lines.push(`  - ExpertWeave: ${m.ours.tokens.join(' ')}`, `  - llama.cpp on F32: ${m.exact.theirs.join(' ')}`);
     }
   }
   for (const m of results.filter((r) => r.bandwidthGBs)) {
-    const s = summarize(m);
     const c = m.config;
-    const oursStepMs = 1000 / s.tg.ours;
     // Batch 1 reads exactly k experts per MoE layer; the context during decode runs prompt+1 .. prompt+generate.
     const avgContext = m.spec.prompt + (m.spec.generate + 1) / 2;
-    const bytes = decodeStepBytes(c, { tokens: 1, distinctExpertsPerMoeLayer: c.num_experts_per_tok, contexts: [avgContext], bytesPerWeight: 2, kvBytesPerValue: 4 });
-    const achieved = bytes / (oursStepMs / 1000) / 1e9;
-    const theirs = (bytes * s.tg.theirs) / 1e9;
-    const bestStepMs = Math.min(...m.rounds.map((r) => r.ours.decodeMs)) / m.spec.generate;
+    const kvBytes = String(m.oursInfo[0]?.kvCacheDtype) === 'f32' ? 4 : 2;
+    const bytes = decodeStepBytes(c, { tokens: 1, distinctExpertsPerMoeLayer: c.num_experts_per_tok, contexts: [avgContext], bytesPerWeight: 2, kvBytesPerValue: kvBytes });
     const bw = m.bandwidthGBs!;
     const peak = Math.max(...bw);
     lines.push(
@@ -374,10 +411,21 @@ function report(results: ModelResult[], meta: { threads: number; load: [number[]
         `(every non-expert weight including the lm_head, ${c.num_experts_per_tok} routed experts per MoE layer, the KV cache), ` +
         'far more than the last-level cache holds, so the figure is not cache-assisted.',
       '',
-      `- ExpertWeave: ${f(oursStepMs)} ms per step (median), ${f(achieved, 1)} GB/s, **${f((100 * achieved) / peak, 0)}% of the measured read bandwidth**; ` +
-        `its fastest run ${f(bestStepMs)} ms per step, ${f(bytes / bestStepMs / 1e6, 1)} GB/s, ${f((100 * bytes) / bestStepMs / 1e6 / peak, 0)}%`,
-      `- llama.cpp: ${f(1000 / s.tg.theirs)} ms per step (median), ${f(theirs, 1)} GB/s for the same bytes (its f16 KV cache reads half of ours), ` +
-        `${f((100 * theirs) / peak, 0)}% of the measured figure`,
+    );
+    m.variants.forEach((v, vi) => {
+      const s = summarize(m, vi);
+      const oursStepMs = 1000 / s.tg.ours;
+      const achieved = bytes / (oursStepMs / 1000) / 1e9;
+      const bestStepMs = Math.min(...m.rounds.map((r) => r.ours[vi].decodeMs)) / m.spec.generate;
+      lines.push(
+        `- ExpertWeave ${v.key}: ${f(oursStepMs)} ms per step (median), ${f(achieved, 1)} GB/s, **${f((100 * achieved) / peak, 0)}% of the measured read bandwidth**; ` +
+          `its fastest run ${f(bestStepMs)} ms per step, ${f(bytes / bestStepMs / 1e6, 1)} GB/s, ${f((100 * bytes) / bestStepMs / 1e6 / peak, 0)}%`,
+      );
+    });
+    const s0 = summarize(m, 0);
+    const theirs = (bytes * s0.tg.theirs) / 1e9;
+    lines.push(
+      `- llama.cpp: ${f(1000 / s0.tg.theirs)} ms per step (median), ${f(theirs, 1)} GB/s for the same bytes, ${f((100 * theirs) / peak, 0)}% of the measured figure`,
       '',
       `Measured: the higher of the addon's measureMemoryBandwidth readings (${bw.map((x) => f(x, 1)).join(' GB/s before the runs, ')} GB/s after), ` +
         `taken with ${meta.threads} threads under the same load as the runs; other work on the machine lowers every figure here.`,

@@ -10,6 +10,9 @@ export interface WorkerArgs {
   threads: number;
   /** KV-cache / context capacity in tokens. */
   contextTokens: number;
+  /** ExpertWeave only: its KV-cache element type and CPU kernel path (defaults: the engine's). */
+  kvCacheDtype?: 'f32' | 'bf16';
+  cpuPath?: string;
 }
 
 export type WorkerRequest =

@@ -1,7 +1,7 @@
 // One engine in its own process for bench/peers.ts: loads the model, then answers
 // run / bandwidth requests over the IPC channel. Started as
 //   node dist/bench/peers/worker.js '<WorkerArgs JSON>'
-import { loadBinding } from '../../lib/engine/binding.js';
+import { loadBinding, type CpuPath } from '../../lib/engine/binding.js';
 import { Engine } from '../../lib/engine/engine.js';
 import { loadLlamaCpp } from './llama-cpp.js';
 import type { RunResult, WorkerArgs, WorkerReply, WorkerRequest } from './protocol.js';
@@ -14,7 +14,13 @@ interface Runner {
 }
 
 async function expertweave(args: WorkerArgs): Promise<Runner> {
-  const engine = await Engine.load(args.model, { device: 'cpu', threads: args.threads, kvCacheTokens: args.contextTokens });
+  const engine = await Engine.load(args.model, {
+    device: 'cpu',
+    threads: args.threads,
+    kvCacheTokens: args.contextTokens,
+    ...(args.kvCacheDtype ? { kvCacheDtype: args.kvCacheDtype } : {}),
+    ...(args.cpuPath ? { cpuPath: args.cpuPath as CpuPath } : {}),
+  });
   let nextSeq = 1;
   return {
     info: { ...engine.info, threads: args.threads },
