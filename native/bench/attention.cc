@@ -52,7 +52,7 @@ uint16_t bf16_of(float f) {
 struct Case {
   KvCache cache;
   std::vector<int32_t> tables, seq, pos;
-  LatentCacheView view;
+  KvLayerView view;
   Case(int B, int ctx, DType dt, const MlaShape& s) : cache(1, s.kv_rank + s.rope, 16, B * ((ctx + 15) / 16), true, dt) {
     const int64_t width = s.kv_rank + s.rope;
     std::mt19937 rng(7);

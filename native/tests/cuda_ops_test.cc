@@ -459,18 +459,18 @@ struct TwinCache {
   std::vector<float> host;
   std::vector<int32_t> tables;
   DeviceBuffer dev, dev_tables;
-  LatentCacheView cpu_view, gpu_view;
+  KvLayerView cpu_view, gpu_view;
 };
 TwinCache twin_cache(int n_blocks, int bs, int width, std::vector<int32_t> tables, int max_blocks,
                      const std::vector<float>& latent, const std::vector<int32_t>& seq, const std::vector<int32_t>& pos) {
   TwinCache c;
   c.host.assign(static_cast<size_t>(n_blocks) * bs * width, 0.f);
   c.tables = std::move(tables);
-  c.cpu_view = LatentCacheView{c.host.data(), bs * width, bs, width, c.tables.data(), max_blocks};
+  c.cpu_view = KvLayerView{c.host.data(), bs * width, bs, width, c.tables.data(), max_blocks};
   CpuOps().kv_write(c.cpu_view, latent.data(), static_cast<int64_t>(seq.size()), seq.data(), pos.data());
   c.dev = poisoned(c.host.size());
   c.dev_tables = upload(c.tables);
-  c.gpu_view = LatentCacheView{c.dev.as<float>(), bs * width, bs, width, c.dev_tables.as<int32_t>(), max_blocks};
+  c.gpu_view = KvLayerView{c.dev.as<float>(), bs * width, bs, width, c.dev_tables.as<int32_t>(), max_blocks};
   DeviceBuffer dl = upload(latent), ds = upload(seq), dp = upload(pos);
   cuda::CudaOps().kv_write(c.gpu_view, dl.as<float>(), static_cast<int64_t>(seq.size()), ds.as<int32_t>(),
                            dp.as<int32_t>());
@@ -607,7 +607,7 @@ TEST(cuda_mla_attention_position_splits_match_cpu_twin) {
   run_and_check(many, len, false);
 }
 
-// GQA: rope in the rotate_half layout (bitwise, like the interleaved one), gqa_kv_write
+// GQA: rope in the rotate_half layout (bitwise, like the interleaved one), kv_write of GQA entries
 // (bitwise: the same copy or bf16 rounding) and gqa_attention (against the CPU twin) on
 // fp32 and bf16 caches, Qwen3-30B-A3B's head shape (8 query heads per KV head of 128) and
 // Mixtral's (4 per KV head), contexts across the 256-position splits; a token's result is
@@ -640,14 +640,13 @@ TEST(cuda_gqa_rope_kv_write_and_attention_match_cpu_twins) {
       std::vector<uint8_t> host(elems * esz, 0xFF);
       DeviceBuffer dev(elems * esz), dtab = upload(tables);
       dev.fill_bytes(0xFF);
-      GqaCacheView cv;
+      KvLayerView cv;
       cv.dtype = dt;
       cv.block_stride = static_cast<int64_t>(layers) * bs * entry;
       cv.block_size = bs;
-      cv.kv_heads = sh.kvh;
-      cv.head_dim = sh.D;
+      cv.width = entry;
       cv.max_blocks = max_blocks;
-      GqaCacheView hv = cv, gv = cv;
+      KvLayerView hv = cv, gv = cv;
       hv.data = host.data() + static_cast<size_t>(bs) * entry * esz;  // layer 1
       hv.block_tables = tables.data();
       gv.data = static_cast<uint8_t*>(dev.data()) + static_cast<size_t>(bs) * entry * esz;
@@ -659,13 +658,13 @@ TEST(cuda_gqa_rope_kv_write_and_attention_match_cpu_twins) {
       rows = randn(wseq.size() * entry, rng);
       DeviceBuffer drows = upload(rows), dws = upload(wseq), dwp = upload(wpos);
       cuda::CudaOps gpu;
-      gpu.gqa_kv_write(gv, drows.as<float>(), static_cast<int64_t>(wseq.size()), dws.as<int32_t>(), dwp.as<int32_t>());
-      CpuOps().gqa_kv_write(hv, rows.data(), static_cast<int64_t>(wseq.size()), wseq.data(), wpos.data());
+      gpu.kv_write(gv, drows.as<float>(), static_cast<int64_t>(wseq.size()), dws.as<int32_t>(), dwp.as<int32_t>());
+      CpuOps().kv_write(hv, rows.data(), static_cast<int64_t>(wseq.size()), wseq.data(), wpos.data());
       {
         std::vector<uint8_t> back(host.size());
         EW_CUDA_CHECK(cudaDeviceSynchronize());
         dev.download(back.data(), back.size());
-        if (back != host) test_fail(__LINE__, "gqa_kv_write ", name(dt), ": not bitwise the CPU twin's cache");
+        if (back != host) test_fail(__LINE__, "kv_write (GQA) ", name(dt), ": not bitwise the CPU twin's cache");
       }
       GqaShape shape{sh.heads, sh.kvh, sh.D, 1.f / std::sqrt(static_cast<float>(sh.D))};
       const std::vector<int32_t> qseq = {0, 0, 0, 0, 1, 1, 0}, qpos = {0, 255, 256, 599, 36, 5, 300};

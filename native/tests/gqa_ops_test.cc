@@ -1,6 +1,6 @@
 // The CPU ops of grouped-query attention (Qwen3-MoE, Mixtral) against double-precision
 // references written from HF's formulation: rotate_half RoPE (apply_rotary_pos_emb),
-// gqa_kv_write into a block-paged cache of fp32 or bf16 entries, and gqa_attention
+// kv_write of key | value entries into a block-paged cache of fp32 or bf16 elements, and gqa_attention
 // (repeat_kv: query head h reads KV head h / (heads / kv_heads); causal softmax), on every
 // dispatch path; a token's result is the same bits alone or in a batch.
 #include <algorithm>
@@ -25,7 +25,7 @@ struct PagedGqa {
   DType dtype;
   std::vector<uint8_t> bytes;
   std::vector<int32_t> tables;  // [2 sequences, 4 blocks]
-  GqaCacheView view;
+  KvLayerView view;
   PagedGqa(int64_t kv_heads, int64_t head_dim, int64_t block_size, DType dt)
       : kvh(kv_heads), D(head_dim), block(block_size), dtype(dt) {
     const int64_t entry = 2 * kvh * D, n_blocks = 8;
@@ -35,8 +35,7 @@ struct PagedGqa {
     view.dtype = dt;
     view.block_stride = layers * block * entry;
     view.block_size = static_cast<int32_t>(block);
-    view.kv_heads = static_cast<int32_t>(kvh);
-    view.head_dim = static_cast<int32_t>(D);
+    view.width = static_cast<int32_t>(entry);
     view.block_tables = tables.data();
     view.max_blocks = 4;
   }
@@ -70,13 +69,13 @@ TEST(rope_rotate_half_equals_hf_apply_rotary_pos_emb) {
       }
 }
 
-TEST(gqa_kv_write_stores_fp32_or_bf16_rounded_to_nearest_even) {
+TEST(kv_write_stores_gqa_entries_fp32_or_bf16_rounded_to_nearest_even) {
   for (DType dt : {DType::F32, DType::BF16}) {
     PagedGqa c(2, 8, 4, dt);
     const int64_t entry = 2 * 2 * 8;
     const std::vector<float> kv = random_floats(3 * entry, 9, 3.f);
     const int32_t seq[3] = {0, 1, 0}, pos[3] = {5, 0, 6};
-    CpuOps().gqa_kv_write(c.view, kv.data(), 3, seq, pos);
+    CpuOps().kv_write(c.view, kv.data(), 3, seq, pos);
     for (int t = 0; t < 3; ++t)
       for (int64_t i = 0; i < entry; ++i) {
         const float want = dt == DType::F32 ? kv[t * entry + i] : bf16_to_f32(ew::f32_to_bf16(kv[t * entry + i]));
@@ -108,7 +107,7 @@ TEST(gqa_attention_matches_repeat_kv_reference_every_cache_dtype_and_path) {
         const std::vector<float> rows = random_floats(lens[s] * entry, 50 + s);
         std::vector<int32_t> sq(lens[s], s), ps(lens[s]);
         for (int32_t p = 0; p < lens[s]; ++p) ps[p] = p;
-        ops.gqa_kv_write(c.view, rows.data(), lens[s], sq.data(), ps.data());
+        ops.kv_write(c.view, rows.data(), lens[s], sq.data(), ps.data());
       }
       std::vector<float> out(4 * heads * D, NAN);
       ops.gqa_attention(q.data(), 4, c.view, seq, pos, shape, 16, out.data(), nullptr);

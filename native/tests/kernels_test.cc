@@ -386,7 +386,7 @@ namespace {
 // `seqs` (step-local sequence i = seqs[i]).
 struct CacheView {
   std::vector<int32_t> tables;
-  LatentCacheView view;
+  KvLayerView view;
 };
 CacheView cache_view(KvCache& cache, int layer, const std::vector<int64_t>& seqs) {
   CacheView c;
@@ -427,7 +427,7 @@ TEST(mla_absorbed_attention_equals_expanded_keys_and_values) {
       s_local.push_back(s < len_a ? 0 : 1);
       s_pos.push_back(static_cast<int32_t>(s < len_a ? s : s - len_a));
     }
-    LatentCacheView v = all.view;
+    KvLayerView v = all.view;
     CpuOps().kv_write(v, ents.data(), len_a + len_b, s_local.data(), s_pos.data());
   }
   // What the cache holds, as fp32.
@@ -658,7 +658,7 @@ TEST(elementwise_ops_kv_write_and_argmax) {
   const int32_t width = 5, bs = 2;
   std::vector<float> cache(4 * 2 * bs * width, 0.f);  // 4 blocks x 2 layers
   const int32_t tables[4] = {2, 0, 3, 1};             // sequence 0: blocks 2, 0; sequence 1: 3, 1
-  LatentCacheView cv{cache.data() + bs * width, 2 * bs * width, bs, width, tables, 2};  // layer 1
+  KvLayerView cv{cache.data() + bs * width, 2 * bs * width, bs, width, tables, 2};  // layer 1
   const auto lat = random_floats(3 * width, 83);
   const int32_t seq[3] = {0, 1, 0}, pos[3] = {3, 0, 0};
   ops.kv_write(cv, lat.data(), 3, seq, pos);

@@ -18,6 +18,20 @@ void in_token_chunks(int64_t T, Arena& arena, Bytes workspace_bytes, Run run) {
   for (int64_t t0 = 0; t0 < T; t0 += chunk) run(t0, std::min(chunk, T - t0), ws);
 }
 
+// Layer `layer` of the paged cache, addressed through the step's block tables.
+KvLayerView layer_view(const PagedKvCache& cache, int layer, const StepInputs& in) {
+  KvLayerView v;
+  v.data = static_cast<uint8_t*>(cache.data) +
+           static_cast<size_t>(layer) * cache.block_size * cache.width * dtype_size(cache.dtype);
+  v.block_stride = static_cast<int64_t>(cache.n_layers) * cache.block_size * cache.width;
+  v.block_size = cache.block_size;
+  v.width = static_cast<int32_t>(cache.width);
+  v.block_tables = in.block_tables;
+  v.max_blocks = static_cast<int32_t>(in.max_blocks);
+  v.dtype = cache.dtype;
+  return v;
+}
+
 }  // namespace
 
 RouterParams router_params(const ModelConfig& cfg) {
@@ -92,15 +106,7 @@ void ForwardPass::mla_attention(int layer, const StepInputs& in, const PagedKvCa
   ops_.rope(q + nope, T, heads, heads * qd, qd, rd, in.cos, in.sin);
   ops_.rope(kva + R, T, 1, width, rd, rd, in.cos, in.sin);
 
-  LatentCacheView cv;
-  cv.data = static_cast<uint8_t*>(cache.data) +
-            static_cast<size_t>(layer) * cache.block_size * cache.width * dtype_size(cache.dtype);
-  cv.block_stride = static_cast<int64_t>(cache.n_layers) * cache.block_size * cache.width;
-  cv.dtype = cache.dtype;
-  cv.block_size = cache.block_size;
-  cv.width = static_cast<int32_t>(width);
-  cv.block_tables = in.block_tables;
-  cv.max_blocks = static_cast<int32_t>(in.max_blocks);
+  const KvLayerView cv = layer_view(cache, layer, in);  // width: run() checked it is R + rd
   ops_.kv_write(cv, kva, T, in.seq, in.pos);
 
   float* attn = arena.take_n<float>(T * heads * vd);
@@ -135,17 +141,8 @@ void ForwardPass::gqa_attention(int layer, const StepInputs& in, const PagedKvCa
   ops_.rope(q, T, heads, qd, D, D, in.cos, in.sin, RopeLayout::RotateHalf);
   ops_.rope(kv, T, kvh, 2 * kvd, D, D, in.cos, in.sin, RopeLayout::RotateHalf);
 
-  GqaCacheView cv;
-  cv.data = static_cast<uint8_t*>(cache.data) +
-            static_cast<size_t>(layer) * cache.block_size * cache.width * dtype_size(cache.dtype);
-  cv.dtype = cache.dtype;
-  cv.block_stride = static_cast<int64_t>(cache.n_layers) * cache.block_size * cache.width;
-  cv.block_size = cache.block_size;
-  cv.kv_heads = gqa_.kv_heads;
-  cv.head_dim = gqa_.head_dim;
-  cv.block_tables = in.block_tables;
-  cv.max_blocks = static_cast<int32_t>(in.max_blocks);
-  ops_.gqa_kv_write(cv, kv, T, in.seq, in.pos);
+  const KvLayerView cv = layer_view(cache, layer, in);  // width: run() checked it is 2 * kvd
+  ops_.kv_write(cv, kv, T, in.seq, in.pos);
 
   float* attn = arena.take_n<float>(T * qd);
   in_token_chunks(

@@ -81,38 +81,24 @@ struct MoeWeights {
   int64_t H = 0, I = 0;
 };
 
-// One layer of the block-paged latent KV cache: token p of step-local sequence s is the
-// `width` elements of `dtype` at (in elements)
+// One layer of the block-paged KV cache: token p of step-local sequence s is the `width`
+// elements of `dtype` at (in elements)
 //   data + block_tables[s * max_blocks + p / block_size] * block_stride + (p % block_size) * width.
-// dtype: F32, or BF16 (CpuOps: written rounded to nearest even, read into fp32 arithmetic;
-// CudaOps keeps an F32 cache and refuses BF16).
-struct LatentCacheView {
+// MLA's entry is the latent (c_kv | rotated k_pe); GQA's the keys (rotated), then the
+// values, kv_heads * head_dim each. dtype: F32, or BF16 (written rounded to nearest even,
+// read into fp32 arithmetic; CudaOps::mla_attention reads F32 only).
+struct KvLayerView {
   void* data = nullptr;      // this layer's part of block 0
   int64_t block_stride = 0;  // elements between consecutive blocks (all layers of a block are adjacent)
   int32_t block_size = 0;    // tokens per block
-  int32_t width = 0;         // kv_lora_rank + rope_dim (576 for V2-Lite)
+  int32_t width = 0;         // elements per token: kv_lora_rank + rope_dim (576 for V2-Lite), or 2 * kv_heads * head_dim
   const int32_t* block_tables = nullptr;  // [n_seqs, max_blocks]
   int32_t max_blocks = 0;
   DType dtype = DType::F32;
-};
-
-// One layer of the block-paged GQA cache: token p of step-local sequence s holds its keys
-// then its values, kv_heads * head_dim each (keys rotated), at
-//   data + (block_tables[s * max_blocks + p / block_size] * block_stride + (p % block_size) * 2 * kv_heads * head_dim)
-// elements of `dtype` (F32 or BF16; bf16 entries are rounded to nearest even when written).
-struct GqaCacheView {
-  void* data = nullptr;      // this layer's part of block 0
-  DType dtype = DType::F32;
-  int64_t block_stride = 0;  // elements between consecutive blocks (all layers of a block are adjacent)
-  int32_t block_size = 0;    // tokens per block
-  int32_t kv_heads = 0, head_dim = 0;
-  const int32_t* block_tables = nullptr;  // [n_seqs, max_blocks]
-  int32_t max_blocks = 0;
-  int64_t entry() const { return int64_t{2} * kv_heads * head_dim; }  // elements per token
 };
 
 // Grouped-query attention's shape: n_heads query heads of head_dim; query head h reads
-// KV head h / (n_heads / kv_heads) (the cache view's kv_heads).
+// KV head h / (n_heads / kv_heads) of the cache (whose width is 2 * kv_heads * head_dim).
 struct GqaShape {
   int32_t n_heads = 0, kv_heads = 0, head_dim = 0;
   float softmax_scale = 0.f;
@@ -162,26 +148,23 @@ class Ops {
   // cos_rows / sin_rows: [T, rot_dim / 2] (kernels/rope_rows.h).
   virtual void rope(float* x, int64_t T, int64_t n_vec, int64_t ld, int64_t vec_stride, int64_t rot_dim,
                     const float* cos_rows, const float* sin_rows, RopeLayout layout = RopeLayout::Interleaved) = 0;
-  // Copies latent rows [T, width] into the cache at (seq[t], pos[t]) (step-local sequences).
-  virtual void kv_write(const LatentCacheView& cache, const float* latent, int64_t T, const int32_t* seq,
+  // Copies each token's cache entry (rows [T, width] fp32: MLA's latent, GQA's keys | values)
+  // into the cache at (seq[t], pos[t]) (step-local sequences), converted to the cache's dtype.
+  virtual void kv_write(const KvLayerView& cache, const float* rows, int64_t T, const int32_t* seq,
                         const int32_t* pos) = 0;
   // Absorbed MLA for T query tokens: token t attends causally to positions [0, pos[t]] of
   // its sequence in `cache` (its own entry written first). q: [T, n_heads, nope + rope]
   // (rope part rotated); w_kvb: [n_heads * (nope + v_dim), kv_rank]; out: [T, n_heads * v_dim].
   // max_ctx > every pos[t] (it sizes the workspace).
   virtual size_t mla_workspace_bytes(int64_t T, const MlaShape& s, int64_t max_ctx) const = 0;
-  virtual void mla_attention(const float* q, int64_t T, const LatentCacheView& cache, const int32_t* seq,
+  virtual void mla_attention(const float* q, int64_t T, const KvLayerView& cache, const int32_t* seq,
                              const int32_t* pos, Weight w_kvb, const MlaShape& s, int64_t max_ctx, float* out,
                              void* workspace) = 0;
-  // Copies each token's key | value row ([T, 2 * kv_heads * head_dim] fp32, keys rotated)
-  // into the GQA cache at (seq[t], pos[t]), converted to the cache's dtype.
-  virtual void gqa_kv_write(const GqaCacheView& cache, const float* kv, int64_t T, const int32_t* seq,
-                            const int32_t* pos) = 0;
   // Grouped-query attention for T query tokens: token t attends causally to positions
   // [0, pos[t]] of its sequence in `cache` (its own entry written first). q: [T, n_heads,
   // head_dim] (normed and rotated); out: [T, n_heads * head_dim]. max_ctx > every pos[t].
   virtual size_t gqa_workspace_bytes(int64_t T, const GqaShape& s, int64_t max_ctx) const = 0;
-  virtual void gqa_attention(const float* q, int64_t T, const GqaCacheView& cache, const int32_t* seq,
+  virtual void gqa_attention(const float* q, int64_t T, const KvLayerView& cache, const int32_t* seq,
                              const int32_t* pos, const GqaShape& s, int64_t max_ctx, float* out, void* workspace) = 0;
   // The fused router step (RouterParams) from the router logits [T, M] (overwritten: they
   // may be turned into scores in place): scores, top-k and the reroute of each chosen base

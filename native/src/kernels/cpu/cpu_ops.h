@@ -1,6 +1,6 @@
 // CpuOps: the op set (kernels/ops.h) on the host, the reference every other backend is
 // tested against. Each op is defined in the file of its name (embed.cc, rms_norm.cc,
-// matmul.cc, elementwise.cc, rope.cc, kv_write.cc, mla_attention.cc, gqa_kv_write.cc,
+// matmul.cc, elementwise.cc, rope.cc, kv_write.cc, mla_attention.cc,
 // gqa_attention.cc, route.cc, moe.cc, argmax.cc) and runs its inner loops on one dispatch path (cpu_kernels.h), the
 // process's best by default; tests make one CpuOps per path. Loops run on the global
 // ThreadPool; within one path every result is bitwise independent of the batch and the
@@ -29,16 +29,14 @@ class CpuOps final : public Ops {
   void gather_rows(const float* x, int64_t ld, const int32_t* rows, int64_t n, int64_t D, float* y) override;
   void rope(float* x, int64_t T, int64_t n_vec, int64_t ld, int64_t vec_stride, int64_t rot_dim,
             const float* cos_rows, const float* sin_rows, RopeLayout layout = RopeLayout::Interleaved) override;
-  void kv_write(const LatentCacheView& cache, const float* latent, int64_t T, const int32_t* seq,
+  void kv_write(const KvLayerView& cache, const float* rows, int64_t T, const int32_t* seq,
                 const int32_t* pos) override;
   size_t mla_workspace_bytes(int64_t T, const MlaShape& s, int64_t max_ctx) const override;
-  void mla_attention(const float* q, int64_t T, const LatentCacheView& cache, const int32_t* seq,
+  void mla_attention(const float* q, int64_t T, const KvLayerView& cache, const int32_t* seq,
                      const int32_t* pos, Weight w_kvb, const MlaShape& s, int64_t max_ctx, float* out,
                      void* workspace) override;
-  void gqa_kv_write(const GqaCacheView& cache, const float* kv, int64_t T, const int32_t* seq,
-                    const int32_t* pos) override;
   size_t gqa_workspace_bytes(int64_t T, const GqaShape& s, int64_t max_ctx) const override;
-  void gqa_attention(const float* q, int64_t T, const GqaCacheView& cache, const int32_t* seq, const int32_t* pos,
+  void gqa_attention(const float* q, int64_t T, const KvLayerView& cache, const int32_t* seq, const int32_t* pos,
                      const GqaShape& s, int64_t max_ctx, float* out, void* workspace) override;
   void route(float* logits, int64_t T, const RouterParams& p, const RerouteTableView& table,
              const int32_t* adapter_rows, int32_t* out_slots, float* out_weights, int32_t* out_ids,

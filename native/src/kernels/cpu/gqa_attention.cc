@@ -20,19 +20,18 @@ namespace ew {
 // Per-thread buffers live in the parallel region; no workspace from the caller.
 size_t CpuOps::gqa_workspace_bytes(int64_t, const GqaShape&, int64_t) const { return 0; }
 
-void CpuOps::gqa_attention(const float* q, int64_t T, const GqaCacheView& c, const int32_t* seq, const int32_t* pos,
+void CpuOps::gqa_attention(const float* q, int64_t T, const KvLayerView& c, const int32_t* seq, const int32_t* pos,
                            const GqaShape& s, int64_t max_ctx, float* out, void*) {
   const int64_t heads = s.n_heads, kvh = s.kv_heads, D = s.head_dim;
-  if (heads <= 0 || kvh <= 0 || D <= 0 || heads % kvh != 0 || c.kv_heads != kvh || c.head_dim != D)
-    fail("gqa_attention: ", heads, " query heads over ", kvh, " KV heads of ", D, " (cache: ", c.kv_heads, " x ",
-         c.head_dim, ")");
+  if (heads <= 0 || kvh <= 0 || D <= 0 || heads % kvh != 0 || c.width != 2 * kvh * D)
+    fail("gqa_attention: ", heads, " query heads over ", kvh, " KV heads of ", D, " (cache entries of ", c.width, ")");
   if (c.dtype != DType::F32 && c.dtype != DType::BF16)
     fail("gqa_attention: cache dtype ", dtype_name(c.dtype), " unsupported (F32 or BF16)");
   if (T <= 0) return;
   for (int64_t t = 0; t < T; ++t)
     if (pos[t] < 0 || pos[t] >= max_ctx)
       fail("gqa_attention: token ", t, " at position ", pos[t], " outside [0, max_ctx ", max_ctx, ")");
-  const int64_t G = heads / kvh, entry = c.entry();
+  const int64_t G = heads / kvh, entry = c.width;
   const size_t esz = dtype_size(c.dtype);
   const CpuPath path = path_;
   // Row `off` (keys: g * D, values: (kvh + g) * D) of position p of step-local sequence sq.

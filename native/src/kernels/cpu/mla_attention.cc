@@ -50,7 +50,7 @@ size_t carve(void* base, int64_t T, const MlaShape& s, MlaScratch* m) {
 
 size_t CpuOps::mla_workspace_bytes(int64_t T, const MlaShape& s, int64_t) const { return carve(nullptr, T, s, nullptr); }
 
-void CpuOps::mla_attention(const float* q, int64_t T, const LatentCacheView& c, const int32_t* seq,
+void CpuOps::mla_attention(const float* q, int64_t T, const KvLayerView& c, const int32_t* seq,
                            const int32_t* pos, Weight w_kvb, const MlaShape& s, int64_t max_ctx, float* out,
                            void* workspace) {
   const int64_t Hh = s.n_heads, nope = s.nope, rope = s.rope, R = s.kv_rank, V = s.v_dim;

@@ -2,7 +2,7 @@
 // and every op only enqueues work (no host synchronisation), so a whole forward step can be
 // captured as a CUDA graph. Each op is defined in the file of its name (embed.cu,
 // rms_norm.cu, matmul.cu, elementwise.cu, rope.cu, kv_write.cu, mla_attention.cu,
-// gqa_kv_write.cu, gqa_attention.cu, route.cu, moe.cu, argmax.cu) beside its CPU twin in
+// gqa_attention.cu, route.cu, moe.cu, argmax.cu) beside its CPU twin in
 // kernels/cpu/; native/tests/cuda_ops_test.cc
 // checks each against the twin. Shape errors throw ew::Error before any launch; launch
 // failures throw ew::Error naming the kernel. Plain C++ interface: callers need no CUDA headers.
@@ -16,7 +16,7 @@
 //    over the grid): bitwise batch independent, equal to matmul's result for T <= 64.
 //  - moe, mla_attention, gqa_attention, route, argmax: per-token results independent of the
 //    batch (see each file); fp32 throughout, in an order different from the CPU's.
-//  - rope, embed and gqa_kv_write are bitwise equal to the CPU twin; route's ids and slots equal it.
+//  - rope, embed and kv_write are bitwise equal to the CPU twin; route's ids and slots equal it.
 #pragma once
 #include <cstdint>
 
@@ -43,17 +43,15 @@ class CudaOps final : public Ops {
   void gather_rows(const float* x, int64_t ld, const int32_t* rows, int64_t n, int64_t D, float* y) override;
   void rope(float* x, int64_t T, int64_t n_vec, int64_t ld, int64_t vec_stride, int64_t rot_dim,
             const float* cos_rows, const float* sin_rows, RopeLayout layout = RopeLayout::Interleaved) override;
-  void kv_write(const LatentCacheView& cache, const float* latent, int64_t T, const int32_t* seq,
+  void kv_write(const KvLayerView& cache, const float* rows, int64_t T, const int32_t* seq,
                 const int32_t* pos) override;
   size_t mla_workspace_bytes(int64_t T, const MlaShape& s, int64_t max_ctx) const override;
-  void mla_attention(const float* q, int64_t T, const LatentCacheView& cache, const int32_t* seq,
+  void mla_attention(const float* q, int64_t T, const KvLayerView& cache, const int32_t* seq,
                      const int32_t* pos, Weight w_kvb, const MlaShape& s, int64_t max_ctx, float* out,
                      void* workspace) override;
   // head_dim <= 256 (Qwen3-MoE and Mixtral: 128), n_heads / kv_heads <= 16.
-  void gqa_kv_write(const GqaCacheView& cache, const float* kv, int64_t T, const int32_t* seq,
-                    const int32_t* pos) override;
   size_t gqa_workspace_bytes(int64_t T, const GqaShape& s, int64_t max_ctx) const override;
-  void gqa_attention(const float* q, int64_t T, const GqaCacheView& cache, const int32_t* seq, const int32_t* pos,
+  void gqa_attention(const float* q, int64_t T, const KvLayerView& cache, const int32_t* seq, const int32_t* pos,
                      const GqaShape& s, int64_t max_ctx, float* out, void* workspace) override;
   // Adapter rows are validated on the host (the engine does): a row out of range yields slot
   // -1, which moe skips. Supports 1 <= M <= 384 (grouped: groups of a power-of-two number

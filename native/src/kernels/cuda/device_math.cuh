@@ -64,15 +64,17 @@ __device__ __forceinline__ void load8_act(const float* p, float (&v)[8]) {
 
 __device__ __forceinline__ float silu(float x) { return x / (1.f + __expf(-x)); }
 
-// Token `pos` of step-local sequence `seq` in one layer of the block-paged latent cache
-// (fp32 on CUDA: the ops refuse any other dtype, cache_dtype_check).
-__device__ __forceinline__ const float* latent_entry(const LatentCacheView& c, int seq, int pos) {
+// Token `pos` of step-local sequence `seq` in one layer of the block-paged KV cache, whose
+// elements are E (float or __nv_bfloat16: the caller dispatches on c.dtype).
+template <typename E>
+__device__ __forceinline__ E* cache_entry(const KvLayerView& c, int seq, int pos) {
   const int block = c.block_tables[static_cast<int64_t>(seq) * c.max_blocks + pos / c.block_size];
-  return static_cast<const float*>(c.data) + block * c.block_stride + static_cast<int64_t>(pos % c.block_size) * c.width;
+  return static_cast<E*>(c.data) + block * c.block_stride + static_cast<int64_t>(pos % c.block_size) * c.width;
 }
-
-// Elements per token of a GQA cache entry (GqaCacheView::entry, which is host code).
-__device__ __forceinline__ int64_t gqa_entry(const GqaCacheView& c) { return int64_t{2} * c.kv_heads * c.head_dim; }
+// The fp32 latent cache of mla_attention (it refuses any other dtype).
+__device__ __forceinline__ const float* latent_entry(const KvLayerView& c, int seq, int pos) {
+  return cache_entry<float>(c, seq, pos);
+}
 
 // gridDim.x for a grid-stride loop over n elements (at most 65535 blocks).
 inline unsigned grid_for(int64_t n, int threads) {

@@ -34,14 +34,8 @@ constexpr int kMaxPerThread = kMaxGroup * kMaxHeadDim / kThreads;  // output ele
 int splits_for(int64_t max_ctx) { return static_cast<int>((max_ctx + kSplit - 1) / kSplit); }
 
 template <typename E>
-__device__ __forceinline__ const E* cache_row(const GqaCacheView& c, int seq, int pos) {
-  const int32_t block = c.block_tables[static_cast<int64_t>(seq) * c.max_blocks + pos / c.block_size];
-  return static_cast<const E*>(c.data) + block * c.block_stride + static_cast<int64_t>(pos % c.block_size) * gqa_entry(c);
-}
-
-template <typename E>
 __global__ void __launch_bounds__(kThreads)
-    gqa_core_kernel(const float* __restrict__ q, GqaCacheView c, const int32_t* __restrict__ seq,
+    gqa_core_kernel(const float* __restrict__ q, KvLayerView c, const int32_t* __restrict__ seq,
                     const int32_t* __restrict__ pos, GqaShape s, int n_splits, float* __restrict__ out,
                     float* __restrict__ part_ml, float* __restrict__ part_o) {
   extern __shared__ float qs[];  // [G][D]
@@ -66,7 +60,7 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int p0 = p_begin; p0 < p_end; p0 += kChunk) {
     const int n = min(kChunk, p_end - p0);
-    if (threadIdx.x < n) rows[threadIdx.x] = cache_row<E>(c, sq, p0 + threadIdx.x);
+    if (threadIdx.x < n) rows[threadIdx.x] = cache_entry<const E>(c, sq, p0 + threadIdx.x);
     __syncthreads();
     // Scores: a warp per position, every head.
     for (int j = warp; j < n; j += kWarps) {
@@ -158,7 +152,7 @@ __global__ void __launch_bounds__(kThreads)
 size_t align_up(size_t n) { return (n + 255) & ~size_t(255); }
 
 template <typename E>
-void launch(const float* q, int64_t T, const GqaCacheView& c, const int32_t* seq, const int32_t* pos,
+void launch(const float* q, int64_t T, const KvLayerView& c, const int32_t* seq, const int32_t* pos,
             const GqaShape& s, int64_t max_ctx, float* out, void* ws, cudaStream_t st) {
   const int n_splits = splits_for(max_ctx);
   const int64_t rows = T * s.n_heads;
@@ -188,13 +182,13 @@ size_t CudaOps::gqa_workspace_bytes(int64_t T, const GqaShape& s, int64_t max_ct
   return align_up(rows * n_splits * 2 * 4) + align_up(rows * n_splits * s.head_dim * 4);
 }
 
-void CudaOps::gqa_attention(const float* q, int64_t T, const GqaCacheView& cache, const int32_t* seq,
+void CudaOps::gqa_attention(const float* q, int64_t T, const KvLayerView& cache, const int32_t* seq,
                             const int32_t* pos, const GqaShape& s, int64_t max_ctx, float* out, void* workspace) {
   if (T <= 0) return;
   if (s.n_heads <= 0 || s.kv_heads <= 0 || s.n_heads % s.kv_heads != 0 || s.head_dim <= 0 ||
-      cache.kv_heads != s.kv_heads || cache.head_dim != s.head_dim || max_ctx <= 0)
+      cache.width != int64_t{2} * s.kv_heads * s.head_dim || max_ctx <= 0)
     fail("cuda::gqa_attention: ", s.n_heads, " query heads over ", s.kv_heads, " KV heads of ", s.head_dim,
-         " (cache: ", cache.kv_heads, " x ", cache.head_dim, ")");
+         " (cache entries of ", cache.width, ")");
   if (s.n_heads / s.kv_heads > kMaxGroup || s.head_dim > kMaxHeadDim)
     fail("cuda::gqa_attention: ", s.n_heads / s.kv_heads, " query heads per KV head of ", s.head_dim,
          " dims unsupported (at most ", kMaxGroup, " heads of ", kMaxHeadDim, ")");

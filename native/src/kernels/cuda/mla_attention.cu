@@ -60,7 +60,7 @@ __global__ void absorb_kernel(const float* __restrict__ q, const W* __restrict__
 //          part_ml[row, split] = (max, sum) and part_o[row, split] = unnormalised o_lat
 //          (an empty split: -inf, 0, zeros) instead of o_lat.
 __global__ void __launch_bounds__(kThreads)
-    core_kernel(const float* __restrict__ q_lat, LatentCacheView c, const int32_t* __restrict__ seq,
+    core_kernel(const float* __restrict__ q_lat, KvLayerView c, const int32_t* __restrict__ seq,
                 const int32_t* __restrict__ pos, MlaShape s, int64_t max_ctx, float* __restrict__ scores,
                 float* __restrict__ o_lat, int n_splits, float* __restrict__ part_ml, float* __restrict__ part_o) {
   extern __shared__ float qs[];  // [kHeadGroup][lw]
@@ -257,7 +257,7 @@ size_t carve(char* base, int64_t T, const MlaShape& s, int64_t max_ctx, int n_sp
 }
 
 template <typename W>
-void launch(const float* q, int64_t T, const LatentCacheView& c, const int32_t* seq, const int32_t* pos, const W* w,
+void launch(const float* q, int64_t T, const KvLayerView& c, const int32_t* seq, const int32_t* pos, const W* w,
             const MlaShape& s, int64_t max_ctx, float* out, void* ws, cudaStream_t st) {
   const int64_t th = T * s.n_heads;
   const int n_splits = position_splits(T, s, max_ctx);
@@ -295,7 +295,7 @@ int mla_position_splits(int64_t T, const MlaShape& s, int64_t max_ctx) {
   return position_splits(T, s, max_ctx);
 }
 
-void CudaOps::mla_attention(const float* q, int64_t T, const LatentCacheView& cache, const int32_t* tok_seq,
+void CudaOps::mla_attention(const float* q, int64_t T, const KvLayerView& cache, const int32_t* tok_seq,
                             const int32_t* tok_pos, Weight w_kvb, const MlaShape& s, int64_t max_ctx, float* out,
                             void* workspace) {
   if (T <= 0) return;
