@@ -11,6 +11,13 @@
 
 namespace ew {
 
+// Token p of step-local sequence seq in one layer of the block-paged cache (KvLayerView).
+inline uint8_t* cache_entry(const KvLayerView& c, int32_t seq, int64_t p) {
+  const int32_t block = c.block_tables[static_cast<int64_t>(seq) * c.max_blocks + p / c.block_size];
+  const int64_t at = block * c.block_stride + (p % c.block_size) * c.width;
+  return static_cast<uint8_t*>(c.data) + static_cast<size_t>(at) * dtype_size(c.dtype);
+}
+
 class CpuOps final : public Ops {
  public:
   explicit CpuOps(CpuPath path = cpu_path()) : path_(path) {}

@@ -9,11 +9,8 @@ namespace ew {
 
 void CpuOps::kv_write(const KvLayerView& c, const float* rows, int64_t T, const int32_t* seq, const int32_t* pos) {
   if (c.dtype != DType::F32 && c.dtype != DType::BF16) fail("kv_write: cache element type ", dtype_name(c.dtype));
-  const size_t esz = dtype_size(c.dtype);
   for (int64_t t = 0; t < T; ++t) {
-    const int32_t block = c.block_tables[static_cast<int64_t>(seq[t]) * c.max_blocks + pos[t] / c.block_size];
-    const int64_t at = block * c.block_stride + static_cast<int64_t>(pos[t] % c.block_size) * c.width;
-    void* dst = static_cast<uint8_t*>(c.data) + static_cast<size_t>(at) * esz;
+    void* dst = cache_entry(c, seq[t], pos[t]);
     const float* src = rows + t * c.width;
     if (c.dtype == DType::F32) {
       std::memcpy(dst, src, static_cast<size_t>(c.width) * sizeof(float));

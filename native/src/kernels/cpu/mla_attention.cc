@@ -64,16 +64,11 @@ void CpuOps::mla_attention(const float* q, int64_t T, const KvLayerView& c, cons
   if (!workspace) fail("mla_attention: no workspace (mla_workspace_bytes)");
   const CpuPath path = path_;
   const DType dt = w_kvb.dtype;
-  const size_t esz = dtype_size(dt), cache_esz = dtype_size(c.dtype);
+  const size_t esz = dtype_size(dt);
   MlaScratch m;
   carve(workspace, T, s, &m);
   auto head_rows = [&](int64_t h, int64_t row) {
     return static_cast<const uint8_t*>(w_kvb.data) + static_cast<size_t>((h * kvb_rows + row) * R) * esz;
-  };
-  auto entry = [&](int32_t sq, int64_t p) -> const void* {
-    const int32_t block = c.block_tables[static_cast<int64_t>(sq) * c.max_blocks + p / c.block_size];
-    const int64_t at = block * c.block_stride + (p % c.block_size) * c.width;
-    return static_cast<const uint8_t*>(c.data) + static_cast<size_t>(at) * cache_esz;
   };
   ThreadPool& pool = ThreadPool::global();
   const int64_t n_blocks = (T + kTokenBlock - 1) / kTokenBlock;
@@ -105,7 +100,7 @@ void CpuOps::mla_attention(const float* q, int64_t T, const KvLayerView& c, cons
     for (int64_t u = ub; u < ue; ++u) {
       const int64_t t = u / n_groups, h0 = (u % n_groups) * G, hn = std::min(G, Hh - h0), n = pos[t] + 1;
       rows.resize(static_cast<size_t>(n));
-      for (int64_t p = 0; p < n; ++p) rows[p] = entry(seq[t], p);
+      for (int64_t p = 0; p < n; ++p) rows[p] = cache_entry(c, seq[t], p);
       score.resize(static_cast<size_t>(hn * n));
       const float* qt = m.q + (t * Hh + h0) * width;
       for (int64_t p0 = 0; p0 < n; p0 += kPositionBlock)
