@@ -2,43 +2,13 @@
 // in avx2::dot_f32's order (one 8-lane accumulator, a fixed horizontal sum, a scalar tail),
 // every value sum in axpy_f32's (one fma per position, ascending), bf16 rows widened in
 // registers. Compiled with -mavx2 -mfma -mf16c, like matmul_avx2.cc, and under its rule: no
-// inline or template function that other files also use is instantiated here.
-#include <immintrin.h>
-
-#include "kernels/cpu/cpu_kernels.h"
+// inline or template function that other files also use is instantiated here (the loads and
+// sums are avx2_helpers.h's).
+#include "kernels/cpu/avx2_helpers.h"
 
 namespace ew {
 namespace avx2 {
 namespace {
-
-inline float fma1(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
-}
-
-template <DType DT>
-inline __m256 load8(const void* row, int64_t i) {
-  if constexpr (DT == DType::F32) {
-    return _mm256_loadu_ps(static_cast<const float*>(row) + i);
-  } else {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + i));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-  }
-}
-
-template <DType DT>
-inline float load1(const void* row, int64_t i) {
-  if constexpr (DT == DType::F32) {
-    return static_cast<const float*>(row)[i];
-  } else {
-    const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(row)[i]) << 16;
-    return _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128(static_cast<int>(bits))));
-  }
-}
 
 template <DType DT>
 void scores_impl(const float* q, int64_t ldq, int64_t nq, const void* const* rows, int64_t n, int64_t width, float* s,

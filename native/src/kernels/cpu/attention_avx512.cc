@@ -8,49 +8,13 @@
 //   exp:    a vector exp (Cephes' expf polynomial, range reduction by ln 2 in two parts,
 //           2^n by scalef; within 2 ulp of expf), summed in 16 lanes then the fixed sum.
 // Compiled with the avx512 flags; no inline or template function that other files also use
-// is instantiated here.
-// GCC 12's AVX-512 intrinsics trip a false -Wuninitialized (GCC bug 105593, fixed in 13).
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-
-#include "kernels/cpu/cpu_kernels.h"
+// is instantiated here (the loads, masks and horizontal sum are avx512_helpers.h's, the same
+// as matmul_avx512.cc's dot_f32).
+#include "kernels/cpu/avx512_helpers.h"
 
 namespace ew {
 namespace avx512 {
 namespace {
-
-inline __mmask16 first_n(int64_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xffff) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1);
-}
-
-inline float hsum(__m512 v) {
-  const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-  __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  b = _mm_add_ps(b, _mm_movehl_ps(b, b));
-  b = _mm_add_ss(b, _mm_movehdup_ps(b));
-  return _mm_cvtss_f32(b);
-}
-
-template <DType DT>
-inline __m512 load16(const void* row, int64_t i) {
-  if constexpr (DT == DType::F32) {
-    return _mm512_loadu_ps(static_cast<const float*>(row) + i);
-  } else {
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + i));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  }
-}
-
-template <DType DT>
-inline __m512 load16_masked(const void* row, int64_t i, __mmask16 m) {
-  if constexpr (DT == DType::F32) {
-    return _mm512_maskz_loadu_ps(m, static_cast<const float*>(row) + i);
-  } else {
-    const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(row) + i);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  }
-}
 
 // Scores of P rows x HQ heads: per block the P rows are loaded once, each head's query once.
 template <DType DT, int P, int HQ>

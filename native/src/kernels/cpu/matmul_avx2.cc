@@ -7,49 +7,13 @@
 //
 // This file is compiled with AVX2 code generation, so it must not instantiate any
 // inline or template function that other files also use (the linker could keep
-// this file's AVX2 copy for everyone): hence local helpers instead of std::min,
-// std::fma and the header's converters.
-#include <immintrin.h>
-
-#include "kernels/cpu/cpu_kernels.h"
+// this file's AVX2 copy for everyone): hence the internal helpers of avx2_helpers.h
+// instead of std::min, std::fma and the header's converters.
+#include "kernels/cpu/avx2_helpers.h"
 
 namespace ew {
 namespace avx2 {
 namespace {
-
-template <DType DT>
-inline __m256 load8(const void* W, int64_t i) {
-  if constexpr (DT == DType::F32) {
-    return _mm256_loadu_ps(static_cast<const float*>(W) + i);
-  } else if constexpr (DT == DType::BF16) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(W) + i));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-  } else {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(W) + i)));
-  }
-}
-
-template <DType DT>
-inline float load1(const void* W, int64_t i) {
-  if constexpr (DT == DType::F32) {
-    return static_cast<const float*>(W)[i];
-  } else if constexpr (DT == DType::BF16) {
-    const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(W)[i]) << 16;
-    return _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128(static_cast<int>(bits))));
-  } else {
-    return _cvtsh_ss(static_cast<const uint16_t*>(W)[i]);
-  }
-}
-
-inline float fma1(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
-}
 
 // One weight row against TT tokens. Per (row, token) four 8-lane accumulators: the
 // 8-wide block b of k goes into accumulator b % 4 (four independent fma chains, enough

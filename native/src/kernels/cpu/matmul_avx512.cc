@@ -13,60 +13,16 @@
 //
 // As in matmul_avx2.cc: no inline or template function that other files also use is
 // instantiated here (the linker could keep this file's AVX-512 copy for everyone).
-// GCC 12's AVX-512 intrinsics (_mm512_undefined_ps inside casts and extracts) trip a
-// false -Wuninitialized (GCC bug 105593, fixed in 13).
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-
-#include "kernels/cpu/cpu_kernels.h"
+// The loads, masks and horizontal sum are avx512_helpers.h's.
+#include "kernels/cpu/avx512_helpers.h"
 
 namespace ew {
 namespace avx512 {
 namespace {
 
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-inline float fma1(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
-
-template <DType DT>
-inline __m512 load16(const void* W, int64_t i) {
-  if constexpr (DT == DType::F32) {
-    return _mm512_loadu_ps(static_cast<const float*>(W) + i);
-  } else {
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(W) + i));
-    if constexpr (DT == DType::BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    else return _mm512_cvtph_ps(h);
-  }
-}
-
-// Elements i .. i + 15 where mask bit j is set, zero elsewhere (nothing outside is read).
-template <DType DT>
-inline __m512 load16_masked(const void* W, int64_t i, __mmask16 m) {
-  if constexpr (DT == DType::F32) {
-    return _mm512_maskz_loadu_ps(m, static_cast<const float*>(W) + i);
-  } else {
-    const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(W) + i);
-    if constexpr (DT == DType::BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    else return _mm512_cvtph_ps(h);
-  }
-}
-
 template <DType DT>
 constexpr int64_t dtype_bytes() {
   return DT == DType::F32 ? 4 : 2;
-}
-
-inline __mmask16 first_n(int64_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xffff) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1);
-}
-
-// The one horizontal sum of every 16-lane accumulator: halves, quarters, pairs, lanes.
-inline float hsum(__m512 v) {
-  const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-  __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  b = _mm_add_ps(b, _mm_movehl_ps(b, b));
-  b = _mm_add_ss(b, _mm_movehdup_ps(b));
-  return _mm_cvtss_f32(b);
 }
 
 // Rows n .. n + R - 1 against tokens x[0 .. TT) (row stride K). Per 32-wide block the R rows'

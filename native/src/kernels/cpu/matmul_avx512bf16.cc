@@ -8,20 +8,13 @@
 // fixed horizontal sum; the same in every tile shape and batch, as in matmul_avx512.cc.
 // Weights are read in their stored layout: a bf16 row already is the pair layout.
 //
-// No inline or template function that other files also use is instantiated here.
-// GCC 12's AVX-512 intrinsics (_mm512_undefined_ps inside casts and extracts) trip a
-// false -Wuninitialized (GCC bug 105593, fixed in 13).
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-
-#include "kernels/cpu/cpu_kernels.h"
+// No inline or template function that other files also use is instantiated here (the
+// horizontal sum is avx512_helpers.h's, the one matmul_avx512.cc uses).
+#include "kernels/cpu/avx512_helpers.h"
 
 namespace ew {
 namespace avx512bf16 {
 namespace {
-
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 inline __mmask32 first_n32(int64_t n) {
   return n >= 32 ? static_cast<__mmask32>(0xffffffffu) : n <= 0 ? 0 : static_cast<__mmask32>((1u << n) - 1);
@@ -30,13 +23,8 @@ inline __mmask32 first_n32(int64_t n) {
 inline __m512bh load32(const uint16_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
 inline __m512bh load32_masked(const uint16_t* p, __mmask32 m) { return (__m512bh)_mm512_maskz_loadu_epi16(m, p); }
 
-inline float hsum(__m512 v) {
-  const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-  __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  b = _mm_add_ps(b, _mm_movehl_ps(b, b));
-  b = _mm_add_ss(b, _mm_movehdup_ps(b));
-  return _mm_cvtss_f32(b);
-}
+using avx512::hsum;
+using avx512::min64;
 
 template <int R, int TT>
 inline void tile(const uint16_t* x, int64_t K, const uint16_t* W, int64_t n, float* y, int64_t ldy, bool accum,
