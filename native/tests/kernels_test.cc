@@ -498,7 +498,7 @@ TEST(mla_absorbed_attention_equals_expanded_keys_and_values) {
 }
 
 TEST(mla_attention_long_context_and_wide_tiles_match_reference) {
-  // 10 heads (head tiles of 8 + 2), kv_rank 80 (value tiles of 64 + 16), width 88 (a masked
+  // 10 heads (head tiles of 4 + 4 + 2), kv_rank 80 (value tiles of 64 + 16), width 88 (a masked
   // tail), 300 positions (two position blocks), one and three tokens (different head groups):
   // the double reference in absorbed form, and the bits alone == in the batch.
   const int64_t heads = 10, nope = 4, rope = 8, V = 6, R = 80, width = R + rope, qd = nope + rope, n_pos = 300;

@@ -30,8 +30,9 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return static_cast<int>(workers_.size()) + 1; }
-  // fn(begin, end) over disjoint ranges covering [0, n): at most one per thread, each at
-  // least `grain` long (the cut depends only on n, grain and the thread count).
+  // fn(begin, end) over disjoint ranges covering [0, n): at most size() of them, each at
+  // least `grain` long (the cut depends only on n, grain and the thread count), claimed as
+  // parallel_chunks' chunks are, so one thread may run several.
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain = 1);
   // fn(b, e) over consecutive chunks [b, e) of `chunk` items covering [0, n), which the
   // threads claim one at a time: a thread that starts late takes fewer chunks (or none)

@@ -145,7 +145,9 @@ inline float bf16_to_f32(uint16_t h) {
   return v.f;
 }
 float f16_to_f32(uint16_t h);
-// fp32 -> bf16 rounded to nearest even (NaN stays a quiet NaN), as vcvtneps2bf16 and CUDA's __float2bfloat16_rn.
+// fp32 -> bf16 rounded to nearest even (NaN stays a quiet NaN), as CUDA's __float2bfloat16_rn
+// and as vcvtneps2bf16 for normal inputs (that instruction, and so avx512bf16::round_to_bf16,
+// flushes fp32 denormals to zero; this keeps them).
 inline uint16_t f32_to_bf16(float f) {
   union {
     float f;
