@@ -49,7 +49,7 @@ class ModelEngine final : public Engine {
     else if (opts.kv_cache_dtype == "f32" || (opts.kv_cache_dtype.empty() && cuda)) kv_dtype_ = DType::F32;
     else if (opts.kv_cache_dtype.empty()) kv_dtype_ = DType::BF16;
     else fail("engine options: kv_cache_dtype '", opts.kv_cache_dtype, "': expected 'f32' or 'bf16'");
-    if (cuda && kv_dtype_ != DType::F32) fail("engine options: the CUDA latent cache is f32 (kv_cache_dtype bf16 is CPU-only)");
+    if (cuda && kv_dtype_ != DType::F32) fail("engine options: the CUDA KV cache is f32 (kv_cache_dtype bf16 is CPU-only)");
     if (!cuda) cpu_path_ = opts.cpu_path.empty() ? ew::cpu_path() : cpu_path_named(opts.cpu_path.c_str());
     PoolOptions po;
     po.max_adapter_slots = opts.max_adapter_slots;

@@ -66,7 +66,7 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, ModelTensors tensors, const KvCac
   if (kv.width() != cfg.kv_cache_width() || kv.n_layers() != cfg.num_hidden_layers)
     fail("CudaRunner: KV cache geometry does not match the config");
   if (kv.dtype() != DType::F32)
-    fail("CudaRunner: the CUDA latent cache is fp32; a ", dtype_name(kv.dtype()), " KV cache is CPU-only");
+    fail("CudaRunner: the CUDA KV cache is fp32; a ", dtype_name(kv.dtype()), " KV cache is CPU-only");
   const size_t block_floats = static_cast<size_t>(kv.n_layers()) * kv.block_size() * kv.width();
   cache_buf_ = cuda::DeviceBuffer(static_cast<size_t>(kv.total_blocks()) * block_floats * sizeof(float));
   cache_buf_.fill_bytes(0);
