@@ -113,6 +113,8 @@ export class BatchScheduler {
   private looping = false;
   private closed = false;
   private idleWaiters: (() => void)[] = [];
+  /** Whether the last batch was a newcomers' step (see buildBatch). */
+  private lastNewcomerStep = false;
   private readonly observers: StepObserver[] = [];
   readonly stats: SchedulerStats = { waiting: 0, running: 0, steps: 0, lastBatchSize: 0, lastBatchTokens: 0, lastStepMs: 0, preemptions: 0 };
 
@@ -264,11 +266,21 @@ export class BatchScheduler {
     const drainingRows = () => (draining ??= this.engine.drainingRows());
     let free = freeBlocks + this.makeFairRoom(freeBlocks, blockSize, drainingRows);
 
+    // A client with nothing running gets its first prompt prefilled in a step of its own,
+    // without the running decodes: its first token then waits for the step in flight and
+    // its own prompt, not for every other client's batch as well (the order vLLM's
+    // prefill-first scheduler gives everyone; here only newcomers, so no client can use it
+    // to hold back the others). Never two such steps in a row: running sequences still
+    // advance at least every other step, however many newcomers arrive.
+    const newcomer = (client: string) => this.runningOf(client) === 0;
+    const newcomers = !this.lastNewcomerStep && this.running.length > 0 && this.waiting.peek(newcomer) !== undefined;
+    this.lastNewcomerStep = newcomers;
+
     // Running sequences first, in admission order: decodes (and unfinished prefills,
     // in chunks of at most longPrefillTokens while requests wait).
     const stalled: Sequence[] = [];
     let i = 0;
-    while (i < this.running.length && budget > 0) {
+    while (!newcomers && i < this.running.length && budget > 0) {
       const seq = this.running[i];
       const left = seq.tokens.length - seq.kvLen;
       const n = Math.min(left, budget, left > 1 && this.waiting.size > 0 ? this.longPrefillTokens : left);
@@ -304,6 +316,7 @@ export class BatchScheduler {
     // request does not fit is passed over for this step only (it keeps its turn), so
     // one large recompute does not hold back every other client's small request.
     const passed = new Set<string>();
+    if (newcomers) for (const c of this.runningByClient.keys()) passed.add(c);
     while (budget > 0 && this.running.length < this.maxRunning) {
       const seq = this.nextToAdmit(passed);
       if (!seq) break;
@@ -326,10 +339,12 @@ export class BatchScheduler {
       this.nextSeqId = this.nextSeqId >= 0x7ffffffe ? 1 : this.nextSeqId + 1;
       seq.kvLen = 0;
       this.addRunning(seq);
+      if (newcomers) passed.add(seq.client); // its further requests wait for an ordinary step
       free -= need(seq, n);
       budget -= n;
       batch.push({ seq, n });
     }
+    if (newcomers && batch.length === 0) return this.buildBatch(); // no newcomer fits: an ordinary step
     if (batch.length === 0 && stalled.length > 0) {
       // Nothing can run and nothing can be preempted: end the youngest stalled sequence.
       this.finish(stalled[stalled.length - 1], 'length');

@@ -121,3 +121,29 @@ test('a long prompt prefills in slices while others wait, so they are admitted e
   // Step 0 gives the long prompt the whole budget (it alone was waiting when it ran? no: all four were queued).
   for (const i of [0, 1, 2]) assert.ok(stepOf(engine, 45 + i) <= 1, `short request ${i} started at step ${stepOf(engine, 45 + i)}`);
 });
+
+test("a newcomer's first prompt runs in a step of its own; running sequences still advance every other step", async () => {
+  const engine = new ScriptedEngine();
+  const s = new BatchScheduler(engine);
+  const hog = Array.from({ length: 8 }, () => outcome());
+  hog.forEach((o, i) => s.submit(params('', [10 + i], { client: 'hog', maxTokens: 24 }), o.sink));
+  // From step 2 on, a new client arrives before every step: each would like a step of its own.
+  const newcomers: ReturnType<typeof outcome>[] = [];
+  s.onStep(() => {
+    if (engine.steps.length < 2 || newcomers.length >= 10) return;
+    const o = outcome();
+    newcomers.push(o);
+    s.submit(params('', [30 + newcomers.length], { client: `new-${newcomers.length}`, maxTokens: 2 }), o.sink);
+  });
+  await Promise.all(hog.map((o) => o.result));
+  await Promise.all(newcomers.map((o) => o.result));
+  const hogSeqs = new Set(engine.steps[0].map((c) => c.seqId));
+  const first = newcomers.map((_, k) => engine.steps.findIndex((st) => st.some((c) => c.tokens.length === 1 && c.tokens[0] === 31 + k && !hogSeqs.has(c.seqId))));
+  // The first newcomer arrives while the hog decodes: its prompt goes alone, without the hog's decodes.
+  assert.deepEqual(engine.steps[first[0]].map((c) => c.tokens), [[31]], 'the first newcomer prefills in a step of its own');
+  // However many arrive, the hog's sequences are in at least every other step until they finish.
+  const hogIn = engine.steps.map((st) => st.some((c) => hogSeqs.has(c.seqId)));
+  const lastHog = hogIn.lastIndexOf(true);
+  for (let k = 1; k <= lastHog; k++) assert.ok(hogIn[k] || hogIn[k - 1], `steps ${k - 1} and ${k} both without the hog's decodes`);
+  for (const o of hog) assert.equal((await o.result).tokens.length, 24);
+});
