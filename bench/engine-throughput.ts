@@ -11,7 +11,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join, relative } from 'node:path';
 
-import { loadBinding, type CpuPath } from '../lib/engine/binding.js';
+import { bestFp32Path, loadBinding, type CpuPath } from '../lib/engine/binding.js';
 import { Engine, type ChunkSpec } from '../lib/engine/engine.js';
 import type { FixtureConfig } from '../tools/fixtures/families.js';
 import { QWEN3_SHAPED, ROOT, V2_SHAPED, decodeStepBytes as stepBytes, ensureBenchModel, median, promptTokens } from './models.js';
@@ -123,8 +123,7 @@ async function main(): Promise<void> {
   const binding = loadBinding();
   const bandwidthGBs = await binding.measureMemoryBandwidth();
   const cpuPaths = binding.buildInfo().cpuPaths;
-  const fp32Path = cpuPaths.filter((p) => p !== 'avx512-bf16' && p !== 'amx').at(-1) ?? 'portable';
-  const paths: CpuPath[] = [fp32Path, ...(cpuPaths.includes('avx512-bf16') ? (['avx512-bf16'] as const) : [])];
+  const paths: CpuPath[] = [bestFp32Path(cpuPaths), ...(cpuPaths.includes('avx512-bf16') ? (['avx512-bf16'] as const) : [])];
   const machine = { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, node: process.version };
   const results = [];
   for (const m of models) for (const p of paths) results.push(await measure(m, bandwidthGBs, p));

@@ -20,7 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
 import type { DeepseekV2Config } from '../tools/fixtures/config.js';
-import { loadBinding } from '../lib/engine/binding.js';
+import { bestFp32Path, loadBinding, roundsActivations } from '../lib/engine/binding.js';
 import { convertDeepseekV2 } from '../tools/gguf/deepseek2.js';
 import { MODELS_DIR, ROOT, V2_LITE_WIDTH, V2_SHAPED, decodeStepBytes, ensureBenchModel, median, promptTokens } from './models.js';
 import { NODE_LLAMA_CPP_VERSION, ensureLlamaCpp } from './peers/llama-cpp.js';
@@ -151,9 +151,9 @@ interface Variant {
 /** The default (best fp32-activation path, bf16 KV cache) and, where this CPU has it, bf16 activations (avx512-bf16). */
 function variants(): Variant[] {
   const paths = loadBinding().buildInfo().cpuPaths;
-  const fp32 = paths.filter((p) => p !== 'avx512-bf16' && p !== 'amx').at(-1) ?? 'portable';
+  const fp32 = bestFp32Path(paths);
   const out: Variant[] = [{ key: fp32, title: `ExpertWeave ${fp32} (fp32 activations, the default)`, cpuPath: fp32 }];
-  for (const p of ['avx512-bf16', 'amx'].filter((x) => paths.includes(x as never)))
+  for (const p of paths.filter(roundsActivations))
     out.push({ key: p, title: `ExpertWeave ${p} (bf16 activations, like llama.cpp's bf16 matmul)`, cpuPath: p });
   return out;
 }

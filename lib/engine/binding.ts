@@ -29,6 +29,12 @@ export interface NativeEngineOptions {
 export type KvCacheDtype = 'f32' | 'bf16';
 export type CpuPath = 'portable' | 'avx2' | 'avx512' | 'avx512-bf16' | 'amx';
 
+/** Whether a CPU path rounds matmul activations to bf16 (native: kernels/cpu/cpu_kernels.h, rounds_activations). */
+export const roundsActivations = (path: CpuPath | ''): boolean => path === 'avx512-bf16' || path === 'amx';
+
+/** The best of `paths` (buildInfo().cpuPaths, ordered portable first) with fp32 activations. */
+export const bestFp32Path = (paths: readonly CpuPath[]): CpuPath => paths.filter((p) => !roundsActivations(p)).at(-1) ?? 'portable';
+
 export interface ModelInfo {
   /** config.json's model_type: deepseek_v2, deepseek_v3, kimi_k2, qwen3_moe or mixtral. */
   modelType: string;

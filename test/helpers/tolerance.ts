@@ -1,6 +1,6 @@
 // How close the engine's logits must be to the float64 reference (test/reference), per CPU
 // path, KV cache element type and weight dtype; shared by the reference suites of every family.
-import type { NativeEngine } from '../../lib/engine/binding.js';
+import { roundsActivations, type NativeEngine } from '../../lib/engine/binding.js';
 import type { FixtureDType } from '../../tools/fixtures/model.js';
 
 /**
@@ -31,7 +31,6 @@ const TOL_BF16_ACTIVATIONS = 3e-2;
 const NEAR_TIE = 1e-3;
 const NEAR_TIE_COARSE = 1e-2;
 const coarseRouter = (modelType: string) => ['deepseek_v3', 'kimi_k2', 'mixtral'].includes(modelType);
-const roundsActivations = (path: string) => path === 'avx512-bf16' || path === 'amx';
 /** Positions [0, n) of a reference run the engine's logits are compared at (see above). */
 export function comparable(engine: NativeEngine, weights: FixtureDType, want: { routerMargins: number[] }): number {
   const info = engine.info();

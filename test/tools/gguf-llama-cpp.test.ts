@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 
 import { llamaCppReady, loadLlamaCpp } from '../../bench/peers/llama-cpp.js';
-import { loadBinding, type CpuPath } from '../../lib/engine/binding.js';
+import { bestFp32Path, loadBinding, type CpuPath } from '../../lib/engine/binding.js';
 import { Engine } from '../../lib/engine/engine.js';
 import { buildConfig } from '../../tools/fixtures/config.js';
 import { makeModel } from '../../tools/fixtures/model.js';
@@ -41,7 +41,7 @@ async function llamaCppTokens(gguf: string, prompt: number[], n: number, expect:
 
 /** The best CPU path with fp32 activations (the process default may be a bf16 one under EW_CPU_PATH). */
 function exactCpuPath(): CpuPath {
-  return loadBinding().buildInfo().cpuPaths.filter((p) => p !== 'avx512-bf16' && p !== 'amx').at(-1) ?? 'portable';
+  return bestFp32Path(loadBinding().buildInfo().cpuPaths);
 }
 
 test('llama.cpp runs the GGUF of a yarn + q_lora_rank-null model: greedy tokens equal ExpertWeave\'s', { skip }, async () => {
