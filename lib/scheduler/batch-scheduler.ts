@@ -10,6 +10,11 @@
 // Fair share: when a client below its share of the running sequences (maxRunning over
 // the clients with work) waits for room that another client above its share holds,
 // the latter's youngest sequence is preempted to make it.
+// Growth reserve (after SGLang's new-token ratio): a request is admitted only if the
+// blocks left also hold a fraction of what the running sequences may still generate, so
+// a full cache does not preempt and recompute the same sequences over and over. The
+// fraction is the larger of what recent requests used of their length (a moving average)
+// and a floor that goes to 1 when decode runs out of blocks anyway and decays step by step.
 import type { StepOutput } from '../engine/binding.js';
 import type { ChunkSpec } from '../engine/engine.js';
 import type { EnginePort } from './engine-port.js';
@@ -40,6 +45,11 @@ export interface SchedulerOptions {
   textStream?: (promptIds: readonly number[]) => TextStream;
   /** Every id that ends generation (config.json and generation_config.json); default the engine's one. */
   eosTokenIds?: readonly number[];
+  /**
+   * Admit only while the growth reserve fits (default true); false admits whenever the
+   * prompt fits (vLLM's optimistic admission) and leaves a full cache to preemption.
+   */
+  reserveGrowth?: boolean;
 }
 
 export interface SchedulerStats {
@@ -92,6 +102,16 @@ class Sequence {
   }
 }
 
+// The growth reserve's ratio: its start, its floor, and the steps it takes to decay from
+// the one to the other (SGLang's defaults: 0.7, 0.7 x 0.14, 600 steps). Remaining lengths
+// are clipped as SGLang's are, so a request without max_tokens on a long-context model
+// does not reserve its whole context.
+const GROWTH_RATIO_INIT = 0.7;
+const GROWTH_RATIO_MIN = 0.7 * 0.14;
+const GROWTH_RATIO_DECAY = (GROWTH_RATIO_INIT - GROWTH_RATIO_MIN) / 600;
+const GROWTH_CLIP_TOKENS = 4096;
+const USED_SHARE_WEIGHT = 0.05; // about the last 20 requests
+
 export interface RequestHandle {
   cancel(): void;
 }
@@ -115,6 +135,11 @@ export class BatchScheduler {
   private idleWaiters: (() => void)[] = [];
   /** Whether the last batch was a newcomers' step (see buildBatch). */
   private lastNewcomerStep = false;
+  /** The growth reserve's decaying floor (see growthBlocks). */
+  private growthRatio = GROWTH_RATIO_INIT;
+  /** The share of its length (clipped) recent requests generated before they ended: a moving average. */
+  private usedShare = GROWTH_RATIO_MIN;
+  private readonly reserveGrowth: boolean;
   private readonly observers: StepObserver[] = [];
   readonly stats: SchedulerStats = { waiting: 0, running: 0, steps: 0, lastBatchSize: 0, lastBatchTokens: 0, lastStepMs: 0, preemptions: 0 };
 
@@ -131,6 +156,7 @@ export class BatchScheduler {
     this.maxRunning = Math.max(1, Math.min(options.maxRunning ?? 256, Math.floor(this.tokenBudget / 2)));
     this.maxPositions = engine.info.maxPositionEmbeddings;
     this.eos = new Set(options.eosTokenIds ?? [engine.info.eosTokenId]);
+    this.reserveGrowth = options.reserveGrowth ?? true;
   }
 
   onStep(observer: StepObserver): void {
@@ -276,6 +302,18 @@ export class BatchScheduler {
     const newcomers = !this.lastNewcomerStep && this.running.length > 0 && this.waiting.peek(newcomer) !== undefined;
     this.lastNewcomerStep = newcomers;
 
+    // While more than one client has work, each client's prompt tokens (new prompts,
+    // unfinished prefills, recomputes) take at most an equal share of the step's budget
+    // (and at least longPrefillTokens): another client's request, which must wait for
+    // the step in flight, then never waits behind a whole budget of someone else's
+    // prompts. Alone, a client has the whole budget.
+    const clients = this.activeClients();
+    const shared = clients > 1;
+    const prefillShare = Math.max(this.longPrefillTokens, Math.floor(this.tokenBudget / clients));
+    const prefilled = new Map<string, number>(); // this step's prompt tokens per client
+    const prefillRoom = (client: string) => (shared ? prefillShare - (prefilled.get(client) ?? 0) : Infinity);
+    const countPrefill = (client: string, n: number) => prefilled.set(client, (prefilled.get(client) ?? 0) + n);
+
     // Running sequences first, in admission order: decodes (and unfinished prefills,
     // in chunks of at most longPrefillTokens while requests wait).
     const stalled: Sequence[] = [];
@@ -283,7 +321,12 @@ export class BatchScheduler {
     while (!newcomers && i < this.running.length && budget > 0) {
       const seq = this.running[i];
       const left = seq.tokens.length - seq.kvLen;
-      const n = Math.min(left, budget, left > 1 && this.waiting.size > 0 ? this.longPrefillTokens : left);
+      const chunk = left > 1 && (this.waiting.size > 0 || shared) ? Math.min(this.longPrefillTokens, prefillRoom(seq.client)) : left;
+      if (chunk <= 0) {
+        i++; // its client's prompt tokens are spent for this step
+        continue;
+      }
+      const n = Math.min(left, budget, chunk);
       let gone = false;
       while (need(seq, n) > free) {
         const victim = this.youngestPreemptible(i, drainingRows());
@@ -296,6 +339,7 @@ export class BatchScheduler {
           break;
         }
         free += this.preempt(victim);
+        this.growthRatio = 1; // the reserve was too small: reserve everything until it decays
         if (victim === seq) {
           gone = true;
           break;
@@ -309,6 +353,7 @@ export class BatchScheduler {
       }
       free -= need(seq, n);
       budget -= n;
+      if (left > 1) countPrefill(seq.client, n);
       batch.push({ seq, n });
     }
 
@@ -317,6 +362,23 @@ export class BatchScheduler {
     // one large recompute does not hold back every other client's small request.
     const passed = new Set<string>();
     if (newcomers) for (const c of this.runningByClient.keys()) passed.add(c);
+    // Blocks the running sequences (in this step or not: a newcomers' step leaves them out)
+    // may still need beyond what they hold after it; and per client, those plus the held.
+    const inBatch = new Map(batch.map(({ seq, n }) => [seq, n]));
+    let reserved = 0;
+    const committed = new Map<string, number>();
+    for (const seq of this.running) {
+      const after = seq.kvLen + (inBatch.get(seq) ?? 0);
+      const growth = this.growthBlocks(seq, after, blockSize);
+      reserved += growth;
+      committed.set(seq.client, (committed.get(seq.client) ?? 0) + this.blocks(after, blockSize) + growth);
+    }
+    // A client below its share of running slots and of KV blocks (its reserve counted as
+    // held: room to grow is what it asks for) is admitted on the blocks actually free:
+    // that room is what makeFairRoom guarantees it. Anyone else leaves the reserve free.
+    const slotShare = Math.max(1, Math.floor(this.maxRunning / clients));
+    const blockShare = Math.max(1, Math.floor(this.engine.kvStats().totalBlocks / clients));
+    const belowFairShare = (client: string) => shared && this.runningOf(client) < slotShare && (committed.get(client) ?? 0) < blockShare;
     while (budget > 0 && this.running.length < this.maxRunning) {
       const seq = this.nextToAdmit(passed);
       if (!seq) break;
@@ -325,15 +387,26 @@ export class BatchScheduler {
         this.fail(seq, removedError(seq.params.adapterName));
         continue;
       }
-      const n = Math.min(seq.tokens.length, budget);
+      // A client's first prompt of the step may be cut to its share (the rest prefills in
+      // later steps); a further one waits for a step with room for all of it.
+      const room = prefillRoom(seq.client);
+      if (room < seq.tokens.length && (room <= 0 || prefilled.has(seq.client))) {
+        passed.add(seq.client);
+        continue;
+      }
+      const n = Math.min(seq.tokens.length, budget, room);
       // Keep one block spare per admission so a fresh sequence can take its first decode,
       // unless nothing runs: alone, it ends with 'length' if the cache is full anyway, and
       // demanding the spare would strand for good a prompt that fits the cache exactly.
       const spare = this.running.length > 0 ? 1 : 0;
-      if (need(seq, n) + spare > free) {
+      const growth = this.growthBlocks(seq, n, blockSize);
+      const reserve = this.reserveGrowth && this.running.length > 0 && !belowFairShare(seq.client) ? reserved + growth : 0;
+      if (need(seq, n) + spare + reserve > free) {
         passed.add(seq.client);
         continue;
       }
+      reserved += growth;
+      committed.set(seq.client, (committed.get(seq.client) ?? 0) + this.blocks(n, blockSize) + growth);
       this.waiting.pop(seq);
       seq.seqId = this.nextSeqId;
       this.nextSeqId = this.nextSeqId >= 0x7ffffffe ? 1 : this.nextSeqId + 1;
@@ -342,6 +415,7 @@ export class BatchScheduler {
       if (newcomers) passed.add(seq.client); // its further requests wait for an ordinary step
       free -= need(seq, n);
       budget -= n;
+      countPrefill(seq.client, n);
       batch.push({ seq, n });
     }
     if (newcomers && batch.length === 0) return this.buildBatch(); // no newcomer fits: an ordinary step
@@ -352,6 +426,17 @@ export class BatchScheduler {
     }
     this.updateCounts();
     return batch;
+  }
+
+  /**
+   * Blocks `seq` may still take beyond `kvLenAfter` tokens held: the rest of its prompt, and
+   * the reserve's ratio of the tokens it may still generate (clipped), within the model's context.
+   */
+  private growthBlocks(seq: Sequence, kvLenAfter: number, blockSize: number): number {
+    const toGenerate = Math.min(GROWTH_CLIP_TOKENS, Math.max(0, seq.limit - seq.generated));
+    const ratio = Math.max(this.growthRatio, this.usedShare);
+    const end = Math.min(this.maxPositions, seq.tokens.length + Math.ceil(ratio * toGenerate));
+    return Math.max(0, this.blocks(end, blockSize) - this.blocks(kvLenAfter, blockSize));
   }
 
   /** Clients with work (running or waiting). */
@@ -500,6 +585,7 @@ export class BatchScheduler {
       (out) => {
         const ms = performance.now() - start;
         this.stats.steps++;
+        this.growthRatio = Math.max(GROWTH_RATIO_MIN, this.growthRatio - GROWTH_RATIO_DECAY);
         this.stats.lastBatchSize = batch.length;
         this.stats.lastBatchTokens = tokens;
         this.stats.lastStepMs = ms;
@@ -583,6 +669,9 @@ export class BatchScheduler {
   private finish(seq: Sequence, reason: FinishReason): void {
     if (!this.detach(seq)) return;
     const completionTokens = seq.generated;
+    const planned = Math.min(GROWTH_CLIP_TOKENS, seq.limit);
+    if ((reason === 'stop' || reason === 'length') && planned > 0)
+      this.usedShare += USED_SHARE_WEIGHT * (Math.min(1, completionTokens / planned) - this.usedShare);
     this.deliver(() => {
       // After the sequence's earlier events: they may have text still to push.
       const text = reason === 'length' || reason === 'stop' ? '' : seq.stop.flush() + (seq.text?.flush() ?? '');

@@ -76,9 +76,10 @@ function outcome() {
 }
 
 test('preemption passes over sequences of a draining adapter (they could not restart)', async () => {
-  // 4 blocks of 4 tokens: two 4-token prompts decoding 8 tokens each run out at kvLen 8.
+  // 4 blocks of 4 tokens: two 4-token prompts decoding 8 tokens each run out at kvLen 8
+  // (admitted optimistically: the growth reserve would run them one after the other).
   const engine = new ScriptedEngine(4);
-  const s = new BatchScheduler(engine);
+  const s = new BatchScheduler(engine, { reserveGrowth: false });
   const base = outcome();
   const leaving = outcome();
   s.submit(params('', [10, 11, 12, 13], { maxTokens: 8 }), base.sink);
@@ -98,7 +99,7 @@ test('preemption passes over sequences of a draining adapter (they could not res
 
 test('when only draining sequences hold the cache and none can grow, the youngest ends early', async () => {
   const engine = new ScriptedEngine(4);
-  const s = new BatchScheduler(engine);
+  const s = new BatchScheduler(engine, { reserveGrowth: false });
   const first = outcome();
   const second = outcome();
   s.submit(params('leaving', [10, 11, 12, 13], { adapterRow: 1, maxTokens: 8 }), first.sink);

@@ -26,7 +26,8 @@ const stepOf = (engine: ScriptedEngine, first: number) => engine.steps.findIndex
 
 test("one client's burst on the same adapter delays another client's request by one turn", async () => {
   const engine = new ScriptedEngine();
-  const s = new BatchScheduler(engine, { tokenBudget: 4 });
+  // Each 4-token prompt fits a client's share of a step (longPrefillTokens) whole.
+  const s = new BatchScheduler(engine, { tokenBudget: 4, longPrefillTokens: 4 });
   const burst = Array.from({ length: 8 }, () => outcome());
   burst.forEach((o, i) => s.submit(params('', [10, 11, 12, 13 + i], { client: 'hog' }), o.sink));
   const victim = outcome();
@@ -61,9 +62,10 @@ test("a client holding every running slot gives one up to a client below its sha
 });
 
 test('preempted sequences of one client do not starve a new request of another', { timeout: 10_000 }, async () => {
-  // 12 blocks of 4 tokens: the hog's six long requests keep running out and preempting.
+  // 12 blocks of 4 tokens: the hog's six long requests keep running out and preempting
+  // (admitted optimistically; the growth reserve would keep them from it).
   const engine = new ScriptedEngine(12);
-  const s = new BatchScheduler(engine);
+  const s = new BatchScheduler(engine, { reserveGrowth: false });
   const hog = Array.from({ length: 6 }, () => outcome());
   hog.forEach((o, i) => s.submit(params('', [10 + i, 11, 12, 13], { client: 'hog', maxTokens: 40 }), o.sink));
   const victim = outcome();
@@ -146,4 +148,33 @@ test("a newcomer's first prompt runs in a step of its own; running sequences sti
   const lastHog = hogIn.lastIndexOf(true);
   for (let k = 1; k <= lastHog; k++) assert.ok(hogIn[k] || hogIn[k - 1], `steps ${k - 1} and ${k} both without the hog's decodes`);
   for (const o of hog) assert.equal((await o.result).tokens.length, 24);
+});
+
+test("while another client has work, one client's prompts take at most its share of a step; alone, the whole budget", async () => {
+  // Budget 64: with two clients with work, a client's share of a step's prompt tokens is 32.
+  const promptTokens = (engine: ScriptedEngine, skipSeq: number) =>
+    engine.steps.map((st) => st.filter((c) => c.tokens.length > 1 && c.seqId !== skipSeq).reduce((n, c) => n + c.tokens.length, 0));
+  const prompts = [...Array.from({ length: 5 }, () => Array.from({ length: 10 }, (_, k) => 10 + k)), Array.from({ length: 40 }, (_, k) => 10 + k)];
+
+  const alone = new ScriptedEngine();
+  const a = new BatchScheduler(alone, { tokenBudget: 64 });
+  await Promise.all(prompts.map((p) => { const o = outcome(); a.submit(params('', p, { client: 'hog' }), o.sink); return o.result; }));
+  assert.equal(promptTokens(alone, -1)[0], 64, 'alone, the first step is all prompts');
+
+  const engine = new ScriptedEngine();
+  const s = new BatchScheduler(engine, { tokenBudget: 64 });
+  const other = outcome();
+  s.submit(params('', [5], { client: 'other', maxTokens: 30 }), other.sink);
+  const hog = prompts.map(() => outcome());
+  s.onStep(() => {
+    if (engine.steps.length === 1) prompts.forEach((p, i) => s.submit(params('', p, { client: 'hog' }), hog[i].sink));
+  });
+  const results = await Promise.all(hog.map((o) => o.result));
+  await other.result;
+  const otherSeq = engine.steps[0][0].seqId;
+  const perStep = promptTokens(engine, otherSeq);
+  assert.ok(Math.max(...perStep) <= 32, `the hog's prompt tokens per step: ${perStep.join(',')}`);
+  assert.equal(perStep.reduce((x, y) => x + y, 0), 5 * 10 + 40, 'every prompt token prefilled once');
+  // The 40-token prompt, cut into slices, still continues exactly (49 -> 0, then 2: 1 is EOS).
+  assert.deepEqual(results[5].tokens, [0, 2, 3]);
 });

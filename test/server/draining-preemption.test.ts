@@ -24,8 +24,9 @@ describe('preemption while an adapter drains', () => {
   const expected = new Expected(fx.model, fx.adapters);
   let daemon: Daemon;
   before(async () => {
-    // 8 blocks of 4 tokens: two 8-token prompts generating 16 tokens each need 12 blocks.
-    daemon = await start(fx.model, { engine: { ...ENGINE, kvCacheTokens: 32 } });
+    // 8 blocks of 4 tokens: two 8-token prompts generating 16 tokens each need 12 blocks
+    // (admitted optimistically: the growth reserve would run them one after the other).
+    daemon = await start(fx.model, { engine: { ...ENGINE, kvCacheTokens: 32 }, scheduler: { reserveGrowth: false } });
   });
   after(async () => {
     await daemon.close();
