@@ -1,5 +1,6 @@
-// bench:hostile's hostile client, on a worker thread: workerData {kind, url}; runs until terminated.
+// bench:hostile's hostile client, on a worker thread: workerData {kind, url, nice}; runs until terminated.
 import { connect, type Socket } from 'node:net';
+import { setPriority } from 'node:os';
 import { workerData } from 'node:worker_threads';
 
 import { StreamClient } from '../test/helpers/ws-client.js';
@@ -53,5 +54,7 @@ function maskedTextFrame(text: string): Buffer {
 }
 
 
-const { kind, url } = workerData as { kind: string; url: string };
+const { kind, url, nice } = workerData as { kind: string; url: string; nice: number };
+// Per thread on Linux (pid 0 is the calling thread): only this worker, not the victim.
+if (nice && process.platform === 'linux') setPriority(0, nice);
 hostile(kind, url);
