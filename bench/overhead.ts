@@ -383,13 +383,15 @@ for (const { c, rounds, profile: prof } of results) {
     );
   }
 }
-lines.push('![overhead](overhead.svg)', '');
+// A variant run (other threads or streams per connection) writes beside the default one.
+const variant = `${args['per-connection'] !== 1 ? `-${args['per-connection']}-per-connection` : ''}${args.threads !== 2 ? `-${args.threads}-threads` : ''}`;
+lines.push(`![overhead](overhead${variant}.svg)`, '');
 const md = lines.join('\n');
 console.log(md);
-writeResult('overhead.md', md);
-writeResult('overhead.json', JSON.stringify({ info, args, results: results.map((r) => ({ ...r, profile: r.profile && { ...r.profile, between: Object.fromEntries(r.profile.between), during: Object.fromEntries(r.profile.during) } })) }, null, 2));
+writeResult(`overhead${variant}.md`, md);
+writeResult(`overhead${variant}.json`, JSON.stringify({ info, args, results: results.map((r) => ({ ...r, profile: r.profile && { ...r.profile, between: Object.fromEntries(r.profile.between), during: Object.fromEntries(r.profile.during) } })) }, null, 2));
 writeResult(
-  'overhead.svg',
+  `overhead${variant}.svg`,
   barChartSvg({
     title: `Streaming tokens/s: daemon vs engine alone (${args.v2 ? 'V2-shaped bench model' : 'embedded model'})`,
     yLabel: 'tokens/s',
