@@ -1,7 +1,8 @@
 // Scheduling under pressure with the real engine: a KV cache too small for the
 // offered load (preemption and recompute), and adapter residency with fewer
 // resident slots than adapters (LRU loads/evictions), both giving the outputs of
-// each request run alone; removal while a request runs; register/remove storms.
+// each request run alone; the growth reserve against optimistic admission; removal
+// while a request runs; register/remove storms.
 import assert from 'node:assert/strict';
 
 import type { Daemon } from '../../lib/server/daemon.js';
@@ -49,6 +50,29 @@ describe('scheduling under pressure', () => {
       const kv = daemon.engine.kvStats();
       assert.equal(kv.freeBlocks, kv.totalBlocks);
     });
+  });
+
+  test("one client's long requests in a small cache: the growth reserve preempts at most once, optimistic admission over and over; both exactly as alone", async () => {
+    const run = async (reserveGrowth: boolean) => {
+      const daemon = await start(fx.model, { engine: { ...ENGINE, kvCacheTokens: 64 }, adapters: fx.adapters.slice(0, 1), scheduler: { reserveGrowth } });
+      try {
+        const all = cases(daemon.engine.info.vocabSize, [null, 'law'], 16).map((c) => ({ ...c, maxTokens: c.maxTokens + 24 }));
+        const refs = await expected.all(all);
+        const c = await StreamClient.open(`ws://127.0.0.1:${daemon.server.port}/v1/stream`); // one client
+        const got = await Promise.all(all.map((x, i) => c.generate({ id: `r${i}`, adapter: x.adapter, prompt: x.prompt, max_tokens: x.maxTokens, temperature: 0 })));
+        c.close();
+        got.forEach((g, i) => assert.deepEqual(g.tokens, refs[i].tokens, `request ${i}`));
+        return daemon.service.scheduler.stats.preemptions;
+      } finally {
+        await daemon.close();
+      }
+    };
+    const optimistic = await run(false);
+    const reserve = await run(true);
+    // The reserve starts at 0.7 of what each request may still generate; these use all of it, so
+    // the first shortfall may preempt once, and from then on the reserve covers everything.
+    assert.ok(reserve <= 1, `with the reserve: ${reserve} preemptions`);
+    assert.ok(optimistic > reserve + 1, `optimistic admission: ${optimistic} preemptions, the reserve: ${reserve}`);
   });
 
   describe('more adapters than resident slots', () => {
