@@ -5,22 +5,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import { BatchScheduler } from '../../lib/scheduler/batch-scheduler.js';
-import type { DoneEvent, RequestError } from '../../lib/scheduler/request.js';
-import { ScriptedEngine, params } from './scripted-engine.js';
-
-function outcome() {
-  let resolve!: (r: { done?: DoneEvent; error?: RequestError; tokens: number[] }) => void;
-  const result = new Promise<{ done?: DoneEvent; error?: RequestError; tokens: number[] }>((r) => (resolve = r));
-  const tokens: number[] = [];
-  return {
-    result,
-    sink: {
-      onToken: (t: { token: number }) => void tokens.push(t.token),
-      onDone: (done: DoneEvent) => resolve({ done, tokens }),
-      onError: (error: RequestError) => resolve({ error, tokens }),
-    },
-  };
-}
+import type { RequestError } from '../../lib/scheduler/request.js';
+import { ScriptedEngine, outcome, params } from './scripted-engine.js';
 
 const stepOf = (engine: ScriptedEngine, first: number) => engine.steps.findIndex((st) => st.some((c) => c.tokens[0] === first));
 

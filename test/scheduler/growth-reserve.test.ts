@@ -7,22 +7,7 @@ import { test } from 'node:test';
 
 import type { ChunkSpec } from '../../lib/engine/engine.js';
 import { BatchScheduler } from '../../lib/scheduler/batch-scheduler.js';
-import type { DoneEvent, RequestError } from '../../lib/scheduler/request.js';
-import { ScriptedEngine, params } from './scripted-engine.js';
-
-function outcome() {
-  let resolve!: (r: { done?: DoneEvent; error?: RequestError; tokens: number[] }) => void;
-  const result = new Promise<{ done?: DoneEvent; error?: RequestError; tokens: number[] }>((r) => (resolve = r));
-  const tokens: number[] = [];
-  return {
-    result,
-    sink: {
-      onToken: (t: { token: number }) => void tokens.push(t.token),
-      onDone: (done: DoneEvent) => resolve({ done, tokens }),
-      onError: (error: RequestError) => resolve({ error, tokens }),
-    },
-  };
-}
+import { ScriptedEngine, outcome, params } from './scripted-engine.js';
 
 /** Prompt tokens the engine was given beyond each sequence's first prefill: recompute after preemption. */
 function recomputed(engine: ScriptedEngine): number {

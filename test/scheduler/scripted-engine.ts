@@ -2,7 +2,7 @@
 import type { KvStats, ModelInfo, StepOutput } from '../../lib/engine/binding.js';
 import type { ChunkSpec } from '../../lib/engine/engine.js';
 import type { EnginePort } from '../../lib/scheduler/engine-port.js';
-import type { GenerationParams } from '../../lib/scheduler/request.js';
+import type { DoneEvent, GenerationParams, RequestError } from '../../lib/scheduler/request.js';
 
 /**
  * Always samples (last token + 1) mod vocab, skipping EOS; records every step's chunks.
@@ -48,3 +48,17 @@ export function params(adapterName: string, promptIds: number[], extra: Partial<
   return { promptIds, adapterRow: 0, adapterName, client: 'c', maxTokens: 3, temperature: 0, topP: 1, topK: 0, seed: 0, logprobs: false, stop: [], ...extra };
 }
 
+/** A request's sink and the promise of how it ended: done or error, with the tokens it streamed. */
+export function outcome() {
+  let resolve!: (r: { done?: DoneEvent; error?: RequestError; tokens: number[] }) => void;
+  const result = new Promise<{ done?: DoneEvent; error?: RequestError; tokens: number[] }>((r) => (resolve = r));
+  const tokens: number[] = [];
+  return {
+    result,
+    sink: {
+      onToken: (t: { token: number }) => void tokens.push(t.token),
+      onDone: (done: DoneEvent) => resolve({ done, tokens }),
+      onError: (error: RequestError) => resolve({ error, tokens }),
+    },
+  };
+}
