@@ -376,9 +376,8 @@ export class BatchScheduler {
     // A client below its share of running slots and of KV blocks (its reserve counted as
     // held: room to grow is what it asks for) is admitted on the blocks actually free:
     // that room is what makeFairRoom guarantees it. Anyone else leaves the reserve free.
-    const slotShare = Math.max(1, Math.floor(this.maxRunning / clients));
-    const blockShare = Math.max(1, Math.floor(this.engine.kvStats().totalBlocks / clients));
-    const belowFairShare = (client: string) => shared && this.runningOf(client) < slotShare && (committed.get(client) ?? 0) < blockShare;
+    const fair = this.shares(clients);
+    const belowFairShare = (client: string) => shared && this.runningOf(client) < fair.slots && (committed.get(client) ?? 0) < fair.blocks;
     while (budget > 0 && this.running.length < this.maxRunning) {
       const seq = this.nextToAdmit(passed);
       if (!seq) break;
@@ -446,9 +445,12 @@ export class BatchScheduler {
     return Math.max(1, clients.size);
   }
 
-  /** Running sequences each client may hold while others wait: maxRunning over the clients with work. */
-  private share(): number {
-    return Math.max(1, Math.floor(this.maxRunning / this.activeClients()));
+  /** What each client may hold while others wait: running slots and KV blocks over the clients with work. */
+  private shares(clients = this.activeClients()): { slots: number; blocks: number } {
+    return {
+      slots: Math.max(1, Math.floor(this.maxRunning / clients)),
+      blocks: Math.max(1, Math.floor(this.engine.kvStats().totalBlocks / clients)),
+    };
   }
 
   private runningOf(client: string): number {
@@ -457,7 +459,7 @@ export class BatchScheduler {
 
   /** A client below its share first; else whoever's turn it is; never one in `passed`. */
   private nextToAdmit(passed: ReadonlySet<string>): Sequence | undefined {
-    const share = this.share();
+    const share = this.shares().slots;
     return this.waiting.peek((c) => !passed.has(c) && this.runningOf(c) < share) ?? this.waiting.peek((c) => !passed.has(c));
   }
 
@@ -468,12 +470,9 @@ export class BatchScheduler {
    * what is short. Returns the blocks freed.
    */
   private makeFairRoom(freeBlocks: number, blockSize: number, drainingRows: () => ReadonlySet<number>): number {
-    const { totalBlocks } = this.engine.kvStats();
     let freed = 0;
     for (;;) {
-      const clients = this.activeClients();
-      const slotShare = Math.max(1, Math.floor(this.maxRunning / clients));
-      const blockShare = Math.max(1, Math.floor(totalBlocks / clients));
+      const { slots: slotShare, blocks: blockShare } = this.shares();
       const blocksOf = new Map<string, number>();
       let growth = 0; // blocks the running decodes take this step
       for (const r of this.running) {
