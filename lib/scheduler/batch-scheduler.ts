@@ -284,13 +284,18 @@ export class BatchScheduler {
   }
 
   private buildBatch(): { seq: Sequence; n: number }[] {
-    const { blockSize, freeBlocks } = this.engine.kvStats();
+    const { blockSize, freeBlocks, totalBlocks } = this.engine.kvStats();
+    // Clients with work and their fair shares, once per step: admissions and preemptions
+    // below move sequences between running and waiting without changing which clients
+    // have work (a request ended here can, which leaves this step's shares a little small).
+    const clients = this.activeClients();
+    const fair = this.shares(clients, totalBlocks);
     let budget = this.tokenBudget;
     const batch: { seq: Sequence; n: number }[] = [];
     const need = (seq: Sequence, n: number) => this.blocks(seq.kvLen + n, blockSize) - this.blocks(seq.kvLen, blockSize);
     let draining: ReadonlySet<number> | undefined;
     const drainingRows = () => (draining ??= this.engine.drainingRows());
-    let free = freeBlocks + this.makeFairRoom(freeBlocks, blockSize, drainingRows);
+    let free = freeBlocks + this.makeFairRoom(fair, freeBlocks, blockSize, drainingRows);
 
     // A client with nothing running gets its first prompt prefilled in a step of its own,
     // without the running decodes: its first token then waits for the step in flight and
@@ -307,7 +312,6 @@ export class BatchScheduler {
     // (and at least longPrefillTokens): another client's request, which must wait for
     // the step in flight, then never waits behind a whole budget of someone else's
     // prompts. Alone, a client has the whole budget.
-    const clients = this.activeClients();
     const shared = clients > 1;
     const prefillShare = Math.max(this.longPrefillTokens, Math.floor(this.tokenBudget / clients));
     const prefilled = new Map<string, number>(); // this step's prompt tokens per client
@@ -376,10 +380,9 @@ export class BatchScheduler {
     // A client below its share of running slots and of KV blocks (its reserve counted as
     // held: room to grow is what it asks for) is admitted on the blocks actually free:
     // that room is what makeFairRoom guarantees it. Anyone else leaves the reserve free.
-    const fair = this.shares(clients);
     const belowFairShare = (client: string) => shared && this.runningOf(client) < fair.slots && (committed.get(client) ?? 0) < fair.blocks;
     while (budget > 0 && this.running.length < this.maxRunning) {
-      const seq = this.nextToAdmit(passed);
+      const seq = this.nextToAdmit(passed, fair.slots);
       if (!seq) break;
       if (drainingRows().has(seq.params.adapterRow)) {
         // The engine would refuse it: it cannot start any more.
@@ -446,11 +449,8 @@ export class BatchScheduler {
   }
 
   /** What each client may hold while others wait: running slots and KV blocks over the clients with work. */
-  private shares(clients = this.activeClients()): { slots: number; blocks: number } {
-    return {
-      slots: Math.max(1, Math.floor(this.maxRunning / clients)),
-      blocks: Math.max(1, Math.floor(this.engine.kvStats().totalBlocks / clients)),
-    };
+  private shares(clients: number, totalBlocks: number): { slots: number; blocks: number } {
+    return { slots: Math.max(1, Math.floor(this.maxRunning / clients)), blocks: Math.max(1, Math.floor(totalBlocks / clients)) };
   }
 
   private runningOf(client: string): number {
@@ -458,8 +458,7 @@ export class BatchScheduler {
   }
 
   /** A client below its share first; else whoever's turn it is; never one in `passed`. */
-  private nextToAdmit(passed: ReadonlySet<string>): Sequence | undefined {
-    const share = this.shares().slots;
+  private nextToAdmit(passed: ReadonlySet<string>, share: number): Sequence | undefined {
     return this.waiting.peek((c) => !passed.has(c) && this.runningOf(c) < share) ?? this.waiting.peek((c) => !passed.has(c));
   }
 
@@ -469,10 +468,10 @@ export class BatchScheduler {
    * fit, by preempting the youngest sequences of the client furthest above its share of
    * what is short. Returns the blocks freed.
    */
-  private makeFairRoom(freeBlocks: number, blockSize: number, drainingRows: () => ReadonlySet<number>): number {
+  private makeFairRoom(fair: { slots: number; blocks: number }, freeBlocks: number, blockSize: number, drainingRows: () => ReadonlySet<number>): number {
     let freed = 0;
     for (;;) {
-      const { slots: slotShare, blocks: blockShare } = this.shares();
+      const { slots: slotShare, blocks: blockShare } = fair;
       const blocksOf = new Map<string, number>();
       let growth = 0; // blocks the running decodes take this step
       for (const r of this.running) {
