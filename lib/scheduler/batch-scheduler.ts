@@ -318,8 +318,8 @@ export class BatchScheduler {
     const prefillRoom = (client: string) => (shared ? prefillShare - (prefilled.get(client) ?? 0) : Infinity);
     const countPrefill = (client: string, n: number) => prefilled.set(client, (prefilled.get(client) ?? 0) + n);
 
-    // Running sequences first, in admission order: decodes (and unfinished prefills,
-    // in chunks of at most longPrefillTokens while requests wait).
+    // Running sequences first, in admission order: decodes (and unfinished prefills, in
+    // chunks of at most longPrefillTokens while requests wait or other clients have work).
     const stalled: Sequence[] = [];
     let i = 0;
     while (!newcomers && i < this.running.length && budget > 0) {
