@@ -523,6 +523,19 @@ export class BatchScheduler {
     for (const seq of this.waiting) if (seq.adapter === adapterName) this.fail(seq, removedError(adapterName));
   }
 
+  /**
+   * The growth reserve now (read at scrape time): the share of their remaining length it
+   * holds room for (0 with optimistic admission) and the blocks that makes for the running
+   * sequences beyond what they hold.
+   */
+  growthReserve(): { ratio: number; blocks: number } {
+    if (!this.reserveGrowth) return { ratio: 0, blocks: 0 };
+    const { blockSize } = this.engine.kvStats();
+    let blocks = 0;
+    for (const seq of this.running) blocks += this.growthBlocks(seq, seq.kvLen, blockSize);
+    return { ratio: Math.max(this.growthRatio, this.usedShare), blocks };
+  }
+
   /** Live counts and adapter names (read at scrape time, unlike `stats`, which steps update). */
   activity(): SchedulerActivity {
     const runningAdapters = new Set(this.running.map((s) => s.adapter));

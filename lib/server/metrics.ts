@@ -96,6 +96,9 @@ export class Metrics {
     g('expertweave_sequences_running', 'Sequences admitted to the engine.', act.running);
     g('expertweave_kv_blocks', 'KV-cache blocks in all.', kv.totalBlocks);
     g('expertweave_kv_blocks_free', 'Free KV-cache blocks.', kv.freeBlocks);
+    const reserve = scheduler.growthReserve();
+    g('expertweave_kv_growth_reserve_blocks', 'KV-cache blocks the running sequences may still need, which admission leaves free.', reserve.blocks);
+    g('expertweave_kv_growth_reserve_ratio', 'Share of their remaining length admission reserves KV blocks for (0: optimistic admission).', reserve.ratio);
     const preemptions = new Counter('expertweave_preemptions_total', 'Sequences preempted for lack of KV blocks.');
     preemptions.set({}, scheduler.stats.preemptions);
     const residency = new Gauge('expertweave_adapter_residency', 'Adapter residency: 0 registered (on disk), 1 loading, 2 resident.');

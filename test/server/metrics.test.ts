@@ -127,6 +127,28 @@ describe('/metrics', { skip }, () => {
     assert.equal(series(text).length, before);
   });
 
+  test('the growth reserve gauges: room held for a running request while it runs, none once it is done', async () => {
+    const gauge = (text: string, name: string) => parsePrometheus(text).find((x) => x.name === name)?.value;
+    const c = await StreamClient.open(`ws://127.0.0.1:${daemon.server.port}/v1/stream`);
+    const prompt = [3, 4, 5];
+    const maxTokens = daemon.engine.info.maxPositionEmbeddings - prompt.length - 1;
+    // A slow stream: the client reads on, but the request has far to go when the scrape lands.
+    c.send({ type: 'generate', id: 'long', adapter: null, prompt, max_tokens: maxTokens, temperature: 0, ignore_eos: true });
+    await c.next((f) => f.id === 'long' && f.type === 'token');
+    const during = await scrape();
+    const end = await c.next((f) => f.id === 'long' && (f.type === 'done' || f.type === 'error'));
+    c.close();
+    assert.equal(end.type, 'done', JSON.stringify(end));
+    const ratio = gauge(during, 'expertweave_kv_growth_reserve_ratio')!;
+    const blocks = gauge(during, 'expertweave_kv_growth_reserve_blocks')!;
+    assert.ok(ratio >= 0.7 * 0.14 && ratio <= 1, `ratio ${ratio}`);
+    // It still had nearly all of maxTokens to go: at least the ratio's share of that, in blocks.
+    const { blockSize, totalBlocks } = daemon.engine.kvStats();
+    assert.ok(blocks >= Math.floor((ratio * (maxTokens - 40)) / blockSize) && blocks <= totalBlocks, `reserve ${blocks} blocks at ratio ${ratio}`);
+    const after = await scrape();
+    assert.equal(gauge(after, 'expertweave_kv_growth_reserve_blocks'), 0);
+  });
+
   test('the protocol gauges read as the endpoint picker reads them', async () => {
     const m = extractEndpointMetrics(await scrape(), {
       name: 'vllm',
@@ -158,6 +180,7 @@ test('requests awaiting their adapter\'s load wait, and list it as waiting', () 
   const scheduler = {
     activity: () => ({ running: 1, waiting: 1, runningAdapters: new Set(['law']), waitingAdapters: new Set(['', 'gone']) }),
     stats: { preemptions: 0 },
+    growthReserve: () => ({ ratio: 0.7, blocks: 2 }),
   } as unknown as BatchScheduler;
   const engine = { kvStats: () => ({ blockSize: 4, totalBlocks: 10, freeBlocks: 6, sequences: 1 }) } as unknown as EnginePort;
   const m = extractEndpointMetrics(new Metrics(registry, { maxLora: 3 }).render(engine, scheduler, 'base'), {
