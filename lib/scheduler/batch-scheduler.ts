@@ -50,6 +50,12 @@ export interface SchedulerOptions {
    * prompt fits (vLLM's optimistic admission) and leaves a full cache to preemption.
    */
   reserveGrowth?: boolean;
+  /**
+   * How long a client counts as present after its last request (default 1000 ms): while
+   * another client is present, a client's prompt tokens take at most longPrefillTokens
+   * of a step (see buildBatch).
+   */
+  presenceMs?: number;
 }
 
 export interface SchedulerStats {
@@ -140,6 +146,10 @@ export class BatchScheduler {
   /** The share of its length (clipped) recent requests generated before they ended: a moving average. */
   private usedShare = GROWTH_RATIO_MIN;
   private readonly reserveGrowth: boolean;
+  private readonly presenceMs: number;
+  /** When each recently present client last sent a request (pruned to presenceMs, see othersPresent). */
+  private readonly lastRequestAt = new Map<string, number>();
+  private prunedAt = 0;
   private readonly observers: StepObserver[] = [];
   readonly stats: SchedulerStats = { waiting: 0, running: 0, steps: 0, lastBatchSize: 0, lastBatchTokens: 0, lastStepMs: 0, preemptions: 0 };
 
@@ -157,6 +167,7 @@ export class BatchScheduler {
     this.maxPositions = engine.info.maxPositionEmbeddings;
     this.eos = new Set(options.eosTokenIds ?? [engine.info.eosTokenId]);
     this.reserveGrowth = options.reserveGrowth ?? true;
+    this.presenceMs = options.presenceMs ?? 1000;
   }
 
   onStep(observer: StepObserver): void {
@@ -169,6 +180,7 @@ export class BatchScheduler {
     this.validate(params);
     if (this.waiting.size >= this.maxWaiting) this.makeQueueRoom(params.client);
     const seq = new Sequence(params, sink, this.options.textStream?.(params.promptIds), this.maxPositions);
+    this.lastRequestAt.set(params.client, performance.now());
     this.waiting.push(seq);
     this.updateCounts();
     this.kick();
@@ -307,15 +319,14 @@ export class BatchScheduler {
     const newcomers = !this.lastNewcomerStep && this.running.length > 0 && this.waiting.peek(newcomer) !== undefined;
     this.lastNewcomerStep = newcomers;
 
-    // While more than one client has work, each client's prompt tokens (new prompts,
-    // unfinished prefills, recomputes) take at most an equal share of the step's budget
-    // (and at least longPrefillTokens): another client's request, which must wait for
-    // the step in flight, then never waits behind a whole budget of someone else's
-    // prompts. Alone, a client has the whole budget.
-    const shared = clients > 1;
-    const prefillShare = Math.max(this.longPrefillTokens, Math.floor(this.tokenBudget / clients));
+    // While another client is present (has work, or sent a request within presenceMs),
+    // each client's prompt tokens (new prompts, slices, recomputes) take at most
+    // longPrefillTokens of a step: a present client's next request waits for the step in
+    // flight, so that step must not be a whole budget of someone else's prompts. Alone,
+    // a client has the whole budget.
+    const shared = this.othersPresent(clients);
     const prefilled = new Map<string, number>(); // this step's prompt tokens per client
-    const prefillRoom = (client: string) => (shared ? prefillShare - (prefilled.get(client) ?? 0) : Infinity);
+    const prefillRoom = (client: string) => (shared ? this.longPrefillTokens - (prefilled.get(client) ?? 0) : Infinity);
     const countPrefill = (client: string, n: number) => prefilled.set(client, (prefilled.get(client) ?? 0) + n);
 
     // Running sequences first, in admission order: decodes (and unfinished prefills, in
@@ -380,7 +391,7 @@ export class BatchScheduler {
     // A client below its share of running slots and of KV blocks (its reserve counted as
     // held: room to grow is what it asks for) is admitted on the blocks actually free:
     // that room is what makeFairRoom guarantees it. Anyone else leaves the reserve free.
-    const belowFairShare = (client: string) => shared && this.runningOf(client) < fair.slots && (committed.get(client) ?? 0) < fair.blocks;
+    const belowFairShare = (client: string) => clients > 1 && this.runningOf(client) < fair.slots && (committed.get(client) ?? 0) < fair.blocks;
     while (budget > 0 && this.running.length < this.maxRunning) {
       const seq = this.nextToAdmit(passed, fair.slots);
       if (!seq) break;
@@ -439,6 +450,22 @@ export class BatchScheduler {
     const ratio = Math.max(this.growthRatio, this.usedShare);
     const end = Math.min(this.maxPositions, seq.tokens.length + Math.ceil(ratio * toGenerate));
     return Math.max(0, this.blocks(end, blockSize) - this.blocks(kvLenAfter, blockSize));
+  }
+
+  /**
+   * Whether a client other than the one with work is present: more than one has work, or
+   * one sent a request within presenceMs and has none now.
+   */
+  private othersPresent(clients: number): boolean {
+    if (clients > 1) return true;
+    const now = performance.now();
+    if (now - this.prunedAt > this.presenceMs / 10) {
+      this.prunedAt = now;
+      for (const [c, at] of this.lastRequestAt) if (now - at > this.presenceMs) this.lastRequestAt.delete(c);
+    }
+    if (this.lastRequestAt.size > 1) return true;
+    for (const c of this.lastRequestAt.keys()) return !this.runningByClient.has(c) && this.waiting.countOf(c) === 0;
+    return false;
   }
 
   /** Clients with work (running or waiting). */

@@ -136,8 +136,8 @@ test("a newcomer's first prompt runs in a step of its own; running sequences sti
   for (const o of hog) assert.equal((await o.result).tokens.length, 24);
 });
 
-test("while another client has work, one client's prompts take at most its share of a step; alone, the whole budget", async () => {
-  // Budget 64: with two clients with work, a client's share of a step's prompt tokens is 32.
+test("while another client has work, one client's prompts take at most longPrefillTokens of a step; alone, the whole budget", async () => {
+  // Budget 64: a client's prompt tokens per step are at most 16 while another client is present.
   const promptTokens = (engine: ScriptedEngine, skipSeq: number) =>
     engine.steps.map((st) => st.filter((c) => c.tokens.length > 1 && c.seqId !== skipSeq).reduce((n, c) => n + c.tokens.length, 0));
   const prompts = [...Array.from({ length: 5 }, () => Array.from({ length: 10 }, (_, k) => 10 + k)), Array.from({ length: 40 }, (_, k) => 10 + k)];
@@ -159,8 +159,26 @@ test("while another client has work, one client's prompts take at most its share
   await other.result;
   const otherSeq = engine.steps[0][0].seqId;
   const perStep = promptTokens(engine, otherSeq);
-  assert.ok(Math.max(...perStep) <= 32, `the hog's prompt tokens per step: ${perStep.join(',')}`);
+  assert.ok(Math.max(...perStep) <= 16, `the hog's prompt tokens per step: ${perStep.join(',')}`);
   assert.equal(perStep.reduce((x, y) => x + y, 0), 5 * 10 + 40, 'every prompt token prefilled once');
   // The 40-token prompt, cut into slices, still continues exactly (49 -> 0, then 2: 1 is EOS).
   assert.deepEqual(results[5].tokens, [0, 2, 3]);
+});
+
+test("a client that sent a request within presenceMs still counts: another's prompts stay capped until it is gone", async () => {
+  const engine = new ScriptedEngine();
+  const s = new BatchScheduler(engine, { tokenBudget: 64, presenceMs: 300 });
+  const burst = async () => {
+    const from = engine.steps.length;
+    await Promise.all(Array.from({ length: 6 }, (_, i) => { const o = outcome(); s.submit(params('', Array.from({ length: 10 }, (_, k) => 10 + k), { client: 'hog', maxTokens: 1 + i }), o.sink); return o.result; }));
+    return engine.steps.slice(from).map((st) => st.filter((c) => c.tokens.length > 1).reduce((n, c) => n + c.tokens.length, 0));
+  };
+  const o = outcome();
+  s.submit(params('', [5], { client: 'other', maxTokens: 1 }), o.sink);
+  await o.result; // 'other' has no work now, but was just here
+  const capped = await burst();
+  assert.ok(Math.max(...capped) <= 16, `prompt tokens per step while 'other' is present: ${capped.join(',')}`);
+  await new Promise((r) => setTimeout(r, 400)); // past presenceMs (and the hog's own requests are done)
+  const free = await burst();
+  assert.equal(free[0], 60, `alone again, the first step takes every prompt: ${free.join(',')}`);
 });
