@@ -330,7 +330,7 @@ export class BatchScheduler {
     const countPrefill = (client: string, n: number) => prefilled.set(client, (prefilled.get(client) ?? 0) + n);
 
     // Running sequences first, in admission order: decodes (and unfinished prefills, in
-    // chunks of at most longPrefillTokens while requests wait or other clients have work).
+    // chunks of at most longPrefillTokens while requests wait or another client is present).
     const stalled: Sequence[] = [];
     let i = 0;
     while (!newcomers && i < this.running.length && budget > 0) {
