@@ -22,24 +22,13 @@
 #include "memory/kv_cache.h"
 #include "util/error.h"
 #include "util/thread_pool.h"
+#include "bench_util.h"
 
 using namespace ew;
+using ew::bench::now_s;
+using ew::bench::parse_list;
 
 namespace {
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-std::vector<int> parse_list(const char* s) {
-  std::vector<int> v;
-  for (const char* p = s; *p;) {
-    v.push_back(std::atoi(p));
-    while (*p && *p != ',') ++p;
-    if (*p == ',') ++p;
-  }
-  return v;
-}
 
 uint16_t bf16_of(float f) {
   uint32_t u;

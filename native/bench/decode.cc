@@ -24,14 +24,13 @@
 #include "util/error.h"
 #include "util/membw.h"
 #include "util/thread_pool.h"
+#include "bench_util.h"
 
 using namespace ew;
+using ew::bench::now_s;
+using ew::bench::parse_list;
 
 namespace {
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 size_t non_expert_bytes(const ModelWeights& w) {
   size_t b = w.norm.nbytes() + w.lm_head.nbytes();
@@ -49,16 +48,6 @@ size_t non_expert_bytes(const ModelWeights& w) {
     }
   }
   return b;
-}
-
-std::vector<int> parse_list(const char* s) {
-  std::vector<int> v;
-  for (const char* p = s; *p;) {
-    v.push_back(std::atoi(p));
-    while (*p && *p != ',') ++p;
-    if (*p == ',') ++p;
-  }
-  return v;
 }
 
 }  // namespace
