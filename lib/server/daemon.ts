@@ -27,6 +27,8 @@ export interface DaemonOptions {
   maxPromptBytes?: number;
   /** The base model's name in the API (default: the model directory's name). */
   servedModelName?: string;
+  /** Tokens per delivery to a stream (ServiceOptions.streamInterval; default 1). */
+  streamInterval?: number;
   /** Told each startup stage (loading, registering), for a progress line. */
   onProgress?: (event: string, detail: Record<string, unknown>) => void;
 }
@@ -91,7 +93,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     const maxBodyBytes = opts.server?.maxBodyBytes ?? Math.min(64 << 20, 4 * maxPromptBytes + (64 << 10));
     const service = new Service(
       { info: engine.info, modelName, scheduler, adapters: registry, encoder, tokenizer, chat, defaults, metrics },
-      { maxPromptBytes, ...(state ? { state } : {}) },
+      { maxPromptBytes, ...(state ? { state } : {}), ...(opts.streamInterval ? { streamInterval: opts.streamInterval } : {}) },
     );
     const server = await startServer(service, engine, { ...opts.server, maxBodyBytes });
     let closing: Promise<void> | undefined;

@@ -44,6 +44,13 @@ export interface ServiceOptions {
   maxPromptBytes: number;
   /** Where adapters registered at run time are kept across restarts (absent: not kept). */
   state?: AdapterStateFile;
+  /**
+   * Tokens per delivery to a streaming transport (vLLM's and SGLang's --stream-interval):
+   * the first token at once, then every Nth, the rest with the end. Larger values
+   * mean fewer writes and socket wake-ups per token (both sides of a connection), smaller
+   * ones smoother streams. Default 1: every token as it is made.
+   */
+  streamInterval?: number;
 }
 
 export interface Running {
@@ -86,6 +93,13 @@ export class Service {
     const label = req.adapter ?? '';
     const started = performance.now();
     let firstAt = 0;
+    const interval = this.options.streamInterval ?? 1;
+    let held: TokenEvent[] = [];
+    const deliver = () => {
+      const evs = held;
+      held = [];
+      for (const ev of evs) sink.onToken(ev);
+    };
     const handle: Running = {
       cancel: () => {
         cancelled = true;
@@ -102,14 +116,17 @@ export class Service {
           firstAt = performance.now();
           this.metrics.observeTtft(label, (firstAt - started) / 1000);
         }
-        sink.onToken(ev);
+        held.push(ev);
+        if (held.length >= interval || ev.index === 0) deliver();
       },
       onDone: (ev: DoneEvent) => {
+        deliver();
         end();
         this.metrics.requestDone(label, ev.finishReason, ev.promptTokens, ev.completionTokens, (performance.now() - started) / 1000);
         sink.onDone(ev);
       },
       onError: (err) => {
+        deliver();
         end();
         this.metrics.requestError(label, err.code);
         sink.onError(err);

@@ -1,12 +1,15 @@
 // Server-sent events on a uWS response (OpenAI streaming): `data: <json>\n\n` lines,
-// headers on the first write, corked writes, and a backlog budget: a client that stops
+// headers on the first write, one corked write per tick, and a backlog budget: a client that stops
 // reading past maxBufferedBytes is cut off (onCut then cancels its work).
 import type { RequestError } from '../scheduler/request.js';
 import { statusLine, type Reply } from './http-io.js';
 
 export class SseWriter {
   private started = false;
+  private headed = false;
   private backlog = 0;
+  /** Events of this tick, written together (one write for a stream interval's tokens). */
+  private pending: string[] = [];
 
   constructor(
     private readonly reply: Reply,
@@ -20,17 +23,25 @@ export class SseWriter {
   }
 
   send(data: object | string): void {
+    if (this.reply.aborted) return;
+    this.started = true;
+    if (this.pending.length === 0) queueMicrotask(() => this.flush());
+    this.pending.push(`data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`);
+  }
+
+  private flush(): void {
     const reply = this.reply;
-    if (reply.aborted) return;
-    const line = `data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`;
+    const text = this.pending.join('');
+    this.pending = [];
+    if (reply.aborted || text === '') return;
     const res = reply.res;
     res.cork(() => {
-      if (!this.started) {
-        this.started = true;
+      if (!this.headed) {
+        this.headed = true;
         res.writeStatus(statusLine(200)).writeHeader('Content-Type', 'text/event-stream').writeHeader('Cache-Control', 'no-cache');
       }
-      if (res.write(line)) this.backlog = 0;
-      else this.backlog += line.length;
+      if (res.write(text)) this.backlog = 0;
+      else this.backlog += text.length;
     });
     if (this.backlog > this.maxBufferedBytes) {
       reply.aborted = true;
@@ -49,6 +60,7 @@ export class SseWriter {
   /** Ends the stream with [DONE]. */
   end(): void {
     this.send('[DONE]');
+    this.flush();
     if (this.reply.aborted) return;
     this.reply.aborted = true;
     this.reply.res.cork(() => this.reply.res.end());

@@ -48,6 +48,9 @@ Options:
   --max-waiting N               most queued requests before "overloaded" (default 1024)
   --max-running N               most sequences running at once (vLLM's --max-num-seqs; default 256,
                                 at most half the token budget)
+  --stream-interval N           tokens per write to a stream (as vLLM's and SGLang's): the first at
+                                once, then every Nth; fewer writes and wake-ups per token on both
+                                sides, less smooth streams (default 1: every token)
   -h, --help                    this help
 `;
 
@@ -109,6 +112,7 @@ async function run(argv: string[]): Promise<number> {
       'token-budget': { type: 'string' },
       'max-waiting': { type: 'string' },
       'max-running': { type: 'string' },
+      'stream-interval': { type: 'string' },
     },
   });
   if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
@@ -130,6 +134,7 @@ async function run(argv: string[]): Promise<number> {
   const tokenBudget = intOption(values['token-budget'], 'token-budget', 512, 1);
   const maxWaiting = intOption(values['max-waiting'], 'max-waiting', 1024, 1);
   const maxRunning = intOption(values['max-running'], 'max-running', 256, 1);
+  const streamInterval = intOption(values['stream-interval'], 'stream-interval', 1, 1, 4096);
   const adaptersDir = values['adapters-dir'];
   if (adaptersDir !== undefined) {
     if (!statSync(adaptersDir, { throwIfNoEntry: false })?.isDirectory()) {
@@ -170,6 +175,7 @@ async function run(argv: string[]): Promise<number> {
     },
     ...(values['state-dir'] ? { stateDir: values['state-dir'] } : {}),
     ...(values['served-model-name'] ? { servedModelName: values['served-model-name'] } : {}),
+    streamInterval,
     onProgress: log,
   });
   let stopping = false;
