@@ -11,7 +11,15 @@
 //    path: nothing else runs the next step) and during-steps (overlaps the engine, but
 //    takes CPU from it on a small machine).
 //
-//   npm run bench:overhead -- [--streams 32,128] [--max-tokens 200] [--rounds 3] [--per-connection 1] [--v2 0|1] [--quick]
+//   npm run bench:overhead -- [--streams 32,128] [--max-tokens 200] [--rounds 3] [--per-connection 1]
+//                             [--intervals 1,4] [--v2 0|1] [--ws-client 0|1] [--client-nice 0..19] [--quick]
+//
+// Each round also runs the scheduler alone (Service.start with sinks that only collect
+// the tokens: no server, no client), which tells the scheduler's cost from the
+// transport's, and the daemon at each --intervals stream interval (the first is the one
+// broken down). The load client reads frames with bench/lib/lean-ws.ts; --ws-client 1
+// uses the `ws` package instead; --client-nice 19 runs it at the lowest priority (the
+// stand-in for a client on another machine).
 //
 // Check first: every stream's greedy tokens through the daemon equal the engine-alone
 // tokens of the same sequence.
@@ -31,9 +39,10 @@ import { f, footnote, header, mdTable, runInfo, writeResult } from './lib/report
 import { median, pairedRatios, spread } from './lib/stats.js';
 import type { StreamClientResult, StreamClientSpec } from './lib/stream-client.js';
 import { barChartSvg } from './lib/svg.js';
+import { threadCpu, threadCpuSince, type ThreadCpu } from './lib/thread-cpu.js';
 import { assertSameTokens, evalPrompts } from './lib/workload.js';
 
-const args = benchArgs({ streams: [32, 128], 'max-tokens': 200, rounds: 3, threads: 2, 'per-connection': 1, profile: 1, v2: 0 });
+const args = benchArgs({ streams: [32, 128], 'max-tokens': 200, rounds: 3, threads: 2, 'per-connection': 1, profile: 1, v2: 0, 'ws-client': 0, intervals: [1, 4], 'client-nice': 0 });
 if (args.quick) Object.assign(args, { streams: [32], 'max-tokens': 64, rounds: 1 });
 const info = runInfo();
 const modelDir = args.v2 ? benchModel() : join(repoRoot(), 'models', 'default');
@@ -100,16 +109,42 @@ engine.step = (chunks: readonly ChunkSpec[], returnLogits?: boolean) => {
 };
 
 const execFileP = promisify(execFile);
-async function daemonRun(prompts: number[][]): Promise<{ client: StreamClientResult; steps: StepTiming[] }> {
-  const spec: StreamClientSpec = { url: wsUrl, prompts, adapters: [null], maxTokens: args['max-tokens'], perConnection: args['per-connection'] };
+async function daemonRun(prompts: number[][], interval = args.intervals[0]): Promise<{ client: StreamClientResult; steps: StepTiming[]; cpu?: ThreadCpu }> {
+  // Read by Service.start for each request, so setting it between runs is enough.
+  daemon.service.options.streamInterval = interval;
+  const spec: StreamClientSpec = { url: wsUrl, prompts, adapters: [null], maxTokens: args['max-tokens'], perConnection: args['per-connection'], client: args['ws-client'] ? 'ws' : 'lean', nice: args['client-nice'] };
   recording = [];
+  const cpu0 = threadCpu();
   const { stdout } = await execFileP(process.execPath, [join(repoRoot(), 'dist', 'bench', 'lib', 'stream-client.js'), JSON.stringify(spec)], { maxBuffer: 64 << 20 });
   const steps = recording;
   recording = undefined;
   const client = JSON.parse(stdout) as StreamClientResult;
   if (client.errors.length > 0) throw new Error(`overhead: ${client.errors.length} streams failed: ${client.errors[0]}`);
   await daemon.service.scheduler.idle();
-  return { client, steps };
+  return { client, steps, cpu: threadCpuSince(cpu0) };
+}
+
+/** The scheduler alone: the same requests through Service.start, sinks that only keep the tokens. */
+async function schedulerRun(prompts: number[][]): Promise<{ wallMs: number; tokens: number[][]; cpu?: ThreadCpu }> {
+  const tokens: number[][] = prompts.map(() => []);
+  daemon.service.options.streamInterval = 1;
+  const cpu0 = threadCpu();
+  const t0 = performance.now();
+  await Promise.all(
+    prompts.map(
+      (prompt, i) =>
+        new Promise<void>((resolve, reject) =>
+          daemon.service.start(
+            { prompt, adapter: null, client: `s${i}`, maxTokens: args['max-tokens'], temperature: 0, topP: 1, topK: 0, seed: 0, stop: [], logprobs: false },
+            { onToken: (ev) => tokens[i].push(ev.token), onDone: () => resolve(), onError: reject },
+          ),
+        ),
+    ),
+  );
+  const wallMs = performance.now() - t0;
+  const cpu = threadCpuSince(cpu0);
+  await daemon.service.scheduler.idle();
+  return { wallMs, tokens, cpu };
 }
 
 /**
@@ -118,8 +153,9 @@ async function daemonRun(prompts: number[][]): Promise<{ client: StreamClientRes
  * arrays. spinMs > 0 keeps the main thread busy that long after each step (the daemon's
  * gap without its work), to tell the gap's own cost from the rest.
  */
-async function engineRun(prompts: number[][], spinMs = 0): Promise<{ wallMs: number; tokens: number[][]; stepMs: number[] }> {
+async function engineRun(prompts: number[][], spinMs = 0): Promise<{ wallMs: number; tokens: number[][]; stepMs: number[]; cpu?: ThreadCpu }> {
   const c = prompts.length;
+  const cpu0 = threadCpu();
   const ids = prompts.map((_, i) => 1_000_000 + i);
   const tokens: number[][] = prompts.map(() => []);
   const req = (n: number): StepRequest => ({
@@ -189,12 +225,18 @@ async function engineRun(prompts: number[][], spinMs = 0): Promise<{ wallMs: num
     live = live.filter((j, k) => accept(j, o.tokens[k]));
   }
   const wallMs = performance.now() - t0;
+  const cpu = threadCpuSince(cpu0);
   for (const id of ids) engine.freeSequence(id);
-  return { wallMs, tokens, stepMs };
+  return { wallMs, tokens, stepMs, cpu };
 }
 
 interface Round {
   daemonTokS: number;
+  /** Daemon tok/s and client CPU ms at each further stream interval (args.intervals[1..]). */
+  more: { tokS: number; clientCpuMs: number; cpu?: ThreadCpu }[];
+  schedTokS: number;
+  /** This process's CPU (main thread, other threads) during each run. */
+  cpu: { daemon?: ThreadCpu; sched?: ThreadCpu; engine?: ThreadCpu };
   engineTokS: number;
   gapTokS: number;
   gapStepMs: number;
@@ -214,8 +256,10 @@ interface Round {
   clientCpuMs: number;
 }
 
-type EngineRun = { wallMs: number; tokens: number[][]; stepMs: number[] };
-function analyse(d: { client: StreamClientResult; steps: StepTiming[] }, e: EngineRun, g: EngineRun, spinMs: number): Round {
+type EngineRun = { wallMs: number; tokens: number[][]; stepMs: number[]; cpu?: ThreadCpu };
+type DaemonRun = { client: StreamClientResult; steps: StepTiming[]; cpu?: ThreadCpu };
+type Others = { more: DaemonRun[]; sched: { wallMs: number; tokens: number[][]; cpu?: ThreadCpu } };
+function analyse(d: DaemonRun, e: EngineRun, g: EngineRun, spinMs: number, o: Others): Round {
   const s = d.steps;
   const sum = (fn: (t: StepTiming, i: number) => number) => s.reduce((acc, t, i) => acc + fn(t, i), 0);
   const tokens = d.client.tokens.reduce((a, t) => a + t.length, 0);
@@ -226,6 +270,9 @@ function analyse(d: { client: StreamClientResult; steps: StepTiming[] }, e: Engi
   const engineStepMs = e.stepMs.reduce((a, x) => a + x, 0);
   return {
     daemonTokS: (tokens * 1000) / d.client.wallMs,
+    more: o.more.map((m) => ({ tokS: (tokens * 1000) / m.client.wallMs, clientCpuMs: m.client.cpuMs, cpu: m.cpu })),
+    schedTokS: (tokens * 1000) / o.sched.wallMs,
+    cpu: { daemon: d.cpu, sched: o.sched.cpu, engine: e.cpu },
     engineTokS: (tokens * 1000) / e.wallMs,
     gapTokS: (tokens * 1000) / g.wallMs,
     gapStepMs: g.stepMs.reduce((a, x) => a + x, 0),
@@ -262,20 +309,34 @@ try {
       let d;
       let e;
       let g;
+      const more: DaemonRun[] = [];
+      let sched;
       if (r % 2 === 0) {
         d = await daemonRun(prompts);
         spin = gapOf(d);
+        for (const iv of args.intervals.slice(1)) more.push(await daemonRun(prompts, iv));
+        sched = await schedulerRun(prompts);
         e = await engineRun(prompts);
         g = await engineRun(prompts, spin);
       } else {
         g = await engineRun(prompts, spin);
         e = await engineRun(prompts);
+        sched = await schedulerRun(prompts);
+        for (const iv of args.intervals.slice(1).reverse()) more.unshift(await daemonRun(prompts, iv));
         d = await daemonRun(prompts);
       }
-      d.client.tokens.forEach((t, i) => assertSameTokens(`overhead: stream ${i} (${c} streams), daemon vs engine alone`, t, e.tokens[i]));
-      const a = analyse(d, e, g, spin);
+      const check = (what: string, got: number[][]) => got.forEach((t, i) => assertSameTokens(`overhead: stream ${i} (${c} streams), ${what} vs engine alone`, t, e.tokens[i]));
+      check('daemon', d.client.tokens);
+      more.forEach((m, k) => check(`daemon at stream interval ${args.intervals[k + 1]}`, m.client.tokens));
+      check('scheduler alone', sched.tokens);
+      const a = analyse(d, e, g, spin, { more, sched });
       rounds.push(a);
-      console.log(`  round ${r + 1}: daemon ${f(a.daemonTokS, 0)} tok/s, engine alone ${f(a.engineTokS, 0)} tok/s (${f(a.daemonTokS / a.engineTokS, 3)}), engine + ${f(spin, 2)} ms gap ${f(a.gapTokS, 0)} tok/s; ${a.steps} steps, gap ${f(a.gapMs / a.steps, 2)} ms/step`);
+      console.log(
+        `  round ${r + 1}: daemon ${f(a.daemonTokS, 0)} tok/s, engine alone ${f(a.engineTokS, 0)} tok/s (${f(a.daemonTokS / a.engineTokS, 3)}), ` +
+          `scheduler alone ${f(a.schedTokS, 0)} (${f(a.schedTokS / a.engineTokS, 3)}), ` +
+          a.more.map((m, k) => `interval ${args.intervals[k + 1]} ${f(m.tokS, 0)} (${f(m.tokS / a.engineTokS, 3)}), `).join('') +
+          `engine + ${f(spin, 2)} ms gap ${f(a.gapTokS, 0)} tok/s; ${a.steps} steps, gap ${f(a.gapMs / a.steps, 2)} ms/step`,
+      );
     }
     let prof;
     if (args.profile) {
@@ -309,32 +370,91 @@ const lines: string[] = [
   '',
   ...header(info),
   `- model: ${modelName}, CPU, ${args.threads} engine threads; base model, greedy, ${args['max-tokens']} tokens per stream, prompts = the first ${PROMPT_BYTES} bytes of ESFT eval prompts (tokenized)`,
-  `- daemon: startDaemon in this process, defaults (token budget 512); client: a separate Node process (bench/lib/stream-client.ts, the \`ws\` package), ${args['per-connection']} stream(s) per WebSocket connection, all streams started at once; tok/s = tokens received / client wall time (first send to last done)`,
+  `- daemon: startDaemon in this process, defaults (token budget 512); client: a separate Node process (bench/lib/stream-client.ts, ${args['ws-client'] ? 'the \`ws\` package' : 'frames read by bench/lib/lean-ws.ts'}${args['client-nice'] ? `, at nice ${args['client-nice']}` : ''}), ${args['per-connection']} stream(s) per WebSocket connection, all streams started at once; tok/s = tokens received / client wall time (first send to last done)`,
   '- engine alone: the same engine object (daemon idle), the same sequences, prompts prefilled whole within 512 tokens a step, then one token per live sequence per step from reused typed arrays',
-  `- ${args.rounds} rounds, daemon and engine alternating; check: every stream's tokens through the daemon equal the engine-alone tokens`,
+  `- ${args.rounds} rounds, daemon, scheduler alone and engine alternating (odd rounds in reverse order); check: every stream's tokens through the daemon (at every stream interval) and the scheduler alone equal the engine-alone tokens`,
   '',
   'Goal (issue 14): daemon >= 90% of engine alone at 32 and 128 streams. Measured outside the project before this harness: 4,537 tok/s through the daemon against 10,109 engine-only at 32 streams on the embedded model.',
   '',
 ];
-const ratioRows = results.map(({ c, rounds }) => {
-  const r = pairedRatios(rounds.map((x) => x.daemonTokS), rounds.map((x) => x.engineTokS));
-  const g = pairedRatios(rounds.map((x) => x.gapTokS), rounds.map((x) => x.engineTokS));
-  return [
-    c,
-    f(spread(rounds.map((x) => x.daemonTokS)).value, 0),
-    f(spread(rounds.map((x) => x.engineTokS)).value, 0),
-    `${f(r.value, 3)} (${f(r.min, 3)}-${f(r.max, 3)})`,
-    f(spread(rounds.map((x) => x.gapTokS)).value, 0),
-    `${f(g.value, 3)} (${f(g.min, 3)}-${f(g.max, 3)})`,
-  ];
-});
+const ratio = (rounds: Round[], get: (x: Round) => number) => {
+  const r = pairedRatios(rounds.map(get), rounds.map((x) => x.engineTokS));
+  return `${f(spread(rounds.map(get)).value, 0)}: ${f(r.value, 3)} (${f(r.min, 3)}-${f(r.max, 3)})`;
+};
+const ratioRows = results.map(({ c, rounds }) => [
+  c,
+  f(spread(rounds.map((x) => x.engineTokS)).value, 0),
+  ratio(rounds, (x) => x.schedTokS),
+  ratio(rounds, (x) => x.daemonTokS),
+  ...args.intervals.slice(1).map((_, k) => ratio(rounds, (x) => x.more[k].tokS)),
+  ratio(rounds, (x) => x.gapTokS),
+]);
 lines.push(
-  mdTable(['streams', 'daemon tok/s', 'engine alone tok/s', 'daemon / engine', "engine alone + the daemon's gap tok/s", '(engine + gap) / engine'], ratioRows),
+  mdTable(
+    [
+      'streams',
+      'engine alone tok/s',
+      'scheduler alone tok/s: / engine',
+      `daemon, stream interval ${args.intervals[0]}: / engine`,
+      ...args.intervals.slice(1).map((iv) => `daemon, stream interval ${iv}: / engine`),
+      "engine alone + the daemon's gap: / engine",
+    ],
+    ratioRows,
+  ),
   '',
-  "\"engine alone + the daemon's gap\": after every step the main thread spins for the daemon's median between-steps time (no work, no I/O): what the gap costs by itself, " +
+  'Each cell: median tok/s, then the median of the per-round ratios to the engine alone (range). "Scheduler alone": the same requests through the service and the scheduler in this process, ' +
+    'sinks that only keep the tokens (no server, no sockets, no client): the scheduler\'s own cost. "Stream interval N": tokens reach the socket first at once, then N at a time (`--stream-interval`). ' +
+    "\"Engine alone + the daemon's gap\": after every step the main thread spins for the daemon's median between-steps time (no work, no I/O): what the gap costs by itself, " +
     'including its effect on the next step (worker threads going to sleep, caches), apart from what the daemon does in it and from the client sharing the cores.',
   '',
 );
+// CPU per token of every side, this process's threads apart (kernel work included) and the client's.
+if (results.every(({ rounds }) => rounds.every((r) => r.cpu.engine))) {
+  const us = (rounds: Round[], get: (r: Round) => number | undefined, digits = 1) => {
+    const v = rounds.map(get).filter((x): x is number => x !== undefined);
+    return v.length ? f(median(v), digits) : '';
+  };
+  const rowsCpu = results.flatMap(({ c, rounds }) => {
+    const per = (ms: number | undefined, r: Round) => (ms === undefined ? undefined : (ms * 1000) / r.tokens);
+    const total = (t: ThreadCpu | undefined, clientMs = 0) => (t ? t.mainMs + t.otherMs + clientMs : undefined);
+    // The engine alone's CPU over a side's (all its threads, and its client's when given): the
+    // throughput ratio to expect when every side keeps both cores busy.
+    const share = (get: (r: Round) => number | undefined) => us(rounds, (r) => {
+      const e = total(r.cpu.engine);
+      const x = get(r);
+      return e !== undefined && x !== undefined ? e / x : undefined;
+    }, 3);
+    const side = (name: string, cpu: (r: Round) => ThreadCpu | undefined, client?: (r: Round) => number) => [
+      c,
+      name,
+      us(rounds, (r) => per(cpu(r)?.mainMs, r)),
+      us(rounds, (r) => per(cpu(r)?.otherMs, r)),
+      client ? us(rounds, (r) => per(client(r), r)) : '',
+      client ? share((r) => total(cpu(r), client(r))) : share((r) => total(cpu(r))),
+      client ? share((r) => total(cpu(r))) : '',
+    ];
+    return [
+      side('engine alone', (r) => r.cpu.engine),
+      side('scheduler alone', (r) => r.cpu.sched),
+      side(`daemon, interval ${args.intervals[0]}`, (r) => r.cpu.daemon, (r) => r.clientCpuMs),
+      ...args.intervals.slice(1).map((iv, k) => side(`daemon, interval ${iv}`, (r) => r.more[k].cpu, (r) => r.more[k].clientCpuMs)),
+    ];
+  });
+  lines.push(
+    '### CPU per token (us, medians over rounds; /proc schedstat, kernel work included)',
+    '',
+    mdTable(
+      ['streams', 'side', 'main thread (event loop)', 'engine and other threads', 'client process', 'engine alone CPU / this side\'s (with its client)', 'without the client'],
+      rowsCpu,
+    ),
+    '',
+    'The main thread\'s column is the daemon\'s own cost (scheduler, detokenizing, frames, socket writes with the kernel\'s loopback work); ' +
+      'the engine threads\' column grows over the engine alone\'s by the time they spend waiting (spinning) for a thread that lost its core to the main thread or the client. ' +
+      'With every side keeping the cores busy, tok/s goes as 1 / CPU per token: "engine alone CPU / this side\'s" is then the throughput ratio to expect, ' +
+      'and "without the client" what it would be with the client on another machine.',
+    '',
+  );
+}
 
 for (const { c, rounds, profile: prof } of results) {
   const m = (fn: (r: Round) => number) => median(rounds.map(fn));
@@ -384,7 +504,9 @@ for (const { c, rounds, profile: prof } of results) {
   }
 }
 // A variant run (other threads or streams per connection) writes beside the default one.
-const variant = `${args['per-connection'] !== 1 ? `-${args['per-connection']}-per-connection` : ''}${args.threads !== 2 ? `-${args.threads}-threads` : ''}`;
+const variant =
+  `${args['per-connection'] !== 1 ? `-${args['per-connection']}-per-connection` : ''}${args.threads !== 2 ? `-${args.threads}-threads` : ''}` +
+  `${args['ws-client'] ? '-ws-client' : ''}${args['client-nice'] ? `-client-nice-${args['client-nice']}` : ''}`;
 lines.push(`![overhead](overhead${variant}.svg)`, '');
 const md = lines.join('\n');
 console.log(md);
@@ -397,7 +519,9 @@ writeResult(
     yLabel: 'tokens/s',
     groups: results.map((r) => `${r.c} streams`),
     series: [
-      { name: 'daemon (WebSocket)', values: results.map((r) => median(r.rounds.map((x) => x.daemonTokS))) },
+      { name: `daemon (WebSocket, interval ${args.intervals[0]})`, values: results.map((r) => median(r.rounds.map((x) => x.daemonTokS))) },
+      ...args.intervals.slice(1).map((iv, k) => ({ name: `daemon (interval ${iv})`, values: results.map((r) => median(r.rounds.map((x) => x.more[k].tokS))) })),
+      { name: 'scheduler alone', values: results.map((r) => median(r.rounds.map((x) => x.schedTokS))) },
       { name: 'engine alone', values: results.map((r) => median(r.rounds.map((x) => x.engineTokS))) },
     ],
     note: footnote(info),
