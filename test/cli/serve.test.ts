@@ -98,5 +98,8 @@ describe('expertweave serve', () => {
     assert.equal(bad.status, 1);
     assert.match(bad.stderr, /does not exist/);
     assert.equal(cli(['serve', '--adapter', 'nodir']).status, 2);
+    const interval = cli(['serve', '--stream-interval', '0']);
+    assert.equal(interval.status, 2);
+    assert.match(interval.stderr, /--stream-interval must be an integer in \[1, 4096\], got '0'/);
   });
 });
