@@ -170,8 +170,8 @@ interface ModelResult {
   /** Each variant against llama.cpp on the bf16 GGUF that is timed: rounding differs, so near-ties may flip. */
   bf16: TokenCheck[];
   deterministic: boolean;
-  /** Per round: each variant's run (in variant order), then llama.cpp's. */
-  rounds: Array<{ ours: RunResult[]; theirs: RunResult }>;
+  /** Per round: each variant's run (in variant order), then llama.cpp's; decode-only models also a bandwidth reading just before. */
+  rounds: Array<{ ours: RunResult[]; theirs: RunResult; bandwidthGBs?: number }>;
   oursInfo: Record<string, unknown>[];
   theirsInfo: Record<string, unknown>;
   bandwidthGBs?: number[];
@@ -243,10 +243,12 @@ async function benchModel(spec: ModelSpec, rounds: number, threads: number): Pro
       return best!;
     };
     for (let r = 0; r < rounds; r++) {
+      // The round's own bandwidth reading, beside its runs: the decode share is then a ratio of one moment's figures.
+      const bw = spec.decodeOnly ? await ours[0].worker.bandwidth() : undefined;
       const o: RunResult[] = [];
       for (let i = 0; i < ours.length; i++) o.push(await runs(ours[i].worker, o0[i]));
       const t = await runs(theirs.worker, t0);
-      log.push({ ours: o, theirs: t });
+      log.push({ ours: o, theirs: t, ...(bw !== undefined ? { bandwidthGBs: bw } : {}) });
       const ratio = (a: number, b: number) => (a / b).toFixed(2);
       console.log(
         `round ${r + 1}/${rounds}: ` +
@@ -412,23 +414,29 @@ function report(results: ModelResult[], meta: { threads: number; load: [number[]
         'far more than the last-level cache holds, so the figure is not cache-assisted.',
       '',
     );
+    // Per round: the decode's GB/s over the bandwidth read just before it (same moment, same load).
+    const paired = (pick: (r: ModelResult['rounds'][number]) => RunResult) => {
+      const shares = m.rounds.filter((r) => r.bandwidthGBs).map((r) => (100 * bytes) / (pick(r).decodeMs / m.spec.generate) / 1e6 / r.bandwidthGBs!);
+      return shares.length ? `${f(median(shares), 0)}% (${f(Math.min(...shares), 0)}-${f(Math.max(...shares), 0)})` : 'n/a';
+    };
     m.variants.forEach((v, vi) => {
       const s = summarize(m, vi);
       const oursStepMs = 1000 / s.tg.ours;
       const achieved = bytes / (oursStepMs / 1000) / 1e9;
       const bestStepMs = Math.min(...m.rounds.map((r) => r.ours[vi].decodeMs)) / m.spec.generate;
       lines.push(
-        `- ExpertWeave ${v.key}: ${f(oursStepMs)} ms per step (median), ${f(achieved, 1)} GB/s, **${f((100 * achieved) / peak, 0)}% of the measured read bandwidth**; ` +
-          `its fastest run ${f(bestStepMs)} ms per step, ${f(bytes / bestStepMs / 1e6, 1)} GB/s, ${f((100 * bytes) / bestStepMs / 1e6 / peak, 0)}%`,
+        `- ExpertWeave ${v.key}: ${f(oursStepMs)} ms per step (median), ${f(achieved, 1)} GB/s; **per round, ${paired((r) => r.ours[vi])} of the bandwidth read just before it** ` +
+          `(median, range); ${f((100 * achieved) / peak, 0)}% of the highest reading of the run; its fastest run ${f(bestStepMs)} ms per step, ${f(bytes / bestStepMs / 1e6, 1)} GB/s`,
       );
     });
     const s0 = summarize(m, 0);
     const theirs = (bytes * s0.tg.theirs) / 1e9;
     lines.push(
-      `- llama.cpp: ${f(1000 / s0.tg.theirs)} ms per step (median), ${f(theirs, 1)} GB/s for the same bytes, ${f((100 * theirs) / peak, 0)}% of the measured figure`,
+      `- llama.cpp: ${f(1000 / s0.tg.theirs)} ms per step (median), ${f(theirs, 1)} GB/s for the same bytes; per round ${paired((r) => r.theirs)} of the round's reading; ${f((100 * theirs) / peak, 0)}% of the highest`,
       '',
-      `Measured: the higher of the addon's measureMemoryBandwidth readings (${bw.map((x) => f(x, 1)).join(' GB/s before the runs, ')} GB/s after), ` +
-        `taken with ${meta.threads} threads under the same load as the runs; other work on the machine lowers every figure here.`,
+      `Measured: the addon's measureMemoryBandwidth (best of its passes over a buffer far larger than the cache, ${meta.threads} threads) before the runs, before each round ` +
+        `and after the runs: ${bw.map((x) => f(x, 1)).join(', ')} GB/s before and after; per round ${m.rounds.map((r) => f(r.bandwidthGBs ?? NaN, 1)).join(', ')} GB/s. ` +
+        'The readings move with the load on this shared machine, hence the per-round pairing; other work lowers every figure here.',
     );
   }
   return lines.join('\n') + '\n';
