@@ -23,7 +23,7 @@ function daemon(streamInterval: number): Promise<Daemon> {
 }
 
 /** Every frame of each request over one WebSocket, all requests at once (one batch). */
-async function overWs(d: Daemon, maxTokens: number): Promise<Record<string, unknown>[][]> {
+async function overWs(d: Daemon, maxTokens: number, extra: Record<string, unknown> = {}): Promise<Record<string, unknown>[][]> {
   const c = await StreamClient.open(`ws://127.0.0.1:${d.server.port}/v1/stream`);
   try {
     return await Promise.all(
@@ -35,7 +35,7 @@ async function overWs(d: Daemon, maxTokens: number): Promise<Record<string, unkn
               frames.push(f);
               if (f.type !== 'token') resolve(frames);
             });
-            c.send({ type: 'generate', id: `r${i}`, adapter: i % 2 ? 'shift' : null, prompt, max_tokens: maxTokens, temperature: 0, ignore_eos: true });
+            c.send({ type: 'generate', id: `r${i}`, adapter: i % 2 ? 'shift' : null, prompt, max_tokens: maxTokens, temperature: 0, ignore_eos: true, ...extra });
           }),
       ),
     );
@@ -44,12 +44,12 @@ async function overWs(d: Daemon, maxTokens: number): Promise<Record<string, unkn
   }
 }
 
-/** The SSE events of a streamed completion, without the fields that differ per response (id, created). */
-async function overSse(d: Daemon, prompt: string, maxTokens: number): Promise<unknown[]> {
-  const res = await fetch(`http://127.0.0.1:${d.server.port}/v1/completions`, {
+/** The SSE events of a streamed completion or chat, without the fields that differ per response (id, created). */
+async function overSse(d: Daemon, route: 'completions' | 'chat/completions', body: Record<string, unknown>): Promise<unknown[]> {
+  const res = await fetch(`http://127.0.0.1:${d.server.port}/v1/${route}`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ model: 'shift', prompt, max_tokens: maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true }, ignore_eos: true }),
+    body: JSON.stringify({ model: 'shift', temperature: 0, stream: true, stream_options: { include_usage: true }, ignore_eos: true, ...body }),
   });
   assert.equal(res.status, 200);
   const events = (await res.text()).split('\n\n').filter((e) => e !== '');
@@ -114,12 +114,27 @@ describe('stream interval', () => {
     }
   });
 
-  test('SSE events are the same as with every token sent at once', async () => {
+  test('with stop strings too (text held back, the stop not emitted), the frames are the same', async () => {
+    // Stop strings from the text interval 1 makes, so some requests do stop early.
+    const plain = await overWs(every, 24);
+    const stop = [...new Set(plain.map((f) => String(f[6]?.text ?? '')).filter((t) => t.trim() !== ''))].slice(0, 2);
+    assert.ok(stop.length > 0, JSON.stringify(plain[0]));
+    const [a, b] = await Promise.all([overWs(every, 24, { stop }), overWs(grouped, 24, { stop })]);
+    assert.deepEqual(b, a);
+    assert.ok(a.some((frames) => frames.at(-1)!.finish_reason === 'stop'), JSON.stringify(a.map((f) => f.at(-1))));
+  });
+
+  test('SSE events, completions and chat, are the same as with every token sent at once', async () => {
     for (const maxTokens of [1, 7]) {
-      const [a, b] = await Promise.all([overSse(every, PROMPTS[0], maxTokens), overSse(grouped, PROMPTS[0], maxTokens)]);
+      const body = { prompt: PROMPTS[0], max_tokens: maxTokens };
+      const [a, b] = await Promise.all([overSse(every, 'completions', body), overSse(grouped, 'completions', body)]);
       assert.deepEqual(b, a, `max_tokens ${maxTokens}`);
       assert.ok(a.length >= maxTokens + 1, JSON.stringify(a));
     }
+    const chat = { messages: [{ role: 'user', content: 'Say something' }], max_tokens: 9 };
+    const [a, b] = await Promise.all([overSse(every, 'chat/completions', chat), overSse(grouped, 'chat/completions', chat)]);
+    assert.deepEqual(b, a);
+    assert.equal((a[0] as { choices: { delta: { role?: string } }[] }).choices[0].delta.role, 'assistant');
   });
 
   test('a cancelled stream still gets the tokens it was made, then its done frame', async () => {
