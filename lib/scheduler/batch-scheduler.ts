@@ -496,9 +496,9 @@ export class BatchScheduler {
    * what is short. Returns the blocks freed.
    */
   private makeFairRoom(fair: { slots: number; blocks: number }, freeBlocks: number, blockSize: number, drainingRows: () => ReadonlySet<number>): number {
+    const { slots: slotShare, blocks: blockShare } = fair;
     let freed = 0;
     for (;;) {
-      const { slots: slotShare, blocks: blockShare } = fair;
       const blocksOf = new Map<string, number>();
       let growth = 0; // blocks the running decodes take this step
       for (const r of this.running) {
