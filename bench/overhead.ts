@@ -19,7 +19,9 @@
 // transport's, and the daemon at each --intervals stream interval (the first is the one
 // broken down). The load client reads frames with bench/lib/lean-ws.ts; --ws-client 1
 // uses the `ws` package instead; --client-nice 19 runs it at the lowest priority (the
-// stand-in for a client on another machine).
+// stand-in for a client on another machine). Last, the scheduler over an instant engine
+// (bench/lib/instant-engine.ts): its CPU per token with and without the detokenizer,
+// free of the machine's noise.
 //
 // Check first: every stream's greedy tokens through the daemon equal the engine-alone
 // tokens of the same sequence.
@@ -38,6 +40,7 @@ import { breakdown, profile, profileClock } from './lib/cpu-profile.js';
 import { f, footnote, runInfo, writeResult } from './lib/report.js';
 import { median } from './lib/stats.js';
 import type { StreamClientResult, StreamClientSpec } from './lib/stream-client.js';
+import { schedulerCpuPerToken } from './lib/instant-engine.js';
 import { overheadReport, type Round, type StreamsResult } from './lib/overhead-report.js';
 import { barChartSvg } from './lib/svg.js';
 import { threadCpu, threadCpuSince, type ThreadCpu } from './lib/thread-cpu.js';
@@ -340,12 +343,19 @@ const jsonUs = (() => {
   return { us: ((performance.now() - t0) * 1000) / n, bytes: bytes / n };
 })();
 
+// The scheduler's own CPU per token with no engine work (steady where the timed runs are not).
+const instant = [];
+for (const c of args.streams) {
+  const prompts = promptsFor(c);
+  instant.push({ c, withText: await schedulerCpuPerToken(prompts, args['max-tokens'], tokenizer), withoutText: await schedulerCpuPerToken(prompts, args['max-tokens'], null) });
+}
+
 // ---- Report ----
 // A variant run (other threads or streams per connection) writes beside the default one.
 const variant =
   `${args['per-connection'] !== 1 ? `-${args['per-connection']}-per-connection` : ''}${args.threads !== 2 ? `-${args.threads}-threads` : ''}` +
   `${args['ws-client'] ? '-ws-client' : ''}${args['client-nice'] ? `-client-nice-${args['client-nice']}` : ''}`;
-const lines = overheadReport({ info, args, modelName, promptBytes: PROMPT_BYTES, results, jsonUs });
+const lines = overheadReport({ info, args, modelName, promptBytes: PROMPT_BYTES, results, jsonUs, instant });
 lines.push(`![overhead](overhead${variant}.svg)`, '');
 const md = lines.join('\n');
 console.log(md);

@@ -47,10 +47,12 @@ export interface ReportInput {
   results: StreamsResult[];
   /** JSON.stringify of one token frame: time and size. */
   jsonUs: { us: number; bytes: number };
+  /** The scheduler's main-thread CPU per token over an instant engine, per stream count: with the detokenizer, without. */
+  instant: { c: number; withText: number; withoutText: number }[];
 }
 
 /** The report's lines (without the chart link). */
-export function overheadReport({ info, args, modelName, promptBytes, results, jsonUs }: ReportInput): string[] {
+export function overheadReport({ info, args, modelName, promptBytes, results, jsonUs, instant }: ReportInput): string[] {
   const lines: string[] = [
     '# Control-plane overhead (bench/overhead.ts, `npm run bench:overhead`)',
     '',
@@ -141,6 +143,18 @@ export function overheadReport({ info, args, modelName, promptBytes, results, js
       '',
     );
   }
+  lines.push(
+    '### The scheduler alone over an instant engine (us of CPU per token; single-threaded, no native work: steady on a busy machine)',
+    '',
+    mdTable(
+      ['streams', 'scheduler + detokenizer', 'scheduler, no text', 'detokenizing'],
+      instant.map(({ c, withText, withoutText }) => [c, f(withText, 2), f(withoutText, 2), f(withText - withoutText, 2)]),
+    ),
+    '',
+    'bench/lib/instant-engine.ts: the same requests through a BatchScheduler whose engine packs each step as the real one does and answers at once, ' +
+      "with the daemon's detokenizer and without (a model without a tokenizer.json). What it leaves out: the service's wrapper, metrics, frames, sockets.",
+    '',
+  );
 
   for (const { c, rounds, profile: prof } of results) {
     const m = (fn: (r: Round) => number) => median(rounds.map(fn));

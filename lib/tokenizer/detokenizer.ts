@@ -4,7 +4,10 @@
 // back until the following tokens complete it. Decoding a few tokens of context
 // before the new ones keeps word-boundary spaces right (SentencePiece-style
 // decoders drop a leading space at the start of a decode). Same scheme as vLLM's
-// detokenize_incrementally.
+// detokenize_incrementally. Where decoding is context-free (a ByteLevel decoder) and
+// nothing is held back, a token's text is its own cached decode when that is whole
+// characters: the same piece the two decodes would give, for one map lookup (the
+// two decodes cost about 2.5 us a token, the largest part of the scheduler's work).
 import type { TextTokenizer } from './tokenizer.js';
 
 const REPLACEMENT = '\uFFFD';
@@ -28,6 +31,17 @@ export class IncrementalDetokenizer {
   /** Adds one id; returns the newly completed text ('' while a character is incomplete). */
   push(id: number): string {
     this.ids.push(id);
+    if (this.tokenizer.contextFree && this.readOffset === this.ids.length - 1) {
+      // Nothing held back: with a context-free decoder the two decodes below differ by
+      // exactly this token's text when that is valid UTF-8 on its own (it then starts a
+      // character, which ends a partial one before it the same way in both decodes).
+      const piece = this.tokenizer.piece(id);
+      if (piece !== '' && !piece.includes(REPLACEMENT)) {
+        this.prefixOffset = this.readOffset;
+        this.readOffset = this.ids.length;
+        return piece;
+      }
+    }
     return this.emit(false);
   }
 
@@ -37,14 +51,17 @@ export class IncrementalDetokenizer {
   }
 
   private emit(final: boolean): string {
-    // Cleanup of tokenization spaces can rewrite text before the new tokens, which
-    // would break the prefix relation this relies on, so it stays off here.
-    const decode = (ids: number[]) => this.tokenizer.decode(ids, { skipSpecialTokens: true, cleanUpSpaces: false });
-    const prefix = decode(this.ids.slice(this.prefixOffset, this.readOffset));
-    const full = decode(this.ids.slice(this.prefixOffset));
+    const prefix = this.decode(this.ids.slice(this.prefixOffset, this.readOffset));
+    const full = this.decode(this.ids.slice(this.prefixOffset));
     if (full.length <= prefix.length || (!final && full.endsWith(REPLACEMENT))) return '';
     this.prefixOffset = this.readOffset;
     this.readOffset = this.ids.length;
     return full.slice(prefix.length);
+  }
+
+  // Cleanup of tokenization spaces can rewrite text before the new tokens, which
+  // would break the prefix relation this relies on, so it stays off here.
+  private decode(ids: number[]): string {
+    return this.tokenizer.decode(ids, { skipSpecialTokens: true, cleanUpSpaces: false });
   }
 }

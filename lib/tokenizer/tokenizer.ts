@@ -9,7 +9,22 @@ import { join } from 'node:path';
 export const NO_TOKENIZER_MESSAGE = 'model has no tokenizer.json; pass token ids';
 
 export class TextTokenizer {
-  private constructor(private readonly tok: Tokenizer) {}
+  /**
+   * Whether decoding is per-token concatenation, a token's text not depending on its
+   * neighbours once they end on a character boundary: true for a plain ByteLevel decoder
+   * (GPT-2 style: DeepSeek, Qwen, the embedded model); SentencePiece-style decoders strip a
+   * leading space at the start of a decode, so they are not.
+   */
+  readonly contextFree: boolean;
+  /** decode([id]) with special tokens skipped, per id, as streaming asks for it (see IncrementalDetokenizer). */
+  private readonly pieces = new Map<number, string>();
+
+  private constructor(
+    private readonly tok: Tokenizer,
+    decoderType: unknown,
+  ) {
+    this.contextFree = decoderType === 'ByteLevel';
+  }
 
   /** Loads <modelDir>/tokenizer.json (and tokenizer_config.json when present); null when absent. */
   static async load(modelDir: string): Promise<TextTokenizer | null> {
@@ -26,7 +41,7 @@ export class TextTokenizer {
     const json = await readJson(tokenizerPath);
     const config = existsSync(configPath) ? await readJson(configPath) : {};
     try {
-      return new TextTokenizer(new Tokenizer(json, config));
+      return new TextTokenizer(new Tokenizer(json, config), (json as { decoder?: { type?: unknown } | null }).decoder?.type);
     } catch (err) {
       throw new Error(`cannot build a tokenizer from ${tokenizerPath}: ${(err as Error).message}`);
     }
@@ -48,6 +63,16 @@ export class TextTokenizer {
       skip_special_tokens: options.skipSpecialTokens ?? false,
       ...(options.cleanUpSpaces === undefined ? {} : { clean_up_tokenization_spaces: options.cleanUpSpaces }),
     });
+  }
+
+  /** The text of one token alone, special tokens as '' (cached: a stream asks for each token it makes). */
+  piece(id: number): string {
+    let text = this.pieces.get(id);
+    if (text === undefined) {
+      text = this.decode([id], { skipSpecialTokens: true, cleanUpSpaces: false });
+      this.pieces.set(id, text);
+    }
+    return text;
   }
 
   tokenToId(token: string): number | undefined {
