@@ -115,7 +115,7 @@ export function overheadReport({ info, args, modelName, promptBytes, results, js
       const side = (name: string, cpu: (r: Round) => ThreadCpu | undefined, client?: (r: Round) => number) => [
         c,
         name,
-        us(rounds, (r) => per(cpu(r)?.mainMs, r)),
+        `${us(rounds, (r) => per(cpu(r)?.mainMs, r))} (${us(rounds, (r) => per(cpu(r)?.mainKernelMs, r))})`,
         us(rounds, (r) => per(cpu(r)?.otherMs, r)),
         client ? us(rounds, (r) => per(client(r), r)) : '',
         client ? share((r) => total(cpu(r), client(r))) : share((r) => total(cpu(r))),
@@ -132,11 +132,11 @@ export function overheadReport({ info, args, modelName, promptBytes, results, js
       '### CPU per token (us, medians over rounds; /proc schedstat, kernel work included)',
       '',
       mdTable(
-        ['streams', 'side', 'main thread (event loop)', 'engine and other threads', 'client process', 'engine alone CPU / this side\'s (with its client)', 'without the client'],
+        ['streams', 'side', 'main thread (event loop): all (in the kernel)', 'engine and other threads', 'client process', 'engine alone CPU / this side\'s (with its client)', 'without the client'],
         rowsCpu,
       ),
       '',
-      'The main thread\'s column is the daemon\'s own cost (scheduler, detokenizing, frames, socket writes with the kernel\'s loopback work); ' +
+      'The main thread\'s column is the daemon\'s own cost (scheduler, detokenizing, frames, socket writes with the kernel\'s loopback work), in brackets its time in the kernel (system calls: socket writes, epoll; from its stime, 10 ms ticks); ' +
         'the engine threads\' column grows over the engine alone\'s by the time they spend waiting (spinning) for a thread that lost its core to the main thread or the client. ' +
         'With every side keeping the cores busy, tok/s goes as 1 / CPU per token: "engine alone CPU / this side\'s" is then the throughput ratio to expect, ' +
         'and "without the client" what it would be with the client on another machine.',
