@@ -12,13 +12,14 @@
 //    takes CPU from it on a small machine).
 //
 //   npm run bench:overhead -- [--streams 32,128] [--max-tokens 200] [--rounds 3] [--per-connection 1]
-//                             [--intervals 1,4] [--v2 0|1] [--ws-client 0|1] [--client-nice 0..19] [--quick]
+//                             [--intervals 1,4] [--v2 0|1] [--ws-client 0|1] [--sse 0|1] [--client-nice 0..19] [--quick]
 //
 // Each round also runs the scheduler alone (Service.start with sinks that only collect
 // the tokens: no server, no client), which tells the scheduler's cost from the
 // transport's, and the daemon at each --intervals stream interval (the first is the one
 // broken down). The load client reads frames with bench/lib/lean-ws.ts; --ws-client 1
-// uses the `ws` package instead; --client-nice 19 runs it at the lowest priority (the
+// uses the `ws` package instead; --sse 1 streams every request as an OpenAI client does
+// (POST /v1/completions, stream: true, one connection each, bench/lib/lean-sse.ts); --client-nice 19 runs it at the lowest priority (the
 // stand-in for a client on another machine). Last, the scheduler over an instant engine
 // (bench/lib/instant-engine.ts): its CPU per token with and without the detokenizer,
 // free of the machine's noise.
@@ -46,7 +47,7 @@ import { barChartSvg } from './lib/svg.js';
 import { threadCpu, threadCpuSince, type ThreadCpu } from './lib/thread-cpu.js';
 import { assertSameTokens, evalPrompts } from './lib/workload.js';
 
-const args = benchArgs({ streams: [32, 128], 'max-tokens': 200, rounds: 3, threads: 2, 'per-connection': 1, profile: 1, v2: 0, 'ws-client': 0, intervals: [1, 4], 'client-nice': 0 });
+const args = benchArgs({ streams: [32, 128], 'max-tokens': 200, rounds: 3, threads: 2, 'per-connection': 1, profile: 1, v2: 0, 'ws-client': 0, sse: 0, intervals: [1, 4], 'client-nice': 0 });
 if (args.quick) Object.assign(args, { streams: [32], 'max-tokens': 64, rounds: 1 });
 const info = runInfo();
 const modelDir = args.v2 ? benchModel() : join(repoRoot(), 'models', 'default');
@@ -71,6 +72,15 @@ const promptsFor = (c: number) =>
     return tokenizer ? tokenizer.encode(text) : [...Buffer.from(text)].map((b) => 2 + (b % (info0.vocabSize - 2)));
   });
 const wsUrl = `ws://127.0.0.1:${daemon.server.port}/v1/stream`;
+const httpUrl = `http://127.0.0.1:${daemon.server.port}`;
+
+/** An SSE stream against the engine-alone ids: as many tokens, and their text (ids when the model has no tokenizer). */
+function assertSameText(what: string, text: string, count: number, ids: readonly number[]): void {
+  const want = tokenizer ? tokenizer.decode(ids, { skipSpecialTokens: true, cleanUpSpaces: false }) : text;
+  if (count !== ids.length || text !== want) {
+    throw new Error(`${what}: the two sides generate different tokens for the same greedy request; comparison aborted\n  ${count} tokens: ${JSON.stringify(text)}\n  ${ids.length} tokens: ${JSON.stringify(want)}`);
+  }
+}
 
 // ---- Probes on the daemon's engine (instance properties shadow the methods; lib/ unchanged) ----
 interface StepTiming {
@@ -116,7 +126,7 @@ const execFileP = promisify(execFile);
 async function daemonRun(prompts: number[][], interval = args.intervals[0]): Promise<{ client: StreamClientResult; steps: StepTiming[]; cpu?: ThreadCpu }> {
   // Read by Service.start for each request, so setting it between runs is enough.
   daemon.service.options.streamInterval = interval;
-  const spec: StreamClientSpec = { url: wsUrl, prompts, adapters: [null], maxTokens: args['max-tokens'], perConnection: args['per-connection'], client: args['ws-client'] ? 'ws' : 'lean', nice: args['client-nice'] };
+  const spec: StreamClientSpec = { url: args.sse ? httpUrl : wsUrl, transport: args.sse ? 'sse' : 'ws', prompts, adapters: [null], maxTokens: args['max-tokens'], perConnection: args['per-connection'], client: args['ws-client'] ? 'ws' : 'lean', nice: args['client-nice'] };
   recording = [];
   const cpu0 = threadCpu();
   const { stdout } = await execFileP(process.execPath, [join(repoRoot(), 'dist', 'bench', 'lib', 'stream-client.js'), JSON.stringify(spec)], { maxBuffer: 64 << 20 });
@@ -241,7 +251,7 @@ type Others = { more: DaemonRun[]; sched: { wallMs: number; tokens: number[][]; 
 function analyse(d: DaemonRun, e: EngineRun, g: EngineRun, spinMs: number, o: Others): Round {
   const s = d.steps;
   const sum = (fn: (t: StepTiming, i: number) => number) => s.reduce((acc, t, i) => acc + fn(t, i), 0);
-  const tokens = d.client.tokens.reduce((a, t) => a + t.length, 0);
+  const tokens = d.client.counts.reduce((a, n) => a + n, 0);
   const nativeMs = sum((t) => t.nativeEnd - t.nativeStart);
   const packMs = sum((t) => t.nativeStart - t.t0);
   const hopMs = sum((t) => t.t1 - t.nativeEnd);
@@ -305,8 +315,11 @@ try {
         d = await daemonRun(prompts);
       }
       const check = (what: string, got: number[][]) => got.forEach((t, i) => assertSameTokens(`overhead: stream ${i} (${c} streams), ${what} vs engine alone`, t, e.tokens[i]));
-      check('daemon', d.client.tokens);
-      more.forEach((m, k) => check(`daemon at stream interval ${args.intervals[k + 1]}`, m.client.tokens));
+      // SSE chunks carry text, not ids: the same count and the engine-alone tokens' text.
+      const checkClient = (what: string, r: StreamClientResult) =>
+        r.texts ? r.texts.forEach((t, i) => assertSameText(`overhead: stream ${i} (${c} streams), ${what} vs engine alone`, t, r.counts[i], e.tokens[i])) : check(what, r.tokens);
+      checkClient('daemon', d.client);
+      more.forEach((m, k) => checkClient(`daemon at stream interval ${args.intervals[k + 1]}`, m.client));
       check('scheduler alone', sched.tokens);
       const a = analyse(d, e, g, spin, { more, sched });
       rounds.push(a);
@@ -354,7 +367,7 @@ for (const c of args.streams) {
 // A variant run (other threads or streams per connection) writes beside the default one.
 const variant =
   `${args['per-connection'] !== 1 ? `-${args['per-connection']}-per-connection` : ''}${args.threads !== 2 ? `-${args.threads}-threads` : ''}` +
-  `${args['ws-client'] ? '-ws-client' : ''}${args['client-nice'] ? `-client-nice-${args['client-nice']}` : ''}`;
+  `${args['ws-client'] ? '-ws-client' : ''}${args.sse ? '-sse' : ''}${args['client-nice'] ? `-client-nice-${args['client-nice']}` : ''}`;
 const lines = overheadReport({ info, args, modelName, promptBytes: PROMPT_BYTES, results, jsonUs, instant });
 lines.push(`![overhead](overhead${variant}.svg)`, '');
 const md = lines.join('\n');

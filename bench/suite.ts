@@ -18,8 +18,8 @@ interface Part {
 }
 
 const root = repoRoot();
-const node = (script: string) => (quick: boolean) =>
-  spawnSync(process.execPath, [join(root, 'dist', 'bench', script), ...(quick ? ['--quick'] : [])], { stdio: 'inherit', cwd: root }).status ?? 1;
+const node = (script: string, ...args: string[]) => (quick: boolean) =>
+  spawnSync(process.execPath, [join(root, 'dist', 'bench', script), ...args, ...(quick ? ['--quick'] : [])], { stdio: 'inherit', cwd: root }).status ?? 1;
 
 const PARTS: Part[] = [
   {
@@ -33,6 +33,7 @@ const PARTS: Part[] = [
   { name: 'reroute', what: '3. fused vs unfused reroute vs router alone, as a share of a decode step; mixed-adapter step vs base', results: ['reroute.md', 'reroute.svg'], run: node('reroute.js') },
   { name: 'residency', what: '4. working set > --adapter-pool-bytes: miss vs hit TTFT, base traffic during loads', results: ['residency.md', 'residency.svg'], run: node('residency.js') },
   { name: 'overhead', what: '5. daemon streaming tok/s vs engine alone at 32 and 128 streams, with the time breakdown', results: ['overhead.md', 'overhead.svg', 'overhead.json'], run: node('overhead.js') },
+  { name: 'overhead-sse', what: '5. the same over OpenAI streaming completions (SSE, one connection per stream)', results: ['overhead-sse.md', 'overhead-sse.svg', 'overhead-sse.json'], run: node('overhead.js', '--sse', '1') },
 ];
 
 const argv = process.argv.slice(2);

@@ -41,7 +41,7 @@ export interface StreamsResult {
 
 export interface ReportInput {
   info: RunInfo;
-  args: { streams: number[]; intervals: number[]; threads: number; rounds: number; 'max-tokens': number; 'per-connection': number; 'ws-client': number; 'client-nice': number };
+  args: { streams: number[]; intervals: number[]; threads: number; rounds: number; 'max-tokens': number; 'per-connection': number; 'ws-client': number; sse: number; 'client-nice': number };
   modelName: string;
   promptBytes: number;
   results: StreamsResult[];
@@ -53,12 +53,15 @@ export interface ReportInput {
 
 /** The report's lines (without the chart link). */
 export function overheadReport({ info, args, modelName, promptBytes, results, jsonUs, instant }: ReportInput): string[] {
+  const transport = args.sse
+    ? 'OpenAI streaming completions: POST /v1/completions with stream: true, one connection per stream, events read by bench/lib/lean-sse.ts; checked by text and count'
+    : `${args['ws-client'] ? 'the \`ws\` package' : 'frames read by bench/lib/lean-ws.ts'}, ${args['per-connection']} stream(s) per WebSocket connection`;
   const lines: string[] = [
     '# Control-plane overhead (bench/overhead.ts, `npm run bench:overhead`)',
     '',
     ...header(info),
     `- model: ${modelName}, CPU, ${args.threads} engine threads; base model, greedy, ${args['max-tokens']} tokens per stream, prompts = the first ${promptBytes} bytes of ESFT eval prompts (tokenized)`,
-    `- daemon: startDaemon in this process, defaults (token budget 512); client: a separate Node process (bench/lib/stream-client.ts, ${args['ws-client'] ? 'the \`ws\` package' : 'frames read by bench/lib/lean-ws.ts'}${args['client-nice'] ? `, at nice ${args['client-nice']}` : ''}), ${args['per-connection']} stream(s) per WebSocket connection, all streams started at once; tok/s = tokens received / client wall time (first send to last done)`,
+    `- daemon: startDaemon in this process, defaults (token budget 512); client: a separate Node process (bench/lib/stream-client.ts, ${transport}${args['client-nice'] ? `, at nice ${args['client-nice']}` : ''}), all streams started at once; tok/s = tokens received / client wall time (first send to last done)`,
     '- engine alone: the same engine object (daemon idle), the same sequences, prompts prefilled whole within 512 tokens a step, then one token per live sequence per step from reused typed arrays',
     `- ${args.rounds} rounds, daemon, scheduler alone and engine alternating (odd rounds in reverse order); check: every stream's tokens through the daemon (at every stream interval) and the scheduler alone equal the engine-alone tokens`,
     '',
@@ -197,8 +200,8 @@ export function overheadReport({ info, args, modelName, promptBytes, results, js
         '',
         mdTable(['category (innermost project module on the stack)', 'between steps ms', 'share of between', 'us per token (scaled to the timed runs\' gap)', 'during steps ms', 'share of during'], rowsP),
         '',
-        `Within "WebSocket frames": JSON.stringify of one ${f(jsonUs.bytes, 0)}-byte token frame takes ${f(jsonUs.us, 2)} us (microbenchmark, this process); the rest is uWebSockets.js's send(), ` +
-          'corked once per connection per tick by lib/server/ws-stream.ts (one write per connection per step; before, one sendto per token frame under strace).',
+        ...(args.sse ? [] : [`Within "WebSocket frames": JSON.stringify of one ${f(jsonUs.bytes, 0)}-byte token frame takes ${f(jsonUs.us, 2)} us (microbenchmark, this process); the rest is uWebSockets.js's send(), ` +
+          'corked once per connection per tick by lib/server/ws-stream.ts (one write per connection per step; before, one sendto per token frame under strace).']),
         '',
       );
     }

@@ -3,16 +3,21 @@
 // streams at once, and prints one JSON line with the wall time, the client's CPU time
 // and every stream's tokens. `client: "lean"` (the default) reads frames with
 // bench/lib/lean-ws.ts, `"ws"` with the `ws` package (what most Node clients use; about
-// 5x the CPU per frame, taken from the engine on a machine this small).
+// 5x the CPU per frame, taken from the engine on a machine this small). `transport: "sse"`
+// streams each request as OpenAI clients do instead: POST /v1/completions with stream:
+// true on a connection of its own (bench/lib/lean-sse.ts), text and the usage's count back.
 //
 //   node dist/bench/lib/stream-client.js '{"url":"ws://...","prompts":[[...]],"maxTokens":200,"perConnection":1,"adapters":[null]}'
 import { setPriority } from 'node:os';
 
 import { StreamClient, type Frame } from '../../test/helpers/ws-client.js';
+import { postSse } from './lean-sse.js';
 import { LeanWebSocket } from './lean-ws.js';
 
 export interface StreamClientSpec {
+  /** ws://host:port/v1/stream, or for SSE the daemon's http://host:port. */
   url: string;
+  transport?: 'ws' | 'sse';
   prompts: number[][];
   /** Adapter name per stream (cycled); null: the base model. */
   adapters: (string | null)[];
@@ -48,12 +53,52 @@ async function leanConn(url: string): Promise<Conn> {
 export interface StreamClientResult {
   wallMs: number;
   cpuMs: number;
+  /** Each stream's token ids (WebSocket frames carry them; SSE chunks do not: empty there). */
   tokens: number[][];
+  /** Each stream's text (SSE only: the WebSocket side checks ids and keeps its client lean). */
+  texts?: string[];
+  /** Each stream's generated tokens: the ids received, or SSE's usage.completion_tokens. */
+  counts: number[];
   errors: string[];
+}
+
+/** Every stream as an OpenAI streaming completion, one connection each, all started at once. */
+async function sseMain(spec: StreamClientSpec): Promise<StreamClientResult> {
+  const texts = spec.prompts.map(() => '');
+  const counts = spec.prompts.map(() => 0);
+  const errors: string[] = [];
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  await Promise.all(
+    spec.prompts.map(
+      (prompt, i) =>
+        new Promise<void>((resolve) => {
+          const adapter = spec.adapters[i % spec.adapters.length];
+          const body = { ...(adapter ? { model: adapter } : {}), prompt, max_tokens: spec.maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true } };
+          postSse(`${spec.url}/v1/completions`, body, {
+            onEvent: (data) => {
+              if (data === '[DONE]') return;
+              const chunk = JSON.parse(data) as { choices?: { text?: string }[]; usage?: { completion_tokens: number }; error?: { message: string } };
+              if (chunk.error) errors.push(`s${i}: ${chunk.error.message}`);
+              texts[i] += chunk.choices?.[0]?.text ?? '';
+              if (chunk.usage) counts[i] = chunk.usage.completion_tokens;
+            },
+            onEnd: (err) => {
+              if (err) errors.push(`s${i}: ${err.message}`);
+              resolve();
+            },
+          });
+        }),
+    ),
+  );
+  const wallMs = performance.now() - t0;
+  const cpu = process.cpuUsage(cpu0);
+  return { wallMs, cpuMs: (cpu.user + cpu.system) / 1000, tokens: spec.prompts.map(() => []), texts, counts, errors };
 }
 
 async function main(spec: StreamClientSpec): Promise<StreamClientResult> {
   if (spec.nice) setPriority(0, spec.nice);
+  if (spec.transport === 'sse') return sseMain(spec);
   const n = spec.prompts.length;
   const open = (spec.client ?? 'lean') === 'lean' ? leanConn : (url: string): Promise<Conn> => StreamClient.open(url);
   const conns = await Promise.all(Array.from({ length: Math.ceil(n / spec.perConnection) }, () => open(spec.url)));
@@ -81,7 +126,7 @@ async function main(spec: StreamClientSpec): Promise<StreamClientResult> {
   const wallMs = performance.now() - t0;
   const cpu = process.cpuUsage(cpu0);
   for (const c of conns) c.close();
-  return { wallMs, cpuMs: (cpu.user + cpu.system) / 1000, tokens, errors };
+  return { wallMs, cpuMs: (cpu.user + cpu.system) / 1000, tokens, counts: tokens.map((t) => t.length), errors };
 }
 
 const arg = process.argv[2];
