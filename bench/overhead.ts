@@ -19,10 +19,11 @@
 // transport's, and the daemon at each --intervals stream interval (the first is the one
 // broken down). The load client reads frames with bench/lib/lean-ws.ts; --ws-client 1
 // uses the `ws` package instead; --sse 1 streams every request as an OpenAI client does
-// (POST /v1/completions, stream: true, one connection each, bench/lib/lean-sse.ts); --client-nice 19 runs it at the lowest priority (the
-// stand-in for a client on another machine). Last, the scheduler over an instant engine
+// (POST /v1/completions, stream: true, one connection each, bench/lib/lean-sse.ts);
+// --client-nice 19 runs it at the lowest priority (the stand-in for a client on another
+// machine). Last, the scheduler over an instant engine
 // (bench/lib/instant-engine.ts): its CPU per token with and without the detokenizer,
-// free of the machine's noise.
+// free of the engine's share of the cores.
 //
 // Check first: every stream's greedy tokens through the daemon equal the engine-alone
 // tokens of the same sequence.

@@ -147,7 +147,7 @@ export function overheadReport({ info, args, modelName, promptBytes, results, js
     );
   }
   lines.push(
-    '### The scheduler alone over an instant engine (us of CPU per token; single-threaded, no native work: steady on a busy machine)',
+    "### The scheduler alone over an instant engine (us of CPU per token; single-threaded, no native work, so free of the engine's share of the cores)",
     '',
     mdTable(
       ['streams', 'scheduler + detokenizer', 'scheduler, no text', 'detokenizing'],
