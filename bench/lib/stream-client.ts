@@ -62,38 +62,39 @@ export interface StreamClientResult {
   errors: string[];
 }
 
-/** Every stream as an OpenAI streaming completion, one connection each, all started at once. */
+/** Starts every stream at once (start(i, done)); the wall time and this process's CPU until the last is done. */
+async function timeStreams(n: number, start: (i: number, done: () => void) => void): Promise<{ wallMs: number; cpuMs: number }> {
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: n }, (_, i) => new Promise<void>((resolve) => start(i, resolve))));
+  const wallMs = performance.now() - t0;
+  const cpu = process.cpuUsage(cpu0);
+  return { wallMs, cpuMs: (cpu.user + cpu.system) / 1000 };
+}
+
+/** Every stream as an OpenAI streaming completion, one connection each. */
 async function sseMain(spec: StreamClientSpec): Promise<StreamClientResult> {
   const texts = spec.prompts.map(() => '');
   const counts = spec.prompts.map(() => 0);
   const errors: string[] = [];
-  const cpu0 = process.cpuUsage();
-  const t0 = performance.now();
-  await Promise.all(
-    spec.prompts.map(
-      (prompt, i) =>
-        new Promise<void>((resolve) => {
-          const adapter = spec.adapters[i % spec.adapters.length];
-          const body = { ...(adapter ? { model: adapter } : {}), prompt, max_tokens: spec.maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true } };
-          postSse(`${spec.url}/v1/completions`, body, {
-            onEvent: (data) => {
-              if (data === '[DONE]') return;
-              const chunk = JSON.parse(data) as { choices?: { text?: string }[]; usage?: { completion_tokens: number }; error?: { message: string } };
-              if (chunk.error) errors.push(`s${i}: ${chunk.error.message}`);
-              texts[i] += chunk.choices?.[0]?.text ?? '';
-              if (chunk.usage) counts[i] = chunk.usage.completion_tokens;
-            },
-            onEnd: (err) => {
-              if (err) errors.push(`s${i}: ${err.message}`);
-              resolve();
-            },
-          });
-        }),
-    ),
-  );
-  const wallMs = performance.now() - t0;
-  const cpu = process.cpuUsage(cpu0);
-  return { wallMs, cpuMs: (cpu.user + cpu.system) / 1000, tokens: spec.prompts.map(() => []), texts, counts, errors };
+  const timing = await timeStreams(spec.prompts.length, (i, done) => {
+    const adapter = spec.adapters[i % spec.adapters.length];
+    const body = { ...(adapter ? { model: adapter } : {}), prompt: spec.prompts[i], max_tokens: spec.maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true } };
+    postSse(`${spec.url}/v1/completions`, body, {
+      onEvent: (data) => {
+        if (data === '[DONE]') return;
+        const chunk = JSON.parse(data) as { choices?: { text?: string }[]; usage?: { completion_tokens: number }; error?: { message: string } };
+        if (chunk.error) errors.push(`s${i}: ${chunk.error.message}`);
+        texts[i] += chunk.choices?.[0]?.text ?? '';
+        if (chunk.usage) counts[i] = chunk.usage.completion_tokens;
+      },
+      onEnd: (err) => {
+        if (err) errors.push(`s${i}: ${err.message}`);
+        done();
+      },
+    });
+  });
+  return { ...timing, tokens: spec.prompts.map(() => []), texts, counts, errors };
 }
 
 async function main(spec: StreamClientSpec): Promise<StreamClientResult> {
@@ -104,29 +105,20 @@ async function main(spec: StreamClientSpec): Promise<StreamClientResult> {
   const conns = await Promise.all(Array.from({ length: Math.ceil(n / spec.perConnection) }, () => open(spec.url)));
   const tokens: number[][] = spec.prompts.map(() => []);
   const errors: string[] = [];
-  const cpu0 = process.cpuUsage();
-  const t0 = performance.now();
-  await Promise.all(
-    spec.prompts.map(
-      (prompt, i) =>
-        new Promise<void>((resolve) => {
-          const c = conns[Math.floor(i / spec.perConnection)];
-          const id = `s${i}`;
-          c.onFrame(id, (f: Frame) => {
-            if (f.type === 'token') tokens[i].push(f.token as number);
-            else {
-              if (f.type === 'error') errors.push(`${id}: ${String(f.code)} ${String(f.message)}`);
-              resolve();
-            }
-          });
-          c.send({ type: 'generate', id, adapter: spec.adapters[i % spec.adapters.length], prompt, max_tokens: spec.maxTokens, temperature: 0 });
-        }),
-    ),
-  );
-  const wallMs = performance.now() - t0;
-  const cpu = process.cpuUsage(cpu0);
+  const timing = await timeStreams(n, (i, done) => {
+    const c = conns[Math.floor(i / spec.perConnection)];
+    const id = `s${i}`;
+    c.onFrame(id, (f: Frame) => {
+      if (f.type === 'token') tokens[i].push(f.token as number);
+      else {
+        if (f.type === 'error') errors.push(`${id}: ${String(f.code)} ${String(f.message)}`);
+        done();
+      }
+    });
+    c.send({ type: 'generate', id, adapter: spec.adapters[i % spec.adapters.length], prompt: spec.prompts[i], max_tokens: spec.maxTokens, temperature: 0 });
+  });
   for (const c of conns) c.close();
-  return { wallMs, cpuMs: (cpu.user + cpu.system) / 1000, tokens, counts: tokens.map((t) => t.length), errors };
+  return { ...timing, tokens, counts: tokens.map((t) => t.length), errors };
 }
 
 const arg = process.argv[2];
