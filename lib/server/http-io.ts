@@ -93,6 +93,9 @@ export class BodyError extends Error {
   }
 }
 
+/** How long the answer to an oversized body waits (see readJson). */
+export const OVERSIZE_REFUSAL_MS = 50;
+
 /** Reads the whole body (at most maxBytes) and parses it as a JSON object; must be called synchronously in the handler. */
 export function readJson(reply: Reply, maxBytes: number): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
@@ -101,9 +104,14 @@ export function readJson(reply: Reply, maxBytes: number): Promise<Record<string,
     let failed = false;
     const tooBig = () => {
       failed = true;
-      // Answer now and close: reading the rest of a body we refused would only cost us.
+      // The rest of the body is never read, and the connection closes after the answer. The
+      // upload is paused (TCP flow control stops it at the socket buffers) and the 413 waits
+      // OVERSIZE_REFUSAL_MS: a client posting oversized bodies in a loop then sends a few a
+      // second, not hundreds, each of which costs both sides' kernels a copy of megabytes
+      // on cores the engine needs. An honest client loses that much on a request that failed.
       reply.closeAfterResponse();
-      reject(new BodyError(413, `the request body is over ${maxBytes} bytes`));
+      reply.res.pause();
+      setTimeout(() => reject(new BodyError(413, `the request body is over ${maxBytes} bytes`)), OVERSIZE_REFUSAL_MS).unref();
     };
     reply.whenAborted(() => reject(new BodyError(400, 'the client aborted the request')));
     if (reply.contentLength > maxBytes) return tooBig();

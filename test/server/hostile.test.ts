@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
+import { connect } from 'node:net';
 
 import type { Daemon } from '../../lib/server/daemon.js';
 import { withAddon } from '../helpers/engine.js';
@@ -76,6 +77,36 @@ describe('hostile clients', () => {
       const del = await fetch(base + '/v1/adapters/%E0%A4%A', { method: 'DELETE' });
       assert.equal(del.status, 400);
       assert.match(await del.text(), /percent-encoding/);
+    });
+
+    test('5: an oversized body is refused with 413 after a pause and its connection closed; others are answered meanwhile', async () => {
+      // Raw TCP: a Content-Length no limit allows, then body bytes that are never read.
+      const port = daemon.server.port;
+      const refusal = new Promise<{ ms: number; head: string; closed: boolean; at: number }>((resolve, reject) => {
+        const t0 = performance.now();
+        let got = '';
+        let firstAt = 0;
+        const sock = connect(port, '127.0.0.1', () => {
+          sock.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${64 << 20}\r\n\r\n`);
+          sock.write(Buffer.alloc(1 << 20, 0x20));
+        });
+        sock.on('data', (d: Buffer) => {
+          if (!firstAt) firstAt = performance.now();
+          got += d.toString('latin1');
+        });
+        sock.on('error', () => {}); // the server may reset a connection whose body it never read
+        sock.on('close', () => resolve({ ms: firstAt - t0, head: got, closed: true, at: firstAt }));
+        setTimeout(() => reject(new Error('no answer to an oversized body within 10 s')), 10_000).unref();
+      });
+      // Another client's request, sent right after: answered before the refusal's pause ends.
+      const health = fetch(base + '/health').then(async (r) => ({ status: r.status, at: performance.now() }));
+      const [r, h] = await Promise.all([refusal, health]);
+      assert.match(r.head, /^HTTP\/1\.1 413 Payload Too Large/);
+      assert.match(r.head, /the request body is over \d+ bytes/);
+      assert.ok(r.ms >= 40, `answered after ${r.ms.toFixed(1)} ms (the refusal waits 50)`);
+      assert.equal(r.closed, true);
+      assert.equal(h.status, 200);
+      assert.ok(h.at < r.at, 'the other request waited for the refusal');
     });
 
     test('8: /v1/models names adapters without telling anyone where they live on disk', async () => {
