@@ -77,7 +77,7 @@ const httpUrl = `http://127.0.0.1:${daemon.server.port}`;
 
 /** An SSE stream against the engine-alone ids: as many tokens, and their text (ids when the model has no tokenizer). */
 function assertSameText(what: string, text: string, count: number, ids: readonly number[]): void {
-  const want = tokenizer ? tokenizer.decode(ids, { skipSpecialTokens: true, cleanUpSpaces: false }) : text;
+  const want = tokenizer ? tokenizer.streamText(ids) : text;
   if (count !== ids.length || text !== want) {
     throw new Error(`${what}: the two sides generate different tokens for the same greedy request; comparison aborted\n  ${count} tokens: ${JSON.stringify(text)}\n  ${ids.length} tokens: ${JSON.stringify(want)}`);
   }

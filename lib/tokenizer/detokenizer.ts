@@ -51,17 +51,11 @@ export class IncrementalDetokenizer {
   }
 
   private emit(final: boolean): string {
-    const prefix = this.decode(this.ids.slice(this.prefixOffset, this.readOffset));
-    const full = this.decode(this.ids.slice(this.prefixOffset));
+    const prefix = this.tokenizer.streamText(this.ids.slice(this.prefixOffset, this.readOffset));
+    const full = this.tokenizer.streamText(this.ids.slice(this.prefixOffset));
     if (full.length <= prefix.length || (!final && full.endsWith(REPLACEMENT))) return '';
     this.prefixOffset = this.readOffset;
     this.readOffset = this.ids.length;
     return full.slice(prefix.length);
-  }
-
-  // Cleanup of tokenization spaces can rewrite text before the new tokens, which
-  // would break the prefix relation this relies on, so it stays off here.
-  private decode(ids: number[]): string {
-    return this.tokenizer.decode(ids, { skipSpecialTokens: true, cleanUpSpaces: false });
   }
 }

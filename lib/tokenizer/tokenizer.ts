@@ -16,7 +16,7 @@ export class TextTokenizer {
    * leading space at the start of a decode, so they are not.
    */
   readonly contextFree: boolean;
-  /** decode([id]) with special tokens skipped, per id, as streaming asks for it (see IncrementalDetokenizer). */
+  /** streamText([id]) per id (see piece). */
   private readonly pieces = new Map<number, string>();
 
   private constructor(
@@ -65,11 +65,20 @@ export class TextTokenizer {
     });
   }
 
-  /** The text of one token alone, special tokens as '' (cached: a stream asks for each token it makes). */
+  /**
+   * Text of generated ids as a stream shows it: special tokens skipped, no cleanup of
+   * tokenization spaces (the cleanup can rewrite text before later ids, which would break
+   * the prefix relation incremental decoding relies on).
+   */
+  streamText(ids: readonly number[]): string {
+    return this.decode(ids, { skipSpecialTokens: true, cleanUpSpaces: false });
+  }
+
+  /** streamText of one id alone (cached: a stream asks for each token it makes). */
   piece(id: number): string {
     let text = this.pieces.get(id);
     if (text === undefined) {
-      text = this.decode([id], { skipSpecialTokens: true, cleanUpSpaces: false });
+      text = this.streamText([id]);
       this.pieces.set(id, text);
     }
     return text;
