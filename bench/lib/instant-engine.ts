@@ -2,7 +2,8 @@
 // daemon's detokenizer, or without) over an engine port whose steps pack the request
 // as the real Engine does and answer at once with fixed tokens. Single-threaded and
 // free of native work: the scheduler's own cost, without the engine's share of the cores
-// (which makes the same code take several times the CPU in the timed runs; see the note).
+// (beside a running engine the same code takes several times the CPU: the main thread
+// wakes once per step onto cores the engine threads hold).
 import { packStepRequest, type ChunkSpec } from '../../lib/engine/engine.js';
 import type { StepOutput } from '../../lib/engine/binding.js';
 import type { EnginePort } from '../../lib/scheduler/engine-port.js';
