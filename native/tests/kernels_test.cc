@@ -124,9 +124,8 @@ TEST(amx_tile_logic_on_a_software_model_of_the_tiles) {
     const auto xr = as_matmul_input(x, CpuPath::Amx, DType::BF16);
     const auto ref = matmul_ref(xr, T, w.values, N, K);
     auto run = [&](const float* xs, int64_t Tn, int64_t n0, int64_t n1, float* y, int64_t ldy) {
-      std::vector<uint16_t> xb(Tn * K), xp(amx::packed_activation_elems(Tn, K)), scratch(amx::scratch_elems(K));
-      for (int64_t i = 0; i < Tn * K; ++i) xb[i] = ewtest::f32_to_bf16(xs[i]);
-      amx::pack_activations(xb.data(), Tn, K, xp.data());
+      std::vector<uint16_t> xp(amx::packed_activation_elems(Tn, K)), scratch(amx::scratch_elems(K));
+      amx::pack_activations(xs, Tn, K, xp.data());
       amx::matmul_rows_bf16_on_tile_model(xp.data(), Tn, static_cast<const uint16_t*>(static_cast<const void*>(w.bytes.data())),
                                           K, n0, n1, y, ldy, false, scratch.data());
     };
@@ -644,6 +643,17 @@ TEST(elementwise_ops_kv_write_and_argmax) {
     for (int64_t i = 0; i < D; ++i) {
       const double a = g[t * ld + i], b = g[t * ld + 10 + i];
       CHECK_NEAR(out[t * D + i], a / (1 + std::exp(-a)) * b, 1e-5);
+    }
+  // SiLU on every path (the bf16 paths' vector exp) over the whole range, tails of each length.
+  const std::vector<float> wide = {-120.f, -100.f, -88.f, -30.f, -5.5f, -1.f, -1e-3f, 0.f, 1e-3f, 0.75f, 3.f, 17.f, 60.f, 88.f, 100.f, 120.f, -2.f};
+  for (CpuPath p : paths())
+    for (size_t n = 1; n <= wide.size(); ++n) {
+      std::vector<float> up(n, 1.5f), res(n);
+      silu_mul_rows(p, wide.data(), up.data(), static_cast<int64_t>(n), res.data());
+      for (size_t i = 0; i < n; ++i) {
+        const double a = wide[i], want = a / (1 + std::exp(-a)) * 1.5;
+        CHECK_NEAR(res[i], want, 2e-6 * std::fabs(want) + 1e-30);  // relative
+      }
     }
   std::vector<float> y = random_floats(50, 81), x = random_floats(50, 82), want(50);
   for (int i = 0; i < 50; ++i) want[i] = y[i] + x[i];

@@ -44,8 +44,8 @@ const char* amx_unavailable_reason();
 bool amx_tile_model_runs();
 
 // The activations of one op as a bf16 path's matmul reads them, prepared once per op by
-// prepare_bf16_activations: x rounded to bf16 [T, K] (avx512-bf16) and, on amx, the same
-// packed into tiles. Empty on the fp32 paths.
+// prepare_bf16_activations: x rounded to bf16 [T, K] (avx512-bf16), or on amx rounded and
+// packed into tiles (packed only). Empty on the fp32 paths.
 struct Bf16Activations {
   const uint16_t* rows = nullptr;
   const uint16_t* packed = nullptr;
@@ -83,6 +83,9 @@ void attn_scores(CpuPath path, const float* q, int64_t ldq, int64_t nq, const vo
 void attn_values(CpuPath path, const float* w, int64_t ldw, int64_t nq, const void* const* rows, DType dt,
                  int64_t n, int64_t R, float* o, int64_t ldo);
 float exp_sum(CpuPath path, float* x, int64_t n, float mx);
+// out[i] = silu(g[i]) * u[i] (out may be g): the scalar silu below on the fp32 paths, a vector
+// exp on the bf16 paths (elementwise_avx512bf16.cc).
+void silu_mul_rows(CpuPath path, const float* g, const float* u, int64_t n, float* out);
 
 // Rows per ThreadPool::parallel_chunks chunk for a loop over `rows` weight rows of
 // `row_bytes` each, applied to `tokens` tokens: large enough to amortise claiming a
@@ -119,14 +122,15 @@ namespace avx512bf16 {
 void matmul_rows_bf16(const uint16_t* xb, int64_t T, const uint16_t* W, int64_t K, int64_t n0, int64_t n1,
                       float* y, int64_t ldy, bool accumulate);
 void round_to_bf16(const float* x, int64_t n, uint16_t* out);
+void silu_mul(const float* g, const float* u, int64_t n, float* out);
 }  // namespace avx512bf16
 namespace amx {
 // Requests the tile-data permission from the OS (Linux arch_prctl); true when granted.
 bool request_tile_permission();
-// The same product on AMX tiles. xp: the activations packed by pack_activations (tiles of
-// 16 tokens in the VNNI layout); scratch: scratch_elems(K) bf16 for partial row tiles.
+// The same product on AMX tiles. xp: the activations rounded and packed by pack_activations
+// (tiles of 16 tokens in the VNNI layout); scratch: scratch_elems(K) bf16 for partial row tiles.
 int64_t packed_activation_elems(int64_t T, int64_t K);
-void pack_activations(const uint16_t* xb, int64_t T, int64_t K, uint16_t* xp);
+void pack_activations(const float* x, int64_t T, int64_t K, uint16_t* xp);
 int64_t scratch_elems(int64_t K);
 void matmul_rows_bf16(const uint16_t* xp, int64_t T, const uint16_t* W, int64_t K, int64_t n0, int64_t n1,
                       float* y, int64_t ldy, bool accumulate, uint16_t* scratch);

@@ -46,11 +46,10 @@ int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 int64_t bf16_activation_elems(CpuPath path, DType weights, int64_t T, int64_t K) {
   if (!rounds_activations(path) || weights != DType::BF16 || T <= 0 || K <= 0) return 0;
-  int64_t n = round_up(T * K, 32);
 #ifdef EW_HAVE_AMX_KERNELS
-  if (path == CpuPath::Amx) n += amx::packed_activation_elems(T, K);
+  if (path == CpuPath::Amx) return amx::packed_activation_elems(T, K);  // packed only: the tiles read nothing else
 #endif
-  return n;
+  return round_up(T * K, 32);
 }
 
 Bf16Activations prepare_bf16_activations(CpuPath path, DType weights, const float* x, int64_t T, int64_t K,
@@ -58,15 +57,15 @@ Bf16Activations prepare_bf16_activations(CpuPath path, DType weights, const floa
   Bf16Activations a;
   if (bf16_activation_elems(path, weights, T, K) == 0) return a;
 #ifdef EW_HAVE_AVX512_KERNELS
-  avx512bf16::round_to_bf16(x, T * K, buffer);
-  a.rows = buffer;
 #ifdef EW_HAVE_AMX_KERNELS
   if (path == CpuPath::Amx) {
-    uint16_t* packed = buffer + round_up(T * K, 32);
-    amx::pack_activations(a.rows, T, K, packed);
-    a.packed = packed;
+    amx::pack_activations(x, T, K, buffer);
+    a.packed = buffer;
+    return a;
   }
 #endif
+  avx512bf16::round_to_bf16(x, T * K, buffer);
+  a.rows = buffer;
   return a;
 #else
   (void)x;
@@ -119,6 +118,12 @@ void attn_values(CpuPath path, const float* w, int64_t ldw, int64_t nq, const vo
   EW_DISPATCH(path, attn_values, w, ldw, nq, rows, dt, n, R, o, ldo);
 }
 float exp_sum(CpuPath path, float* x, int64_t n, float mx) { EW_DISPATCH(path, exp_sum, x, n, mx); }
+void silu_mul_rows(CpuPath path, const float* g, const float* u, int64_t n, float* out) {
+#ifdef EW_HAVE_AVX512_KERNELS
+  if (rounds_activations(path)) return avx512bf16::silu_mul(g, u, n, out);
+#endif
+  for (int64_t i = 0; i < n; ++i) out[i] = silu(g[i]) * u[i];
+}
 
 int64_t rows_per_chunk(int64_t rows, int64_t row_bytes, int64_t tokens, CpuPath path) {
   constexpr int64_t kMaxBytes = 128 << 10, kMinBytes = 16 << 10;

@@ -18,12 +18,7 @@ void CpuOps::silu_mul(const float* g, const float* u, int64_t ld, float* out, in
   ThreadPool::global().parallel_for(
       T,
       [&](int64_t b, int64_t e) {
-        for (int64_t t = b; t < e; ++t) {
-          const float* gt = g + t * ld;
-          const float* ut = u + t * ld;
-          float* ot = out + t * D;
-          for (int64_t i = 0; i < D; ++i) ot[i] = silu(gt[i]) * ut[i];
-        }
+        for (int64_t t = b; t < e; ++t) silu_mul_rows(path_, g + t * ld, u + t * ld, D, out + t * D);
       },
       std::max<int64_t>(1, kGrain / std::max<int64_t>(1, D)));
 }

@@ -12,11 +12,6 @@
 namespace ew {
 namespace {
 
-// g[i] = silu(g[i]) * u[i]
-void silu_mul_rows(float* g, const float* u, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) g[i] = silu(g[i]) * u[i];
-}
-
 // One SiLU-gated MLP applied to n tokens: h = silu(x . gate^T) * u with u = x . up^T
 // ([n, I] each), out = h . down^T [n, H]. Row-major with row strides H, I, I, H.
 struct FfnGroup {
@@ -68,7 +63,7 @@ void run_ffn_groups(CpuPath path, const std::vector<FfnGroup>& groups, DType dt,
       const int64_t r0 = std::max(b, gi * I) - gi * I, r1 = std::min(e, (gi + 1) * I) - gi * I;
       matmul_rows(path, g.x, g.n, g.gate, dt, H, r0, r1, g.h, I, false, &xb[gi]);
       matmul_rows(path, g.x, g.n, g.up, dt, H, r0, r1, g.u, I, false, &xb[gi]);
-      for (int64_t t = 0; t < g.n; ++t) silu_mul_rows(g.h + t * I + r0, g.u + t * I + r0, r1 - r0);
+      for (int64_t t = 0; t < g.n; ++t) silu_mul_rows(path, g.h + t * I + r0, g.u + t * I + r0, r1 - r0, g.h + t * I + r0);
     }
   });
   const std::vector<Bf16Activations> hb = prepare_groups(path, dt, groups, true, I, buf);
