@@ -140,6 +140,19 @@ const std::vector<CpuPath>& cpu_paths() {
 
 const char* amx_unavailable_reason() { return features().amx_missing; }
 
+bool gemv_interleaves_rows() {
+  static const bool intel = [] {
+#ifdef EW_X86_CPUID
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+    return b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu;  // "Genu" "ineI" "ntel"
+#else
+    return false;
+#endif
+  }();
+  return intel;
+}
+
 bool amx_tile_model_runs() {
 #ifdef EW_HAVE_AMX_KERNELS
   return features().avx512_bf16;
