@@ -304,7 +304,8 @@ function metric(m: ModelResult, v: number, pick: (r: RunResult) => number | unde
     ours: (n * 1000) / median(ours),
     theirs: (n * 1000) / median(theirs),
     ratio: spread(theirs.map((t, i) => t / ours[i])),
-    ratioInternal: internal.every((x) => x !== undefined) ? spread(internal.map((t, i) => t! / ours[i])) : undefined,
+    // llama_perf's time can read 0 for the embedded model's millisecond runs: then no bracketed figure.
+    ratioInternal: internal.every((x) => x !== undefined && x > 0) ? spread(internal.map((t, i) => t! / ours[i])) : undefined,
     ratioOfBest: Math.min(...theirs) / Math.min(...ours),
     cvOurs: cv(ours),
     cvTheirs: cv(theirs),
@@ -352,8 +353,8 @@ function report(results: ModelResult[], meta: { threads: number; load: [number[]
       `(\`node-llama-cpp source download --gpu false\`: GGML_NATIVE, OpenMP, no GPU backend; ${Math.round(meta.buildSeconds / 60)} min), driven through node-llama-cpp's API; ` +
       `flash attention ${first?.theirsInfo.flashAttention ? 'on' : 'off'} (node-llama-cpp's "auto"), KV cache f16 (its default; ExpertWeave's latent cache: ${kv}, its CPU default)`,
     `- llama.cpp system info: \`${String(first?.theirsInfo.systemInfo ?? '').trim()}\``,
-    `- ExpertWeave: ${first?.variants.map((v) => `\`${v.key}\``).join(' and ')} (README, "CPU kernels"): the first keeps fp32 activations (the default), ` +
-      'the second rounds a matmul\'s activations to bf16 as llama.cpp\'s bf16 matmul does and uses AVX512_BF16 dot products.',
+    `- ExpertWeave: ${first?.variants.map((v) => `\`${v.key}\``).join(', ')} (README, "CPU kernels"): the first keeps fp32 activations (the default); ` +
+      'the others round a matmul\'s activations to bf16 as llama.cpp\'s bf16 matmul does, with AVX512_BF16 dot products (`avx512-bf16`) or AMX tiles (`amx`).',
     `- Both engines: the same bf16 weights (ExpertWeave's safetensors converted by tools/gguf; norms and router in f32 in the GGUF, as llama.cpp's converter does), ` +
       `the same token ids in, greedy, ${meta.threads} threads, one process each, runs interleaved (ours, ours, theirs, ...) with 100 ms between runs, after one warm-up run each; ` +
       `where a model's runs take milliseconds, each round is the fastest of several runs per engine (${results.filter((r) => r.spec.repeats > 1).map((r) => `${r.spec.key}: ${r.spec.repeats}`).join(', ') || 'none'}).`,
