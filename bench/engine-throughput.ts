@@ -3,15 +3,15 @@
 // 16/2 heads of 128 with q/k norms, 128 experts top-8). For each: prefill and decode
 // tokens/s at batch 1 and 16, decode step time, the weight and KV bytes a decode step
 // reads, and that as a share of the measured memory read bandwidth; the KV cache's bytes
-// per token per layer. Each on the default CPU path (fp32 activations) and, where this CPU has
-// it, avx512-bf16 (bf16 activations), each in its own engine, one after the other; the KV
+// per token per layer. Each on the default CPU path (fp32 activations) and on every bf16-activation
+// path this CPU has (avx512-bf16, amx), each in its own engine, one after the other; the KV
 // cache is the CPU default (bf16). The models are generated once (random weights) under
 // bench/.models/. Prints a table per model and path; writes bench/results/engine-throughput.json.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join, relative } from 'node:path';
 
-import { bestFp32Path, loadBinding, type CpuPath } from '../lib/engine/binding.js';
+import { bestFp32Path, loadBinding, roundsActivations, type CpuPath } from '../lib/engine/binding.js';
 import { Engine, type ChunkSpec } from '../lib/engine/engine.js';
 import type { FixtureConfig } from '../tools/fixtures/families.js';
 import { QWEN3_SHAPED, ROOT, V2_SHAPED, decodeStepBytes as stepBytes, ensureBenchModel, median, promptTokens } from './models.js';
@@ -123,7 +123,7 @@ async function main(): Promise<void> {
   const binding = loadBinding();
   const bandwidthGBs = await binding.measureMemoryBandwidth();
   const cpuPaths = binding.buildInfo().cpuPaths;
-  const paths: CpuPath[] = [bestFp32Path(cpuPaths), ...(cpuPaths.includes('avx512-bf16') ? (['avx512-bf16'] as const) : [])];
+  const paths: CpuPath[] = [bestFp32Path(cpuPaths), ...cpuPaths.filter(roundsActivations)];
   const machine = { cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length, node: process.version };
   const results = [];
   for (const m of models) for (const p of paths) results.push(await measure(m, bandwidthGBs, p));
