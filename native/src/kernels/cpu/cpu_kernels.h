@@ -58,8 +58,10 @@ struct Bf16Activations {
 // bf16 elements prepare_bf16_activations needs for T rows of K (0 where the path or the
 // weight dtype keeps fp32 activations).
 int64_t bf16_activation_elems(CpuPath path, DType weights, int64_t T, int64_t K);
+// may_share: the caller is not inside a pool loop, so a large amx packing may be shared among
+// the pool's threads (token tiles are packed independently).
 Bf16Activations prepare_bf16_activations(CpuPath path, DType weights, const float* x, int64_t T, int64_t K,
-                                         uint16_t* buffer);
+                                         uint16_t* buffer, bool may_share = false);
 
 // y[t, n] (+)= x[t, :] . W[n, :] for n in [n0, n1), t in [0, T); x row stride K, y row stride ldy.
 // On a bf16 path with bf16 weights the activations are rounded to bf16 first: xb, when

@@ -53,13 +53,20 @@ int64_t bf16_activation_elems(CpuPath path, DType weights, int64_t T, int64_t K)
 }
 
 Bf16Activations prepare_bf16_activations(CpuPath path, DType weights, const float* x, int64_t T, int64_t K,
-                                         uint16_t* buffer) {
+                                         uint16_t* buffer, bool may_share) {
   Bf16Activations a;
   if (bf16_activation_elems(path, weights, T, K) == 0) return a;
 #ifdef EW_HAVE_AVX512_KERNELS
 #ifdef EW_HAVE_AMX_KERNELS
   if (path == CpuPath::Amx) {
-    amx::pack_activations(x, T, K, buffer);
+    constexpr int64_t kTile = 16;  // tokens per packed tile, each packed on its own
+    const int64_t tiles = (T + kTile - 1) / kTile, tile_elems = amx::packed_activation_elems(kTile, K);
+    if (may_share && tiles >= 4)
+      ThreadPool::global().parallel_for(tiles, [&](int64_t b, int64_t e) {
+        amx::pack_activations(x + b * kTile * K, std::min(T, e * kTile) - b * kTile, K, buffer + b * tile_elems);
+      });
+    else
+      amx::pack_activations(x, T, K, buffer);
     a.packed = buffer;
     return a;
   }

@@ -21,13 +21,14 @@ static int64_t grain_for(int64_t unit_work) {
 }
 
 namespace {
-// The op's activations prepared once in the calling thread for every chunk of the loop.
+// The op's activations prepared once, before the loop, for every chunk of it (a large amx
+// packing shared among the pool's threads).
 Bf16Activations prepared(CpuPath path, DType dt, const float* x, int64_t T, int64_t K) {
   thread_local std::vector<uint16_t> buf;
   const int64_t n = bf16_activation_elems(path, dt, T, K);
   if (n == 0) return {};
   if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
-  return prepare_bf16_activations(path, dt, x, T, K, buf.data());
+  return prepare_bf16_activations(path, dt, x, T, K, buf.data(), /*may_share=*/true);
 }
 }  // namespace
 

@@ -33,17 +33,22 @@ struct FfnGroup {
 // On a bf16 path, each group's inputs rounded (and packed) once, before the pass that reads them.
 std::vector<Bf16Activations> prepare_groups(CpuPath path, DType dt, const std::vector<FfnGroup>& groups,
                                             bool hidden, int64_t K, std::vector<uint16_t>& buf) {
+  const int64_t G = static_cast<int64_t>(groups.size());
   std::vector<Bf16Activations> out(groups.size());
-  int64_t total = 0;
-  for (const FfnGroup& g : groups) total += bf16_activation_elems(path, dt, g.n, K);
+  std::vector<int64_t> off(groups.size() + 1, 0);  // each group's place in buf
+  for (int64_t i = 0; i < G; ++i) off[i + 1] = off[i] + bf16_activation_elems(path, dt, groups[i].n, K);
+  const int64_t total = off[G];
   if (total == 0) return out;
   if (static_cast<int64_t>(buf.size()) < total) buf.resize(static_cast<size_t>(total));
-  int64_t off = 0;
-  for (size_t i = 0; i < groups.size(); ++i) {
-    const FfnGroup& g = groups[i];
-    out[i] = prepare_bf16_activations(path, dt, hidden ? g.h : g.x, g.n, K, buf.data() + off);
-    off += bf16_activation_elems(path, dt, g.n, K);
-  }
+  // Each group on its own, so the pool's threads share them (prefill); a few tokens' worth
+  // (decode) stays on this thread rather than paying a hand-off.
+  const int64_t grain = total < (int64_t{1} << 16) ? G : 1;
+  ThreadPool::global().parallel_for(G, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const FfnGroup& g = groups[i];
+      out[i] = prepare_bf16_activations(path, dt, hidden ? g.h : g.x, g.n, K, buf.data() + off[i]);
+    }
+  }, grain);
   return out;
 }
 
