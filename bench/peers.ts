@@ -142,6 +142,9 @@ interface TokenCheck {
 }
 
 /** One ExpertWeave configuration timed against llama.cpp. */
+/** Untimed interleaved rounds before the timed ones. */
+const WARMUP_ROUNDS = 2;
+
 interface Variant {
   key: string;
   title: string;
@@ -226,6 +229,12 @@ async function benchModel(spec: ModelSpec, rounds: number, threads: number): Pro
       `tokens: ${exact ? `F32 GGUF ${exact.firstDifference < 0 ? 'identical' : `differ from ${exact.firstDifference}`}, ` : ''}` +
         vs.map((v, i) => `${v.key} vs bf16 GGUF ${bf16[i].firstDifference < 0 ? 'identical' : `differ from ${bf16[i].firstDifference} (our top-2 margin there ${bf16[i].marginThere?.toFixed(4)})`}`).join(', '),
     );
+    // Untimed rounds first, each engine in turn as in the timed ones: the first rounds after loading ran
+    // slower on every engine (up to 2x for amx on an AMX Xeon) and moved the medians with them.
+    for (let i = 0; i < WARMUP_ROUNDS; i++) {
+      for (const w of ours) await w.worker.run(prompt, spec.generate);
+      await theirs.worker.run(prompt, spec.generate);
+    }
     let deterministic = true;
     const log: ModelResult['rounds'] = [];
     /** `spec.repeats` runs of one engine: the fastest prefill and the fastest decode among them. */
@@ -356,7 +365,7 @@ function report(results: ModelResult[], meta: { threads: number; load: [number[]
     `- ExpertWeave: ${first?.variants.map((v) => `\`${v.key}\``).join(', ')} (README, "CPU kernels"): the first keeps fp32 activations (the default); ` +
       'the others round a matmul\'s activations to bf16 as llama.cpp\'s bf16 matmul does, with AVX512_BF16 dot products (`avx512-bf16`) or AMX tiles (`amx`).',
     `- Both engines: the same bf16 weights (ExpertWeave's safetensors converted by tools/gguf; norms and router in f32 in the GGUF, as llama.cpp's converter does), ` +
-      `the same token ids in, greedy, ${meta.threads} threads, one process each, runs interleaved (ours, ours, theirs, ...) with 100 ms between runs, after one warm-up run each; ` +
+      `the same token ids in, greedy, ${meta.threads} threads, one process each, runs interleaved (ours, ours, theirs, ...) with 100 ms between runs, after one warm-up run each and ${WARMUP_ROUNDS} untimed interleaved rounds; ` +
       `where a model's runs take milliseconds, each round is the fastest of several runs per engine (${results.filter((r) => r.spec.repeats > 1).map((r) => `${r.spec.key}: ${r.spec.repeats}`).join(', ') || 'none'}).`,
     '- pp = one step over the whole prompt, sampling its token; tg = the decode steps after it, one token each. ' +
       'Ratios are ExpertWeave / llama.cpp in tokens/s (above 1: ExpertWeave is faster), per round, median (min-max) over the rounds, ' +
