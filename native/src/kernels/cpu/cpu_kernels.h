@@ -137,7 +137,9 @@ bool request_tile_permission();
 // The same product on AMX tiles. xp: the activations rounded and packed by pack_activations
 // (tiles of 16 tokens in the VNNI layout); scratch: scratch_elems(K) bf16 for partial row tiles.
 int64_t packed_activation_elems(int64_t T, int64_t K);
-void pack_activations(const float* x, int64_t T, int64_t K, uint16_t* xp);
+// Token tiles [tt0, tt1) of the T tokens (tt1 < 0: through the last), each packed on its own.
+int64_t token_tiles(int64_t T);
+void pack_activations(const float* x, int64_t T, int64_t K, uint16_t* xp, int64_t tt0 = 0, int64_t tt1 = -1);
 int64_t scratch_elems(int64_t K);
 void matmul_rows_bf16(const uint16_t* xp, int64_t T, const uint16_t* W, int64_t K, int64_t n0, int64_t n1,
                       float* y, int64_t ldy, bool accumulate, uint16_t* scratch);

@@ -59,12 +59,9 @@ Bf16Activations prepare_bf16_activations(CpuPath path, DType weights, const floa
 #ifdef EW_HAVE_AVX512_KERNELS
 #ifdef EW_HAVE_AMX_KERNELS
   if (path == CpuPath::Amx) {
-    constexpr int64_t kTile = 16;  // tokens per packed tile, each packed on its own
-    const int64_t tiles = (T + kTile - 1) / kTile, tile_elems = amx::packed_activation_elems(kTile, K);
+    const int64_t tiles = amx::token_tiles(T);
     if (may_share && tiles >= 4)
-      ThreadPool::global().parallel_for(tiles, [&](int64_t b, int64_t e) {
-        amx::pack_activations(x + b * kTile * K, std::min(T, e * kTile) - b * kTile, K, buffer + b * tile_elems);
-      });
+      ThreadPool::global().parallel_for(tiles, [&](int64_t b, int64_t e) { amx::pack_activations(x, T, K, buffer, b, e); });
     else
       amx::pack_activations(x, T, K, buffer);
     a.packed = buffer;

@@ -240,13 +240,16 @@ int64_t packed_activation_elems(int64_t T, int64_t K) {
   return round_up(T, kTokens) * round_up(K, kBlock);
 }
 
+int64_t token_tiles(int64_t T) { return (T + kTokens - 1) / kTokens; }
+
 // xp[token tile][k pair][token in tile][2]: x rounded to bf16 (vcvtne2ps2bf16, as the
 // avx512-bf16 path rounds), zero for tokens >= T and k >= K. Per 16 tokens and 32 k: each
 // token's 32 values become 16 bf16 pairs (one 32-bit lane each), and a 16 x 16 lane
 // transpose turns those into the 16 k-pair rows of the B tile.
-void pack_activations(const float* x, int64_t T, int64_t K, uint16_t* xp) {
-  const int64_t K2 = round_up(K, kBlock) / 2, n_tt = (T + kTokens - 1) / kTokens, n_kb = K2 / 16;
-  for (int64_t tt = 0; tt < n_tt; ++tt) {
+void pack_activations(const float* x, int64_t T, int64_t K, uint16_t* xp, int64_t tt0, int64_t tt1) {
+  const int64_t K2 = round_up(K, kBlock) / 2, n_kb = K2 / 16;
+  if (tt1 < 0) tt1 = token_tiles(T);
+  for (int64_t tt = tt0; tt < tt1; ++tt) {
     const int64_t tokens = T - tt * kTokens < kTokens ? T - tt * kTokens : kTokens;
     uint16_t* tile = xp + tt * K2 * 2 * kTokens;
     for (int64_t kb = 0; kb < n_kb; ++kb) {
