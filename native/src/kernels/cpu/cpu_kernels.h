@@ -48,27 +48,30 @@ bool gemv_interleaves_rows();
 // Whether amx::matmul_rows_bf16_on_tile_model can run here (AMX kernels built, AVX512_BF16 CPU).
 bool amx_tile_model_runs();
 
-// The activations of one op as a bf16 path's matmul reads them, prepared once per op by
-// prepare_bf16_activations: x rounded to bf16 [T, K] (avx512-bf16), or on amx rounded and
-// packed into tiles (packed only). Empty on the fp32 paths.
-struct Bf16Activations {
+// The activations of one op as a path's multi-token matmul reads them, prepared once per op
+// by prepare_activations: x rounded to bf16 [T, K] (avx512-bf16, bf16 weights), rounded and
+// packed into tiles (amx, bf16 weights; packed only), or fp32 permuted into the order of
+// the avx2 sums (avx2, from avx2::kByClassMinTokens tokens; see matmul_classes_avx2.cc).
+// Empty elsewhere (the kernels read x as it is).
+struct PreparedActivations {
   const uint16_t* rows = nullptr;
   const uint16_t* packed = nullptr;
+  const float* by_class = nullptr;
 };
-// bf16 elements prepare_bf16_activations needs for T rows of K (0 where the path or the
-// weight dtype keeps fp32 activations).
-int64_t bf16_activation_elems(CpuPath path, DType weights, int64_t T, int64_t K);
-// may_share: the caller is not inside a pool loop, so a large amx packing may be shared among
-// the pool's threads (token tiles are packed independently).
-Bf16Activations prepare_bf16_activations(CpuPath path, DType weights, const float* x, int64_t T, int64_t K,
-                                         uint16_t* buffer, bool may_share = false);
+// uint16_t elements of buffer prepare_activations needs for T rows of K (0 where the path
+// reads x as it is); a multiple of 32, so buffers laid end to end stay 64-byte multiples.
+int64_t prepared_activation_elems(CpuPath path, DType weights, int64_t T, int64_t K);
+// may_share: the caller is not inside a pool loop, so a large packing may be shared among
+// the pool's threads (token rows or tiles are packed independently).
+PreparedActivations prepare_activations(CpuPath path, DType weights, const float* x, int64_t T, int64_t K,
+                                        uint16_t* buffer, bool may_share = false);
 
 // y[t, n] (+)= x[t, :] . W[n, :] for n in [n0, n1), t in [0, T); x row stride K, y row stride ldy.
-// On a bf16 path with bf16 weights the activations are rounded to bf16 first: xb, when
-// given, holds them prepared for these T tokens; without it the call prepares its own.
+// Where the path prepares activations (above), xb, when given, holds them prepared for these
+// T tokens; without it the call prepares its own.
 void matmul_rows(CpuPath path, const float* x, int64_t T, const void* W, DType dt, int64_t K,
                  int64_t n0, int64_t n1, float* y, int64_t ldy, bool accumulate = false,
-                 const Bf16Activations* xb = nullptr);
+                 const PreparedActivations* xb = nullptr);
 // y[t, n] = sum_k x[t, k] * W[k, n] for n in [n0, n1) (W is [K, N] row-major, y row stride N),
 // summed from 0 in ascending k one term at a time.
 void matmul_t_cols(CpuPath path, const float* x, int64_t T, const void* W, DType dt, int64_t K,
@@ -119,6 +122,16 @@ EW_CPU_KERNEL_SET
 }
 namespace avx2 {
 EW_CPU_KERNEL_SET
+// The multi-token matmul as a broadcast GEMM with matmul_rows' sums bit for bit
+// (matmul_classes_avx2.cc), from this many tokens (below, widening each weight panel
+// costs more than the faster tiles save).
+constexpr int64_t kByClassMinTokens = 32;
+// x [T, K] permuted into the order of the sums (xp [T, K]).
+void pack_by_class(const float* x, int64_t T, int64_t K, float* xp);
+// Rows from n0 in whole groups of 8 (24 where they fit) from pack_by_class's xp; returns
+// the first row it left (fewer than 8 before n1) for matmul_rows.
+int64_t matmul_rows_by_class(const float* xp, int64_t T, const void* W, DType dt, int64_t K, int64_t n0,
+                             int64_t n1, float* y, int64_t ldy, bool accumulate);
 }
 namespace avx512 {
 EW_CPU_KERNEL_SET

@@ -44,18 +44,38 @@ int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 }  // namespace
 
-int64_t bf16_activation_elems(CpuPath path, DType weights, int64_t T, int64_t K) {
+namespace {
+bool prepares_by_class(CpuPath path, int64_t T, int64_t K) {
+  return path == CpuPath::Avx2 && T >= avx2::kByClassMinTokens && K > 0;
+}
+}  // namespace
+
+int64_t prepared_activation_elems(CpuPath path, DType weights, int64_t T, int64_t K) {
+  if (prepares_by_class(path, T, K)) return round_up(2 * T * K, 32);  // fp32
   if (!rounds_activations(path) || weights != DType::BF16 || T <= 0 || K <= 0) return 0;
 #ifdef EW_HAVE_AMX_KERNELS
-  if (path == CpuPath::Amx) return amx::packed_activation_elems(T, K);  // packed only: the tiles read nothing else
+  if (path == CpuPath::Amx) return round_up(amx::packed_activation_elems(T, K), 32);  // packed only: the tiles read nothing else
 #endif
   return round_up(T * K, 32);
 }
 
-Bf16Activations prepare_bf16_activations(CpuPath path, DType weights, const float* x, int64_t T, int64_t K,
-                                         uint16_t* buffer, bool may_share) {
-  Bf16Activations a;
-  if (bf16_activation_elems(path, weights, T, K) == 0) return a;
+PreparedActivations prepare_activations(CpuPath path, DType weights, const float* x, int64_t T, int64_t K,
+                                        uint16_t* buffer, bool may_share) {
+  PreparedActivations a;
+  if (prepared_activation_elems(path, weights, T, K) == 0) return a;
+  if (prepares_by_class(path, T, K)) {
+#ifdef EW_HAVE_AVX2_KERNELS
+    float* xp = reinterpret_cast<float*>(buffer);
+    if (may_share)
+      ThreadPool::global().parallel_for(T, [&](int64_t b, int64_t e) { avx2::pack_by_class(x + b * K, e - b, K, xp + b * K); });
+    else
+      avx2::pack_by_class(x, T, K, xp);
+    a.by_class = xp;
+    return a;
+#else
+    not_built(path);
+#endif
+  }
 #ifdef EW_HAVE_AVX512_KERNELS
 #ifdef EW_HAVE_AMX_KERNELS
   if (path == CpuPath::Amx) {
@@ -74,20 +94,35 @@ Bf16Activations prepare_bf16_activations(CpuPath path, DType weights, const floa
 #else
   (void)x;
   (void)buffer;
+  (void)may_share;
   not_built(path);
 #endif
 }
 
+namespace {
+// The activations of xb, or prepared here in this thread's buffer (own) when the caller has none.
+const PreparedActivations* prepared_or_own(CpuPath path, DType dt, const float* x, int64_t T, int64_t K,
+                                           const PreparedActivations* xb, PreparedActivations& own) {
+  if (xb) return xb;
+  thread_local std::vector<uint16_t> buf;
+  own = prepare_activations(path, dt, x, T, K, grow(buf, prepared_activation_elems(path, dt, T, K)));
+  return &own;
+}
+}  // namespace
+
 void matmul_rows(CpuPath path, const float* x, int64_t T, const void* W, DType dt, int64_t K, int64_t n0,
-                 int64_t n1, float* y, int64_t ldy, bool accumulate, const Bf16Activations* xb) {
+                 int64_t n1, float* y, int64_t ldy, bool accumulate, const PreparedActivations* xb) {
+  PreparedActivations own;
+#ifdef EW_HAVE_AVX2_KERNELS
+  if (prepares_by_class(path, T, K) && n1 - n0 >= 8) {
+    xb = prepared_or_own(path, dt, x, T, K, xb, own);
+    if (xb->by_class) n0 = avx2::matmul_rows_by_class(xb->by_class, T, W, dt, K, n0, n1, y, ldy, accumulate);
+    if (n0 == n1) return;
+  }
+#endif
   if (rounds_activations(path) && dt == DType::BF16 && T > 0 && n1 > n0) {
 #ifdef EW_HAVE_AVX512_KERNELS
-    Bf16Activations own;
-    if (!xb) {  // prepared here, in this thread's buffer
-      thread_local std::vector<uint16_t> buf;
-      own = prepare_bf16_activations(path, dt, x, T, K, grow(buf, bf16_activation_elems(path, dt, T, K)));
-      xb = &own;
-    }
+    xb = prepared_or_own(path, dt, x, T, K, xb, own);
     const uint16_t* w = static_cast<const uint16_t*>(W);
 #ifdef EW_HAVE_AMX_KERNELS
     if (path == CpuPath::Amx) {
@@ -137,7 +172,9 @@ int64_t rows_per_chunk(int64_t rows, int64_t row_bytes, int64_t tokens, CpuPath 
   const int64_t bytes = std::max<int64_t>(1, row_bytes), macs = bytes * std::max<int64_t>(1, tokens);
   int64_t r = std::min({kMaxBytes / bytes, kMaxMacs / macs, (rows + 4 * threads - 1) / (4 * threads)});
   r = std::max(r, std::min(kMinBytes / bytes, kMaxMacs / macs));
-  // Whole register tiles of rows in a chunk: 4 (avx2's multi-token tiles, avx512), 16 (amx).
+  // Whole register tiles of rows in a chunk: 4 (avx2's chain tiles, avx512), 16 (amx); avx2's
+  // by-class tiles of 24 rows (a chunk's weights are widened into a panel each) at least one.
+  if (prepares_by_class(path, tokens, 1)) return std::max<int64_t>(24, round_up(r, 24));
   const int64_t tile = path == CpuPath::Amx ? 16 : 4;
   if (tokens > 1 || path == CpuPath::Amx) r = std::max<int64_t>(4 * tile, round_up(r, tile));
   else if (path == CpuPath::Avx512 || path == CpuPath::Avx512Bf16) r = round_up(r, tile);

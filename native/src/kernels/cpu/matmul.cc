@@ -21,14 +21,14 @@ static int64_t grain_for(int64_t unit_work) {
 }
 
 namespace {
-// The op's activations prepared once, before the loop, for every chunk of it (a large amx
+// The op's activations prepared once, before the loop, for every chunk of it (a large
 // packing shared among the pool's threads).
-Bf16Activations prepared(CpuPath path, DType dt, const float* x, int64_t T, int64_t K) {
+PreparedActivations prepared(CpuPath path, DType dt, const float* x, int64_t T, int64_t K) {
   thread_local std::vector<uint16_t> buf;
-  const int64_t n = bf16_activation_elems(path, dt, T, K);
+  const int64_t n = prepared_activation_elems(path, dt, T, K);
   if (n == 0) return {};
   if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
-  return prepare_bf16_activations(path, dt, x, T, K, buf.data(), /*may_share=*/true);
+  return prepare_activations(path, dt, x, T, K, buf.data(), /*may_share=*/true);
 }
 }  // namespace
 
@@ -41,7 +41,7 @@ void matmul_cpu_path(CpuPath path, const float* x, int64_t T, const void* W, DTy
       for (int64_t t = 0; t < T; ++t) std::memset(y + t * ldy, 0, static_cast<size_t>(N) * sizeof(float));
     return;
   }
-  const Bf16Activations xb = prepared(path, dtype, x, T, K);
+  const PreparedActivations xb = prepared(path, dtype, x, T, K);
   ThreadPool::global().parallel_chunks(
       N, rows_per_chunk(N, K * static_cast<int64_t>(dtype_size(dtype)), T, path),
       [&](int64_t b, int64_t e) { matmul_rows(path, x, T, W, dtype, K, b, e, y, ldy, accumulate, &xb); });
@@ -86,7 +86,7 @@ void CpuOps::matmul_pair(const float* x, int64_t T, Weight A, int64_t Na, Weight
     return;
   }
   const CpuPath path = path_;
-  const Bf16Activations xb = prepared(path, A.dtype, x, T, K);
+  const PreparedActivations xb = prepared(path, A.dtype, x, T, K);
   ThreadPool::global().parallel_chunks(
       N, rows_per_chunk(N, K * static_cast<int64_t>(dtype_size(A.dtype)), T, path), [&](int64_t b, int64_t e) {
         if (b < Na) matmul_rows(path, x, T, A.data, A.dtype, K, b, std::min(e, Na), y, N, false, &xb);

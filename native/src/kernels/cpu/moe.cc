@@ -30,13 +30,14 @@ struct FfnGroup {
 // the groups' rows laid end to end, so many small matrices (the routed experts of a
 // decode step) share one hand-off instead of paying one per matrix. Each output
 // element is one matmul_rows dot product, whatever the grouping or chunking.
-// On a bf16 path, each group's inputs rounded (and packed) once, before the pass that reads them.
-std::vector<Bf16Activations> prepare_groups(CpuPath path, DType dt, const std::vector<FfnGroup>& groups,
-                                            bool hidden, int64_t K, std::vector<uint16_t>& buf) {
+// Where the path prepares activations (cpu_kernels.h), each group's inputs are prepared once,
+// before the pass that reads them.
+std::vector<PreparedActivations> prepare_groups(CpuPath path, DType dt, const std::vector<FfnGroup>& groups,
+                                                bool hidden, int64_t K, std::vector<uint16_t>& buf) {
   const int64_t G = static_cast<int64_t>(groups.size());
-  std::vector<Bf16Activations> out(groups.size());
+  std::vector<PreparedActivations> out(groups.size());
   std::vector<int64_t> off(groups.size() + 1, 0);  // each group's place in buf
-  for (int64_t i = 0; i < G; ++i) off[i + 1] = off[i] + bf16_activation_elems(path, dt, groups[i].n, K);
+  for (int64_t i = 0; i < G; ++i) off[i + 1] = off[i] + prepared_activation_elems(path, dt, groups[i].n, K);
   const int64_t total = off[G];
   if (total == 0) return out;
   if (static_cast<int64_t>(buf.size()) < total) buf.resize(static_cast<size_t>(total));
@@ -46,7 +47,7 @@ std::vector<Bf16Activations> prepare_groups(CpuPath path, DType dt, const std::v
   ThreadPool::global().parallel_for(G, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const FfnGroup& g = groups[i];
-      out[i] = prepare_bf16_activations(path, dt, hidden ? g.h : g.x, g.n, K, buf.data() + off[i]);
+      out[i] = prepare_activations(path, dt, hidden ? g.h : g.x, g.n, K, buf.data() + off[i]);
     }
   }, grain);
   return out;
@@ -61,7 +62,7 @@ void run_ffn_groups(CpuPath path, const std::vector<FfnGroup>& groups, DType dt,
   ThreadPool& threads = ThreadPool::global();
   thread_local std::vector<uint16_t> buf;
 
-  const std::vector<Bf16Activations> xb = prepare_groups(path, dt, groups, false, H, buf);
+  const std::vector<PreparedActivations> xb = prepare_groups(path, dt, groups, false, H, buf);
   threads.parallel_chunks(G * I, rows_per_chunk(G * I, 2 * H * esz, avg_tokens, path), [&](int64_t b, int64_t e) {
     for (int64_t gi = b / I; gi < G && gi * I < e; ++gi) {
       const FfnGroup& g = groups[gi];
@@ -71,7 +72,7 @@ void run_ffn_groups(CpuPath path, const std::vector<FfnGroup>& groups, DType dt,
       for (int64_t t = 0; t < g.n; ++t) silu_mul_rows(path, g.h + t * I + r0, g.u + t * I + r0, r1 - r0, g.h + t * I + r0);
     }
   });
-  const std::vector<Bf16Activations> hb = prepare_groups(path, dt, groups, true, I, buf);
+  const std::vector<PreparedActivations> hb = prepare_groups(path, dt, groups, true, I, buf);
   threads.parallel_chunks(G * H, rows_per_chunk(G * H, I * esz, avg_tokens, path), [&](int64_t b, int64_t e) {
     for (int64_t gi = b / H; gi < G && gi * H < e; ++gi) {
       const FfnGroup& g = groups[gi];
