@@ -22,7 +22,8 @@ inline __m256 load8(const void* W, int64_t i) {
   } else if constexpr (DT == DType::BF16) {
     // The 8 bf16 in both 128-bit lanes (a load-port broadcast), then one in-lane byte shuffle
     // puts elements 0-3 (low lane) and 4-7 (high lane) in the high halves of the fp32 lanes.
-    const __m256i h = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(W) + i)));
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(W) + i));
+    const __m256i h = _mm256_broadcastsi128_si256(raw);
     const __m256i m = _mm256_setr_epi8(-128, -128, 0, 1, -128, -128, 2, 3, -128, -128, 4, 5, -128, -128, 6, 7,
                                        -128, -128, 8, 9, -128, -128, 10, 11, -128, -128, 12, 13, -128, -128, 14, 15);
     return _mm256_castsi256_ps(_mm256_shuffle_epi8(h, m));
