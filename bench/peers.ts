@@ -11,7 +11,7 @@
 // Writes bench/results/peers.md. Never part of `npm test` or CI.
 //
 //   npm run bench:peers [-- --models v2-shaped,embedded,large] [--rounds N] [--threads 2]
-import { execFileSync, fork, type ChildProcess } from 'node:child_process';
+import { fork, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, totalmem } from 'node:os';
@@ -23,6 +23,7 @@ import type { DeepseekV2Config } from '../tools/fixtures/config.js';
 import { bestFp32Path, loadBinding, roundsActivations } from '../lib/engine/binding.js';
 import { convertDeepseekV2 } from '../tools/gguf/deepseek2.js';
 import { MODELS_DIR, ROOT, V2_LITE_WIDTH, V2_SHAPED, decodeStepBytes, ensureBenchModel, median, promptTokens } from './models.js';
+import { gitCommit } from './lib/report.js';
 import { NODE_LLAMA_CPP_VERSION, ensureLlamaCpp } from './peers/llama-cpp.js';
 import type { EngineName, RunResult, WorkerArgs, WorkerReply, WorkerRequest } from './peers/protocol.js';
 
@@ -326,16 +327,6 @@ function summarize(m: ModelResult, v: number): { pp?: Metric; tg: Metric } {
     pp: m.spec.decodeOnly ? undefined : metric(m, v, (r) => r.prefillMs, (r) => r.internal?.prefillMs, m.spec.prompt),
     tg: metric(m, v, (r) => r.decodeMs, (r) => r.internal?.decodeMs, m.spec.generate),
   };
-}
-
-function gitCommit(): string {
-  try {
-    const sha = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
-    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: ROOT, encoding: 'utf8' }).trim() !== '';
-    return dirty ? `${sha} (with uncommitted changes)` : sha;
-  } catch {
-    return 'unknown';
-  }
 }
 
 function describeCheck(c: TokenCheck, medianMargin: number): string {

@@ -16,10 +16,11 @@ export interface RunInfo {
   cores: number;
 }
 
-export function gitCommit(): string {
+/** The commit checked out in `dir` (this checkout by default), "+changes" when tracked files differ. */
+export function gitCommit(dir = repoRoot()): string {
   try {
-    const sha = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: repoRoot(), encoding: 'utf8' }).trim();
-    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: repoRoot(), encoding: 'utf8' }).trim() !== '';
+    const sha = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: dir, encoding: 'utf8' }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: dir, encoding: 'utf8' }).trim() !== '';
     return dirty ? `${sha}+changes` : sha;
   } catch {
     return 'unknown';
