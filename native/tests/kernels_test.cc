@@ -182,12 +182,12 @@ TEST(matmul_long_rows_and_token_blocks_are_batch_independent) {
 }
 
 TEST(matmul_multi_token_kernels_sum_as_decode_does_at_every_k_tail) {
-  // T = 37 takes avx2's by-class kernel (from avx2::kByClassMinTokens tokens); N = 37 rows
-  // give it a 24-row and an 8-row group and leave 5 rows to the chain tiles, and the K list
+  // T = 37 takes avx2's by-class kernel (from avx2::kByClassMinTokens tokens); N = 53 rows
+  // give it a 24-, a 16- and an 8-row group and leave 5 rows to the chain tiles, and the K list
   // covers every count of leftover 8-blocks (K % 32 / 8) and of tail elements (K % 8).
   // Every token's row must equal that token alone (the decode kernel), with and without
   // activations prepared by the caller, cut at any row, accumulating or not.
-  const int64_t T = 37, N = 37;
+  const int64_t T = 37, N = 53;
   for (int64_t K : {1, 5, 8, 24, 31, 40, 57, 100, 1053}) {
     const auto x = random_floats(T * K, 90 + K);
     for (DType dt : kDtypes) {

@@ -128,8 +128,8 @@ EW_CPU_KERNEL_SET
 constexpr int64_t kByClassMinTokens = 32;
 // x [T, K] permuted into the order of the sums (xp [T, K]).
 void pack_by_class(const float* x, int64_t T, int64_t K, float* xp);
-// Rows from n0 in whole groups of 8 (24 where they fit) from pack_by_class's xp; returns
-// the first row it left (fewer than 8 before n1) for matmul_rows.
+// Rows from n0 in whole groups of 24, then one of 16 and one of 8 where they fit, from
+// pack_by_class's xp; returns the first row it left (fewer than 8 before n1) for matmul_rows.
 int64_t matmul_rows_by_class(const float* xp, int64_t T, const void* W, DType dt, int64_t K, int64_t n0,
                              int64_t n1, float* y, int64_t ldy, bool accumulate);
 }

@@ -163,9 +163,15 @@ int64_t rows_by_class(const float* xp, int64_t T, const void* W, int64_t K, int6
     pack_panel<DT, 24>(W, K, n, L, P);
     class_blocks<3>(xp, T, K, L, P, part, y + n, ldy, accum);
   }
-  for (; n + 8 <= n1; n += 8) {
+  if (n + 16 <= n1) {  // 16 of the last 8-23 rows in one group of 2 vectors: 6 tokens per pass, not 12 x 1
+    pack_panel<DT, 16>(W, K, n, L, P);
+    class_blocks<2>(xp, T, K, L, P, part, y + n, ldy, accum);
+    n += 16;
+  }
+  if (n + 8 <= n1) {
     pack_panel<DT, 8>(W, K, n, L, P);
     class_blocks<1>(xp, T, K, L, P, part, y + n, ldy, accum);
+    n += 8;
   }
   return n;
 }
