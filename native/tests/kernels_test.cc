@@ -182,12 +182,13 @@ TEST(matmul_long_rows_and_token_blocks_are_batch_independent) {
 }
 
 TEST(matmul_multi_token_kernels_sum_as_decode_does_at_every_k_tail) {
-  // T = 37 takes avx2's by-class kernel (from avx2::kByClassMinTokens tokens); N = 53 rows
-  // give it a 24-, a 16- and an 8-row group and leave 5 rows to the chain tiles, and the K list
+  // T = 37 takes avx2's by-class kernel (from avx2::kByClassMinTokens tokens); N = 45 rows
+  // give it a 24- and a 16-row group and leave 5 rows to the chain tiles (the cut below: an
+  // 8-row group and a 24-row one, 3 and 7 rows left), and the K list
   // covers every count of leftover 8-blocks (K % 32 / 8) and of tail elements (K % 8).
   // Every token's row must equal that token alone (the decode kernel), with and without
   // activations prepared by the caller, cut at any row, accumulating or not.
-  const int64_t T = 37, N = 53;
+  const int64_t T = 37, N = 45;
   for (int64_t K : {1, 5, 8, 24, 31, 40, 57, 100, 1053}) {
     const auto x = random_floats(T * K, 90 + K);
     for (DType dt : kDtypes) {
@@ -200,7 +201,8 @@ TEST(matmul_multi_token_kernels_sum_as_decode_does_at_every_k_tail) {
         matmul_rows(p, x.data(), T, w.bytes.data(), dt, K, 0, N, batch.data(), N, false, &xb);
         check_rel(rel_err(batch, ref), 1e-5, dt, p, "matmul", __LINE__);
         matmul_rows(p, x.data(), T, w.bytes.data(), dt, K, 0, 3, cut.data(), N);  // unprepared
-        matmul_rows(p, x.data(), T, w.bytes.data(), dt, K, 3, N, cut.data(), N, false, &xb);
+        matmul_rows(p, x.data(), T, w.bytes.data(), dt, K, 3, 14, cut.data(), N, false, &xb);
+        matmul_rows(p, x.data(), T, w.bytes.data(), dt, K, 14, N, cut.data(), N, false, &xb);
         CHECK(same_bits(cut.data(), batch.data(), batch.size()));
         matmul_rows(p, x.data(), T, w.bytes.data(), dt, K, 0, N, acc.data(), N, true, &xb);
         for (int64_t i = 0; i < T * N; ++i) CHECK_EQ(acc[i], 0.5f + batch[i]);
