@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -665,6 +666,33 @@ TEST(moe_matches_reference_and_is_batch_independent_every_dtype_and_path) {
       bad[5] = S;
       CHECK_THROWS_WITH(ops.moe(x.data(), T, k, bad.data(), wts.data(), mw, y.data(), false, ws.data()), "slot 10");
     }
+}
+
+TEST(exp_sum_matches_double_exp_on_every_path_and_length) {
+  // Softmax's exp(x - max) and its sum (vector exps on avx2 and avx512): every value within
+  // 4 ulp-ish of exp in double, the sum within 1e-6; -inf and deep underflow give 0, NaN stays NaN.
+  for (CpuPath p : paths()) {
+    for (int64_t n : {1, 3, 8, 13, 16, 31, 1000}) {
+      std::vector<float> x(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) x[i] = -40.f * static_cast<float>((i * 7919) % 1000) / 1000.f;
+      if (n > 3) x[1] = -std::numeric_limits<float>::infinity(), x[2] = -200.f;
+      const float mx = 0.25f;
+      std::vector<float> e = x;
+      const float sum = exp_sum(p, e.data(), n, mx);
+      double ref_sum = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const double r = std::exp(static_cast<double>(x[i] - mx));  // the kernels subtract in float
+        ref_sum += r;
+        if (r < 1e-37) CHECK(e[i] >= 0.f && e[i] < 1e-37f);
+        else CHECK(std::fabs(e[i] - r) <= 5e-7 * r);
+      }
+      CHECK(std::fabs(sum - ref_sum) <= 1e-6 * ref_sum);
+    }
+    std::vector<float> nan_row = {0.f, std::numeric_limits<float>::quiet_NaN(), -1.f};
+    exp_sum(p, nan_row.data(), 3, 0.f);
+    CHECK(std::isnan(nan_row[1]));
+    CHECK(std::fabs(nan_row[2] - std::exp(-1.f)) <= 5e-7f);
+  }
 }
 
 TEST(elementwise_ops_kv_write_and_argmax) {

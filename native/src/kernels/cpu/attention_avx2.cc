@@ -5,7 +5,9 @@
 //   scores: 2 rows x up to 4 heads, each score in avx2::dot_f32's order (one 8-lane
 //           accumulator over 8-wide blocks, the fixed horizontal sum, a scalar tail);
 //   values: 16 columns x up to 4 heads, each output element one fma per position in
-//           ascending order (avx2::axpy_f32's), whatever the tile.
+//           ascending order (avx2::axpy_f32's), whatever the tile;
+//   exp:    a vector exp (Cephes' expf polynomial, as avx512's; range reduction by ln 2 in
+//           two parts, 2^n built in the exponent bits), summed in 8 lanes then the fixed sum.
 // Compiled with -mavx2 -mfma -mf16c, like matmul_avx2.cc, and under its rule: no inline or
 // template function that other files also use is instantiated here (the loads and sums are
 // avx2_helpers.h's).
@@ -94,6 +96,29 @@ void values_impl(const float* w, int64_t ldw, int64_t nq, const void* const* row
   if (h < nq) value_cols<DT, 1>(w + h * ldw, ldw, rows, n, R, o + h * ldo, ldo);
 }
 
+// exp(x) as attention takes it (x = score - max <= 0, or NaN): below -87.34 (where 2^n would
+// leave the normal range) 0, above 88.38 +inf, NaN stays NaN; within 2 ulp of expf between.
+inline __m256 exp8(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.3365447504f), hi = _mm256_set1_ps(88.3762626647949f);
+  const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+  y = _mm256_blendv_ps(y, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+  return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
 }  // namespace
 
 void attn_scores(const float* q, int64_t ldq, int64_t nq, const void* const* rows, DType dt, int64_t n, int64_t width,
@@ -109,12 +134,23 @@ void attn_values(const float* w, int64_t ldw, int64_t nq, const void* const* row
 }
 
 float exp_sum(float* x, int64_t n, float mx) {
-  float sum = 0.f;
-  for (int64_t i = 0; i < n; ++i) {
-    x[i] = __builtin_expf(x[i] - mx);
-    sum += x[i];
+  const __m256 m = _mm256_set1_ps(mx);
+  __m256 acc = _mm256_setzero_ps();
+  const int64_t n8 = n & ~int64_t{7};
+  for (int64_t i = 0; i < n8; i += 8) {
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), m));
+    _mm256_storeu_ps(x + i, e);
+    acc = _mm256_add_ps(acc, e);
   }
-  return sum;
+  if (n8 < n) {  // the tail through the same exp, its unused lanes 0
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n - n8)), lane);
+    const __m256 e = _mm256_and_ps(_mm256_castsi256_ps(mask),
+                                   exp8(_mm256_sub_ps(_mm256_maskload_ps(x + n8, mask), m)));
+    _mm256_maskstore_ps(x + n8, mask, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  return hsum(acc);
 }
 
 }  // namespace avx2
