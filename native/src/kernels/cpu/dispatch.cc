@@ -42,12 +42,11 @@ uint16_t* grow(std::vector<uint16_t>& v, int64_t n) {
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-}  // namespace
-
-namespace {
+// avx2 from kByClassMinTokens tokens: activations permuted for the by-class kernel.
 bool prepares_by_class(CpuPath path, int64_t T, int64_t K) {
   return path == CpuPath::Avx2 && T >= avx2::kByClassMinTokens && K > 0;
 }
+
 }  // namespace
 
 int64_t prepared_activation_elems(CpuPath path, DType weights, int64_t T, int64_t K) {

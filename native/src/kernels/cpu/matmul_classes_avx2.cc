@@ -151,6 +151,16 @@ struct Buffer {
   }
 };
 
+// One group of 8*NV rows from n: its panel, then every token block over it.
+template <DType DT, int NV>
+void row_group(const float* xp, int64_t T, const void* W, int64_t K, int64_t n, const ClassLayout& L, float* P,
+               float* part, float* y, int64_t ldy, bool accum) {
+  pack_panel<DT, 8 * NV>(W, K, n, L, P);
+  class_blocks<NV>(xp, T, K, L, P, part, y + n, ldy, accum);
+}
+
+// Groups of 24 rows, then one of 16 (6 tokens per pass rather than two 8-row groups at 12 x 1)
+// and one of 8 where they fit.
 template <DType DT>
 int64_t rows_by_class(const float* xp, int64_t T, const void* W, int64_t K, int64_t n0, int64_t n1, float* y,
                       int64_t ldy, bool accum) {
@@ -159,20 +169,9 @@ int64_t rows_by_class(const float* xp, int64_t T, const void* W, int64_t K, int6
   float* P = panel.get(24 * K);
   float* part = parts.get(32 * kTokenBlock * 24);
   int64_t n = n0;
-  for (; n + 24 <= n1; n += 24) {
-    pack_panel<DT, 24>(W, K, n, L, P);
-    class_blocks<3>(xp, T, K, L, P, part, y + n, ldy, accum);
-  }
-  if (n + 16 <= n1) {  // 16 of the last 8-23 rows in one group of 2 vectors: 6 tokens per pass, not 12 x 1
-    pack_panel<DT, 16>(W, K, n, L, P);
-    class_blocks<2>(xp, T, K, L, P, part, y + n, ldy, accum);
-    n += 16;
-  }
-  if (n + 8 <= n1) {
-    pack_panel<DT, 8>(W, K, n, L, P);
-    class_blocks<1>(xp, T, K, L, P, part, y + n, ldy, accum);
-    n += 8;
-  }
+  for (; n + 24 <= n1; n += 24) row_group<DT, 3>(xp, T, W, K, n, L, P, part, y, ldy, accum);
+  if (n + 16 <= n1) row_group<DT, 2>(xp, T, W, K, n, L, P, part, y, ldy, accum), n += 16;
+  if (n + 8 <= n1) row_group<DT, 1>(xp, T, W, K, n, L, P, part, y, ldy, accum), n += 8;
   return n;
 }
 
