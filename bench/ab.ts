@@ -61,7 +61,6 @@ async function engineOf(root: string): Promise<typeof EngineClass> {
 }
 
 interface Side {
-  name: string;
   commit: string;
   engine: EngineClass;
   pp: number[];
@@ -71,12 +70,12 @@ interface Side {
 
 const model = modelDir(values.model!);
 const options: EngineOptions = { device: 'cpu', threads, ...(values['cpu-path'] ? { cpuPath: values['cpu-path'] as EngineOptions['cpuPath'] } : {}) };
-const sides: Side[] = [];
-for (const [name, root] of [['this checkout', ROOT], ['--against', other]] as const) {
-  const Engine = await engineOf(root);
-  sides.push({ name, commit: gitCommit(root), engine: await Engine.load(model, options), pp: [], tg: [], tokens: [] });
-}
 const info = runInfo();
+const sides: Side[] = [];
+for (const [root, commit] of [[ROOT, info.commit], [other, gitCommit(other)]]) {
+  const Engine = await engineOf(root);
+  sides.push({ commit, engine: await Engine.load(model, options), pp: [], tg: [], tokens: [] });
+}
 const prompt = promptTokens(7, promptLen, sides[0].engine.info.vocabSize);
 
 let seq = 1;
