@@ -6,20 +6,23 @@
 
 namespace ew {
 
-ModelTensors host_model_tensors(const ModelWeights& w) {
+ModelTensors host_model_tensors(const ModelWeights& w, HugePageCopies& copies) {
   if (w.experts && w.experts->device_memory())
     fail("CPU runner: the routed experts live in device memory; the CPU needs a host expert pool");
-  TensorPlacement in_place;
-  in_place.place = [](const TensorView& t) { return Weight{t.data, t.dtype}; };
-  in_place.place_gate_up = [](const TensorView& gate, const TensorView& up, Weight* g, Weight* u) {
-    *g = {gate.data, gate.dtype};
-    *u = {up.data, up.dtype};
+  TensorPlacement copied;
+  auto copy = [&](const TensorView& t) {
+    return Weight{copies.copy(t.data, t.nbytes(), w.store && w.store->maps(t.data)), t.dtype};
   };
-  return model_tensors(w, in_place);
+  copied.place = copy;
+  copied.place_gate_up = [&](const TensorView& gate, const TensorView& up, Weight* g, Weight* u) {
+    *g = copy(gate);
+    *u = copy(up);
+  };
+  return model_tensors(w, copied);
 }
 
 CpuRunner::CpuRunner(const ModelConfig& cfg, const ModelWeights& w, CpuPath path)
-    : tensors_(host_model_tensors(w)),
+    : tensors_(host_model_tensors(w, copies_)),
       rope_(make_rope_table(cfg)),
       ops_(path),
       forward_(cfg, tensors_, ops_, rope_.softmax_scale),

@@ -1,5 +1,6 @@
-// CpuRunner: the StepRunner of the CPU. The weights stay where the checkpoint's mmap and
-// the host expert pool hold them, the latent cache is the KvCache's host storage, the
+// CpuRunner: the StepRunner of the CPU. The dense weights are the runner's own copies on
+// huge pages (memory/huge_page_copies.h; the file mapping's pages dropped), the routed
+// experts stay in the host expert pool, the latent cache is the KvCache's host storage, the
 // step's metadata is packed on the host (engine/step_metadata.h) and the forward pass
 // (engine/forward.h) runs on CpuOps over a host arena. Every logit row comes back whole
 // (the engine's sampler picks greedy tokens too).
@@ -14,11 +15,13 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/rope_rows.h"
 #include "memory/arena.h"
+#include "memory/huge_page_copies.h"
 
 namespace ew {
 
-// The checkpoint's tensors as the forward pass reads them on the host (views, no copies).
-ModelTensors host_model_tensors(const ModelWeights& w);
+// The checkpoint's tensors as the forward pass reads them on the host: the dense ones
+// copied into `copies`, the routed experts in their pool.
+ModelTensors host_model_tensors(const ModelWeights& w, HugePageCopies& copies);
 
 class CpuRunner final : public StepRunner {
  public:
@@ -32,6 +35,7 @@ class CpuRunner final : public StepRunner {
   void set_slot_observer(SlotObserver observe) { observe_ = std::move(observe); }
 
  private:
+  HugePageCopies copies_;  // before tensors_, which points into it
   ModelTensors tensors_;
   RopeTable rope_;
   CpuOps ops_;

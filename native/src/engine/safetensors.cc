@@ -256,4 +256,10 @@ std::vector<std::string> TensorStore::names() const {
   return out;
 }
 
+bool TensorStore::maps(const void* p) const {
+  for (const auto& f : files_)
+    if (f->maps(p)) return true;
+  return false;
+}
+
 }  // namespace ew

@@ -23,6 +23,11 @@ class SafetensorsFile {
   bool has(const std::string& name) const { return tensors_.count(name) != 0; }
   const TensorView& get(const std::string& name) const;  // throws naming file and tensor
   std::vector<std::string> names() const;
+  // Whether p points into this file's mapping.
+  bool maps(const void* p) const {
+    const auto* b = static_cast<const char*>(map_);
+    return b && static_cast<const char*>(p) >= b && static_cast<const char*>(p) < b + map_size_;
+  }
 
  private:
   std::string path_;
@@ -47,6 +52,8 @@ class TensorStore {
   // Path of the file holding a tensor (throws like get() when absent).
   const std::string& file_of(const std::string& name) const;
   const std::string& origin() const { return origin_; }
+  // Whether p points into one of the files' mappings.
+  bool maps(const void* p) const;
 
  private:
   std::string origin_;
