@@ -45,6 +45,9 @@ const char* amx_unavailable_reason();
 // 32 MB GEMV on a Xeon with AMX) or one row at a time (elsewhere: on AMD Zen 4 the single
 // stream measured 27-35 GB/s against 11 for interleaved rows). Results are the same either way.
 bool gemv_interleaves_rows();
+// The most weight bytes one chunk of a parallel matmul loop takes (rows_per_chunk): larger
+// on Intel (cpu_paths.cc says why).
+int64_t gemv_chunk_bytes();
 // Whether amx::matmul_rows_bf16_on_tile_model can run here (AMX kernels built, AVX512_BF16 CPU).
 bool amx_tile_model_runs();
 

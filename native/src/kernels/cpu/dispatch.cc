@@ -164,7 +164,7 @@ void silu_mul_rows(CpuPath path, const float* g, const float* u, int64_t n, floa
 }
 
 int64_t rows_per_chunk(int64_t rows, int64_t row_bytes, int64_t tokens, CpuPath path) {
-  constexpr int64_t kMaxBytes = 128 << 10, kMinBytes = 16 << 10;
+  const int64_t kMaxBytes = gemv_chunk_bytes(), kMinBytes = 16 << 10;
   constexpr int64_t kMaxMacs = 2 << 20;  // ~0.1 ms of compute-bound work (prefill)
   const int64_t threads = ThreadPool::global().size();
   // Work per row in bytes x tokens: about one multiply-add per weight byte (bf16).
