@@ -435,7 +435,7 @@ function report(results: ModelResult[], meta: { threads: number; load: [number[]
     lines.push(
       `- llama.cpp: ${f(1000 / s0.tg.theirs)} ms per step (median), ${f(theirs, 1)} GB/s for the same bytes; per round ${paired((r) => r.theirs)} of the round's reading; ${f((100 * theirs) / peak, 0)}% of the highest`,
       '',
-      `Measured: the addon's measureMemoryBandwidth (best of its passes over a buffer far larger than the cache, ${meta.threads} threads) before the runs, before each round ` +
+      `Measured: the addon's measureMemoryBandwidth (best of its passes over a buffer four times the last-level cache, 512 MiB to 2 GiB, each line prefetched ahead as the GEMVs prefetch their rows, ${meta.threads} threads) before the runs, before each round ` +
         `and after the runs: ${bw.map((x) => f(x, 1)).join(', ')} GB/s before and after; per round ${m.rounds.map((r) => f(r.bandwidthGBs ?? NaN, 1)).join(', ')} GB/s. ` +
         'The readings move with the load on this shared machine, hence the per-round pairing; other work lowers every figure here.',
     );

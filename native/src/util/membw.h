@@ -6,7 +6,8 @@
 
 namespace ew {
 
-// Best of `reps` timed passes over a `bytes` buffer (default 512 MiB), in GB/s (1e9 bytes/s).
-double measure_read_bandwidth_gbs(size_t bytes = size_t{512} << 20, int reps = 8);
+// Best of `reps` timed passes over a `bytes` buffer (0: four times the L3, 512 MiB to
+// 2 GiB), in GB/s (1e9 bytes/s).
+double measure_read_bandwidth_gbs(size_t bytes = 0, int reps = 8);
 
 }  // namespace ew
