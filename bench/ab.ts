@@ -6,7 +6,7 @@
 // ratios hold within a few percent: the way to judge a kernel change. The two engines' thread
 // pools sleep while the other runs (they spin 200 us at most after a loop). Greedy tokens of both
 // are compared and reported (a kernel change that keeps the sums keeps them equal).
-// Writes bench/results/ab-MODEL-ppP-tgG.md. Never part of `npm test` or CI.
+// Writes bench/results/ab-MODEL[-PATH]-ppP-tgG.md (PATH: --cpu-path when given). Never part of `npm test` or CI.
 //
 //   npm run bench:ab -- --against ../ew-base [--model v2-shaped|embedded|large|DIR] [--rounds 10]
 //                       [--prompt 128] [--generate 16] [--threads 2] [--cpu-path avx2]
@@ -129,4 +129,4 @@ const md = [
 ].join('\n');
 console.log('\n' + md);
 const tag = ['v2-shaped', 'embedded', 'large'].includes(values.model!) ? values.model : 'model';
-writeResult(`ab-${tag}-pp${promptLen}-tg${generate}.md`, md);
+writeResult(`ab-${tag}${values['cpu-path'] ? `-${values['cpu-path']}` : ''}-pp${promptLen}-tg${generate}.md`, md);
