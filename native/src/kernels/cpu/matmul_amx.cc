@@ -211,10 +211,14 @@ void rows_impl(const uint16_t* xp, int64_t T, const uint16_t* W, int64_t K, int6
                int64_t ldy, bool accum, uint16_t* scratch) {
   const int64_t Kp = round_up(K, kBlock), K2 = Kp / 2;
   Tiles::configure();
-  for (int64_t n = n0; n < n1; n += 2 * kRows) {
+  // One 16-row group per block for a single token (a batch-1 decode GEMV): 16 weight rows
+  // streamed at a time instead of 32 measured 2.5-3% faster per V2-Lite-width decode step;
+  // with more tokens the second group's tiles share each B load (one group: 1-4% slower).
+  const int ng = T == 1 ? 1 : 2;
+  for (int64_t n = n0; n < n1; n += ng * kRows) {
     const uint16_t* a[2] = {nullptr, nullptr};
     int64_t lda[2] = {0, 0}, rows[2] = {0, 0};
-    for (int g = 0; g < 2; ++g) {
+    for (int g = 0; g < ng; ++g) {
       const int64_t first = n + g * kRows, left = n1 - first;
       if (left <= 0) break;
       rows[g] = left < kRows ? left : kRows;
