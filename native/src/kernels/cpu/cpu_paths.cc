@@ -140,7 +140,7 @@ const std::vector<CpuPath>& cpu_paths() {
 
 const char* amx_unavailable_reason() { return features().amx_missing; }
 
-bool gemv_interleaves_rows() {
+bool gemv_prefetches_ahead() {
   static const bool intel = [] {
 #ifdef EW_X86_CPUID
     unsigned a, b, c, d;
@@ -157,7 +157,7 @@ bool gemv_interleaves_rows() {
 // Xeon with AMX, 512 KB decode chunks instead of 128 KB made a V2-Lite-width decode step
 // 1.06x faster on avx512 and 1.2x on avx512-bf16 (amx unchanged); on AMD (Zen 3) larger
 // chunks measured no better, so they keep the finer cut that balances the threads.
-int64_t gemv_chunk_bytes() { return gemv_interleaves_rows() ? int64_t{512} << 10 : int64_t{128} << 10; }
+int64_t gemv_chunk_bytes() { return gemv_prefetches_ahead() ? int64_t{512} << 10 : int64_t{128} << 10; }
 
 bool amx_tile_model_runs() {
 #ifdef EW_HAVE_AMX_KERNELS

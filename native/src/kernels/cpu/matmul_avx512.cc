@@ -8,9 +8,8 @@
 // (R rows x TT tokens, up to 4 x 5 = 20 accumulators in the 32 ZMM registers) only decide
 // how often a loaded weight vector is reused, never a result. Weights stay in their
 // stored layout (bf16 widened in registers by a shift), so nothing is repacked at load.
-// Decode (T = 1) is the same kernel, one row at a time without software prefetch on AMD
-// (there it lowered a GEMV's bandwidth: 23-26 vs 27-35 GB/s), or in prefetched 4-row groups
-// on Intel (kFewTokens below).
+// Decode (T = 1) is the same kernel, one row at a time: a single forward stream, prefetched
+// ahead in software on Intel and left to the hardware on AMD (gemv_prefetches_ahead()).
 //
 // As in matmul_avx2.cc: no inline or template function that other files also use is
 // instantiated here (the linker could keep this file's AVX-512 copy for everyone).
@@ -86,12 +85,10 @@ inline void tile(const float* x, int64_t K, const void* W, int64_t n, float* y, 
     }
 }
 
-// Register tiles: 4 rows x 5 tokens for several tokens (prefill); for fewer than kFewTokens,
-// where the CPU's prefetchers favour it (gemv_interleaves_rows(): AMD Zen 4), one row at a
-// time, a single forward stream through the weights: interleaving 4 rows' streams measured
-// 11 GB/s against 27-35 for one there, on a 400 MB GEMV of 2 KB rows; on Intel the 4-row
-// groups with the next group prefetched are faster. The tile decides only loads and reuse,
-// never a result.
+// Register tiles: 4 rows x 5 tokens for several tokens (prefill); for fewer than kFewTokens
+// one row at a time, a single forward stream through the weights (interleaving 4 rows'
+// streams measured 11 GB/s against 27-35 for one on AMD Zen 4, 29-30 against 33-34 with the
+// stream prefetched ahead on Intel). The tile decides only loads and reuse, never a result.
 constexpr int kTileRows = 4, kTileTokens = 5, kFewTokens = 4;
 
 // Every token tile of rows n .. n + R - 1; the first also prefetches `next` (the next row
@@ -130,8 +127,15 @@ inline void token_tiles(const float* x, int64_t T, int64_t K, const void* W, int
 template <DType DT>
 void rows_impl(const float* x, int64_t T, const void* W, int64_t K, int64_t n0, int64_t n1, float* y,
                int64_t ldy, bool accum) {
-  if (T < kFewTokens && !gemv_interleaves_rows()) {
-    for (int64_t n = n0; n < n1; ++n) token_tiles<DT, 1>(x, T, K, W, n, y, ldy, accum);
+  if (T < kFewTokens) {
+    // `next` of a one-row tile is this row's stream kGemvAheadBytes on, kept inside the chunk.
+    const int64_t row = K * dtype_bytes<DT>();
+    const char* w = static_cast<const char*>(W);
+    const bool ahead = gemv_prefetches_ahead();
+    for (int64_t n = n0; n < n1; ++n) {
+      const bool inside = (n + 1) * row + kGemvAheadBytes <= n1 * row;
+      token_tiles<DT, 1>(x, T, K, W, n, y, ldy, accum, ahead && inside ? w + n * row + kGemvAheadBytes : nullptr);
+    }
     return;
   }
   constexpr int64_t kTokenBlock = 64;
