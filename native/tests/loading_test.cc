@@ -1,4 +1,5 @@
 // Model loading: config.json, safetensors files and stores, and load_model_weights.
+#include <algorithm>
 #include <cstring>
 
 #include "engine/config.h"
@@ -513,4 +514,26 @@ TEST(weights_refusals_name_the_tensor) {
   for (st::Tensor& t : ts)
     if (t.name == "model.norm.weight") t = st::tensor(t.name, "F32", t.shape, 9);
   load(ts);
+}
+
+// release_pages drops a tensor's whole pages from the process; reading the view again brings
+// the same bytes back from the file, and memory outside the store's mappings is left alone.
+TEST(tensor_store_release_pages_loses_no_bytes) {
+  st::TempDir d;
+  st::write_file(d.file("a.safetensors"), {st::tensor("small", "F32", {3}, 1), st::tensor("big", "BF16", {1000, 700}, 2),
+                                           st::tensor("after", "F32", {5}, 3)});
+  auto s = TensorStore::open_dir(d.path());
+  auto bytes_of = [&](const std::string& n) {
+    const TensorView& v = s->get(n);
+    return std::string(static_cast<const char*>(v.data), v.nbytes());
+  };
+  const std::string small = bytes_of("small"), big = bytes_of("big"), after = bytes_of("after");
+  const TensorView& v = s->get("big");
+  CHECK(s->maps(v.data) && !s->maps(small.data()));
+  s->release_pages(v.data, v.nbytes());
+  CHECK(bytes_of("big") == big);
+  CHECK(bytes_of("small") == small && bytes_of("after") == after);  // the neighbours share edge pages
+  std::vector<char> heap(1 << 16, 'x');
+  s->release_pages(heap.data(), heap.size());  // not a mapping: untouched
+  CHECK(std::all_of(heap.begin(), heap.end(), [](char c) { return c == 'x'; }));
 }

@@ -11,7 +11,9 @@ ModelTensors host_model_tensors(const ModelWeights& w, HugePageCopies& copies) {
     fail("CPU runner: the routed experts live in device memory; the CPU needs a host expert pool");
   TensorPlacement copied;
   auto copy = [&](const TensorView& t) {
-    return Weight{copies.copy(t.data, t.nbytes(), w.store && w.store->maps(t.data)), t.dtype};
+    const Weight c{copies.copy(t.data, t.nbytes()), t.dtype};
+    if (w.store) w.store->release_pages(t.data, t.nbytes());
+    return c;
   };
   copied.place = copy;
   copied.place_gate_up = [&](const TensorView& gate, const TensorView& up, Weight* g, Weight* u) {

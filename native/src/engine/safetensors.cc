@@ -262,4 +262,12 @@ bool TensorStore::maps(const void* p) const {
   return false;
 }
 
+void TensorStore::release_pages(const void* data, size_t bytes) const {
+  if (!data || bytes == 0 || !maps(data)) return;
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(data) + bytes) / page * page;
+  if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);  // best effort
+}
+
 }  // namespace ew

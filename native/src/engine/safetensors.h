@@ -54,6 +54,11 @@ class TensorStore {
   const std::string& origin() const { return origin_; }
   // Whether p points into one of the files' mappings.
   bool maps(const void* p) const;
+  // Drops the whole pages of [data, data + bytes) from this process when they lie in a
+  // file mapping (read-only and private: they fault back in from the file if read again),
+  // once their bytes live elsewhere (the expert pool, the CPU runner's copies), so the
+  // process holds the weights once. Other memory is left alone.
+  void release_pages(const void* data, size_t bytes) const;
 
  private:
   std::string origin_;

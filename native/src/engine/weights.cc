@@ -182,9 +182,11 @@ ModelWeights load_model_weights(const std::string& model_dir, const ModelConfig&
       const int layer = static_cast<int>(li);
       w.experts->map_slots(layer, 0, static_cast<int>(M));
       for (int64_t e = 0; e < M; ++e)
-        for (int m = 0; m < kExpertMats; ++m)
-          w.experts->write_slot(layer, static_cast<ExpertMat>(m), static_cast<int>(e),
-                                experts[li][e * kExpertMats + m]);
+        for (int m = 0; m < kExpertMats; ++m) {
+          const TensorView& v = experts[li][e * kExpertMats + m];
+          w.experts->write_slot(layer, static_cast<ExpertMat>(m), static_cast<int>(e), v);
+          w.store->release_pages(v.data, v.nbytes());  // the pool holds them now
+        }
     }
   }
   return w;

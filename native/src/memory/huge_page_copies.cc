@@ -1,7 +1,6 @@
 #include "memory/huge_page_copies.h"
 
 #include <sys/mman.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -22,7 +21,7 @@ HugePageCopies::~HugePageCopies() {
   for (const Region& r : regions_) ::munmap(r.base, r.size);
 }
 
-const void* HugePageCopies::copy(const void* data, size_t bytes, bool from_file_mapping) {
+const void* HugePageCopies::copy(const void* data, size_t bytes) {
   if (!data || bytes == 0) return data;
   if (auto it = by_source_.find(data); it != by_source_.end()) return it->second;
   // Tensors laid end to end in 64 MB regions (a larger tensor gets its own); only the
@@ -45,11 +44,6 @@ const void* HugePageCopies::copy(const void* data, size_t bytes, bool from_file_
   r.used = round_up(r.used + bytes, kAlign);
   copied_ += bytes;
   by_source_.emplace(data, dst);
-  if (!from_file_mapping) return dst;
-  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
-  const uintptr_t s = round_up(reinterpret_cast<uintptr_t>(data), page);
-  const uintptr_t e = (reinterpret_cast<uintptr_t>(data) + bytes) / page * page;
-  if (e > s) ::madvise(reinterpret_cast<void*>(s), e - s, MADV_DONTNEED);
   return dst;
 }
 

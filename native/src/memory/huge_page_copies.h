@@ -2,9 +2,8 @@
 // memory on transparent huge pages, instead of the file mapping's 4 KB page-cache pages.
 // A decode step streams every dense matrix once; on the Xeon with AMX the lm_head GEMV
 // (4 KB rows: one page per row) read 24 GB/s from the mapping and 28 from huge pages, 46%
-// of a V2-Lite-width step. After each copy the file mapping's pages of the source are
-// dropped from this process (MADV_DONTNEED; the kernel's page cache keeps them only as
-// reclaimable cache), so the weights stay one copy in the process's memory.
+// of a V2-Lite-width step. The caller drops the source's file pages afterwards
+// (TensorStore::release_pages), so the weights stay one copy in the process's memory.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -21,11 +20,8 @@ class HugePageCopies {
   HugePageCopies& operator=(const HugePageCopies&) = delete;
 
   // The copy of [data, data + bytes), made on the first call for that source address (a
-  // tied lm_head and embedding share one). from_file_mapping: the source lies in a private
-  // read-only file mapping, whose pages are then dropped (they fault back in from the file
-  // should anything read them again); never for other memory, which that would zero.
-  // Throws ew::Error when the memory is refused.
-  const void* copy(const void* data, size_t bytes, bool from_file_mapping);
+  // tied lm_head and embedding share one). Throws ew::Error when the memory is refused.
+  const void* copy(const void* data, size_t bytes);
   size_t bytes_copied() const { return copied_; }
 
  private:
