@@ -40,14 +40,11 @@ inline CpuPath exact_path(CpuPath p) { return rounds_activations(p) ? CpuPath::A
 // Why amx is missing from cpu_paths() (no AMX, the OS refused the tile permission, not built),
 // or "" when it is there: the tests say it when they skip.
 const char* amx_unavailable_reason();
-// Whether a few-token matmul (decode), which streams its weights one row at a time (one
-// forward stream), also prefetches each line kGemvAheadBytes ahead in that stream (true on
-// Intel: 33-34 GB/s, 97-100% of the bandwidth probe, against 29-30 for prefetched 4-row
-// groups and 16 for no prefetch, a 420 MB GEMV of 4 KB rows on a Xeon with AMX; on AMD
-// Zen 4 the stream without software prefetch measured 27-35 GB/s against 23-26 with it).
-// Results are the same either way.
-bool gemv_prefetches_ahead();
-constexpr int64_t kGemvAheadBytes = 8 << 10;  // 4 and 16 KB measured the same, 64 KB less
+// A few-token matmul (decode) streams its weights one row at a time (one forward stream);
+// this is what row n of rows [.., n1) of W (row_bytes each) prefetches as it goes: the same
+// stream a fixed distance on, on Intel while that stays within row n1, else null (AMD, whose
+// prefetchers do better alone). cpu_paths.cc has the figures. Results are the same either way.
+const void* gemv_prefetch_ahead(const void* W, int64_t row_bytes, int64_t n, int64_t n1);
 // The most weight bytes one chunk of a parallel matmul loop takes (rows_per_chunk): larger
 // on Intel (cpu_paths.cc says why).
 int64_t gemv_chunk_bytes();

@@ -9,7 +9,7 @@
 // how often a loaded weight vector is reused, never a result. Weights stay in their
 // stored layout (bf16 widened in registers by a shift), so nothing is repacked at load.
 // Decode (T = 1) is the same kernel, one row at a time: a single forward stream, prefetched
-// ahead in software on Intel and left to the hardware on AMD (gemv_prefetches_ahead()).
+// ahead in software on Intel and left to the hardware on AMD (gemv_prefetch_ahead()).
 //
 // As in matmul_avx2.cc: no inline or template function that other files also use is
 // instantiated here (the linker could keep this file's AVX-512 copy for everyone).
@@ -128,14 +128,9 @@ template <DType DT>
 void rows_impl(const float* x, int64_t T, const void* W, int64_t K, int64_t n0, int64_t n1, float* y,
                int64_t ldy, bool accum) {
   if (T < kFewTokens) {
-    // `next` of a one-row tile is this row's stream kGemvAheadBytes on, kept inside the chunk.
-    const int64_t row = K * dtype_bytes<DT>();
-    const char* w = static_cast<const char*>(W);
-    const bool ahead = gemv_prefetches_ahead();
-    for (int64_t n = n0; n < n1; ++n) {
-      const bool inside = (n + 1) * row + kGemvAheadBytes <= n1 * row;
-      token_tiles<DT, 1>(x, T, K, W, n, y, ldy, accum, ahead && inside ? w + n * row + kGemvAheadBytes : nullptr);
-    }
+    for (int64_t n = n0; n < n1; ++n)
+      token_tiles<DT, 1>(x, T, K, W, n, y, ldy, accum,
+                         static_cast<const char*>(gemv_prefetch_ahead(W, K * dtype_bytes<DT>(), n, n1)));
     return;
   }
   constexpr int64_t kTokenBlock = 64;

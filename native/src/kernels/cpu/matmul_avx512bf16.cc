@@ -70,7 +70,7 @@ inline void tile(const uint16_t* x, int64_t K, const uint16_t* W, int64_t n, flo
 
 // As in matmul_avx512.cc: 4-row x 6-token tiles for several tokens; for fewer than
 // kFewTokens one row at a time (one forward stream through the weights), prefetched ahead
-// where gemv_prefetches_ahead() says so (Intel).
+// where gemv_prefetch_ahead() gives an address (Intel).
 constexpr int kTileRows = 4, kTileTokens = 6, kFewTokens = 4;
 
 // The first token tile of a group also prefetches the next group's weights (matmul_avx512.cc).
@@ -109,12 +109,9 @@ inline void token_tiles(const uint16_t* x, int64_t T, int64_t K, const uint16_t*
 void matmul_rows_bf16(const uint16_t* x, int64_t T, const uint16_t* W, int64_t K, int64_t n0, int64_t n1, float* y,
                       int64_t ldy, bool accumulate) {
   if (T < kFewTokens) {
-    constexpr int64_t ahead_elems = kGemvAheadBytes / 2;  // bf16
-    const bool ahead = gemv_prefetches_ahead();
-    for (int64_t n = n0; n < n1; ++n) {
-      const bool inside = (n + 1) * K + ahead_elems <= n1 * K;
-      token_tiles<1>(x, T, K, W, n, y, ldy, accumulate, ahead && inside ? W + n * K + ahead_elems : nullptr);
-    }
+    for (int64_t n = n0; n < n1; ++n)
+      token_tiles<1>(x, T, K, W, n, y, ldy, accumulate,
+                     static_cast<const uint16_t*>(gemv_prefetch_ahead(W, K * 2, n, n1)));
     return;
   }
   constexpr int64_t kTokenBlock = 128;  // 128 bf16 rows of K stay in L2
