@@ -45,9 +45,6 @@ const char* amx_unavailable_reason();
 // stream a fixed distance on, on Intel while that stays within row n1, else null (AMD, whose
 // prefetchers do better alone). cpu_paths.cc has the figures. Results are the same either way.
 const void* gemv_prefetch_ahead(const void* W, int64_t row_bytes, int64_t n, int64_t n1);
-// The most weight bytes one chunk of a parallel matmul loop takes (rows_per_chunk): larger
-// on Intel (cpu_paths.cc says why).
-int64_t gemv_chunk_bytes();
 // Whether amx::matmul_rows_bf16_on_tile_model can run here (AMX kernels built, AVX512_BF16 CPU).
 bool amx_tile_model_runs();
 

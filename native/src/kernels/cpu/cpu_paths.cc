@@ -165,12 +165,6 @@ const void* gemv_prefetch_ahead(const void* W, int64_t row_bytes, int64_t n, int
   return static_cast<const char*>(W) + n * row_bytes + kAheadBytes;
 }
 
-// Intel's prefetchers pay a ramp-up at every jump to another stretch of weights: on the
-// Xeon with AMX, 512 KB decode chunks instead of 128 KB made a V2-Lite-width decode step
-// 1.06x faster on avx512 and 1.2x on avx512-bf16 (amx unchanged); on AMD (Zen 3) larger
-// chunks measured no better, so they keep the finer cut that balances the threads.
-int64_t gemv_chunk_bytes() { return is_intel() ? int64_t{512} << 10 : int64_t{128} << 10; }
-
 bool amx_tile_model_runs() {
 #ifdef EW_HAVE_AMX_KERNELS
   return features().avx512_bf16;
