@@ -84,6 +84,7 @@ inline void tile(const float* x, int64_t K, const void* W, int64_t n, float* y, 
 // streams measured 11 GB/s against 27-35 for one on AMD Zen 4, 29-30 against 33-34 with the
 // stream prefetched ahead on Intel). The tile decides only loads and reuse, never a result.
 constexpr int kTileRows = 4, kTileTokens = 4, kFewTokens = 4;
+static_assert(kTileTokens == 4, "token_tiles' switches cover remainders of 1 to 3 tokens");
 
 // Every token tile of rows n .. n + R - 1; the first also prefetches `next` (the next row
 // group's weights, or null) so that its DRAM traffic overlaps this group's arithmetic:
@@ -100,7 +101,6 @@ inline void token_tiles(const float* x, int64_t T, int64_t K, const void* W, int
   for (; t + kTileTokens <= T; t += kTileTokens) tile<DT, R, kTileTokens>(x + t * K, K, W, n, y + t * ldy, ldy, accum);
   if (next && T - t > 0) {  // the group's only (short) tile prefetches
     switch (T - t) {
-      case 4: return tile<DT, R, 4>(x + t * K, K, W, n, y + t * ldy, ldy, accum, next);
       case 3: return tile<DT, R, 3>(x + t * K, K, W, n, y + t * ldy, ldy, accum, next);
       case 2: return tile<DT, R, 2>(x + t * K, K, W, n, y + t * ldy, ldy, accum, next);
       case 1: return tile<DT, R, 1>(x + t * K, K, W, n, y + t * ldy, ldy, accum, next);
@@ -108,7 +108,6 @@ inline void token_tiles(const float* x, int64_t T, int64_t K, const void* W, int
     }
   }
   switch (T - t) {
-    case 4: tile<DT, R, 4>(x + t * K, K, W, n, y + t * ldy, ldy, accum); break;
     case 3: tile<DT, R, 3>(x + t * K, K, W, n, y + t * ldy, ldy, accum); break;
     case 2: tile<DT, R, 2>(x + t * K, K, W, n, y + t * ldy, ldy, accum); break;
     case 1: tile<DT, R, 1>(x + t * K, K, W, n, y + t * ldy, ldy, accum); break;

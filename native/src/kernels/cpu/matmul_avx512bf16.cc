@@ -67,6 +67,7 @@ inline void tile(const uint16_t* x, int64_t K, const uint16_t* W, int64_t n, flo
 // kFewTokens one row at a time (one forward stream through the weights), prefetched ahead
 // where gemv_prefetch_ahead() gives an address (Intel).
 constexpr int kTileRows = 4, kTileTokens = 4, kFewTokens = 4;
+static_assert(kTileTokens == 4, "token_tiles' switches cover remainders of 1 to 3 tokens");
 
 // The first token tile of a group also prefetches the next group's weights (matmul_avx512.cc).
 template <int R>
@@ -81,8 +82,6 @@ inline void token_tiles(const uint16_t* x, int64_t T, int64_t K, const uint16_t*
   for (; t + kTileTokens <= T; t += kTileTokens) tile<R, kTileTokens>(x + t * K, K, W, n, y + t * ldy, ldy, accum);
   if (next && T - t > 0) {
     switch (T - t) {
-      case 5: return tile<R, 5>(x + t * K, K, W, n, y + t * ldy, ldy, accum, next);
-      case 4: return tile<R, 4>(x + t * K, K, W, n, y + t * ldy, ldy, accum, next);
       case 3: return tile<R, 3>(x + t * K, K, W, n, y + t * ldy, ldy, accum, next);
       case 2: return tile<R, 2>(x + t * K, K, W, n, y + t * ldy, ldy, accum, next);
       case 1: return tile<R, 1>(x + t * K, K, W, n, y + t * ldy, ldy, accum, next);
@@ -90,8 +89,6 @@ inline void token_tiles(const uint16_t* x, int64_t T, int64_t K, const uint16_t*
     }
   }
   switch (T - t) {
-    case 5: tile<R, 5>(x + t * K, K, W, n, y + t * ldy, ldy, accum); break;
-    case 4: tile<R, 4>(x + t * K, K, W, n, y + t * ldy, ldy, accum); break;
     case 3: tile<R, 3>(x + t * K, K, W, n, y + t * ldy, ldy, accum); break;
     case 2: tile<R, 2>(x + t * K, K, W, n, y + t * ldy, ldy, accum); break;
     case 1: tile<R, 1>(x + t * K, K, W, n, y + t * ldy, ldy, accum); break;
