@@ -8,9 +8,10 @@
 // its token) and decode (tg, one token per step)
 // in interleaved runs (ours, theirs, ours, theirs, ...) and prints the per-round
 // ratios with their spread, because absolute times on a shared machine mean little.
-// Writes bench/results/peers.md. Never part of `npm test` or CI.
+// Writes bench/results/peers.md, or --out (a run on another kind of CPU kept beside it).
+// Never part of `npm test` or CI.
 //
-//   npm run bench:peers [-- --models v2-shaped,embedded,large] [--rounds N] [--threads 2]
+//   npm run bench:peers [-- --models v2-shaped,embedded,large] [--rounds N] [--threads 2] [--out FILE]
 import { fork, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
@@ -449,6 +450,7 @@ async function main(): Promise<void> {
       models: { type: 'string', default: SPECS.map((s) => s.key).join(',') },
       rounds: { type: 'string' },
       threads: { type: 'string', default: '2' },
+      out: { type: 'string', default: join(ROOT, 'bench', 'results', 'peers.md') },
     },
   });
   const keys = values.models.split(',');
@@ -465,8 +467,8 @@ async function main(): Promise<void> {
   for (const spec of specs) results.push(await benchModel(spec, rounds ?? spec.rounds, threads));
   const md = report(results, { threads, load: [loadStart, loadavg()], buildSeconds: stamp.buildSeconds, date });
   console.log('\n' + md);
-  mkdirSync(join(ROOT, 'bench', 'results'), { recursive: true });
-  writeFileSync(join(ROOT, 'bench', 'results', 'peers.md'), md);
+  mkdirSync(dirname(values.out), { recursive: true });
+  writeFileSync(values.out, md);
   if (results.some((r) => (r.exact && r.exact.firstDifference >= 0) || !r.deterministic)) {
     console.error('bench:peers: llama.cpp on the F32 weights disagrees with ExpertWeave, or runs were not reproducible (see above)');
     process.exitCode = 1;
