@@ -9,6 +9,7 @@
 #include <limits>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/rope_config.h"
@@ -153,10 +154,13 @@ TEST(matmul_token_rows_are_bit_identical_alone_or_in_a_batch) {
         matmul_cpu_path(p, x.data() + t * K, 1, w.bytes.data(), dt, N, K, one.data());
         CHECK(same_bits(one.data(), batch.data() + t * N, N));
       }
-      // Any sub-batch (here tokens 2..6) gives the same rows too.
-      std::vector<float> part(5 * N);
-      matmul_cpu_path(p, x.data() + 2 * K, 5, w.bytes.data(), dt, N, K, part.data());
-      CHECK(same_bits(part.data(), batch.data() + 2 * N, 5 * N));
+      // Any sub-batch gives the same rows too: tokens 2..6, and 2 or 3 tokens (decode's
+      // few-token row groups).
+      for (const auto [t0, n] : {std::pair<int64_t, int64_t>{2, 5}, {1, 2}, {4, 3}}) {
+        std::vector<float> part(n * N);
+        matmul_cpu_path(p, x.data() + t0 * K, n, w.bytes.data(), dt, N, K, part.data());
+        CHECK(same_bits(part.data(), batch.data() + t0 * N, n * N));
+      }
     }
   }
 }
