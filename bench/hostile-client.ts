@@ -24,6 +24,24 @@ function hostile(kind: string, url: string): void { // runs until the worker is 
     open();
     return;
   }
+  if (kind === 'oversized-frames') {
+    // A 500 KB frame: over the embedded model's 320 KiB frame limit (daemon.ts: 4 x its 64 KiB of
+    // prompt text + 64 KiB) and under twice it, so uWebSockets.js takes it whole and the daemon ends
+    // the connection with 1009 (the costlier cut-off; beyond twice, uWebSockets.js drops the
+    // connection at the frame's header); then at once a new connection.
+    const frame = maskedTextFrame(JSON.stringify({ ...longRequest('o'), prompt: 'x'.repeat(500_000) }));
+    const open = () => {
+      const sock = connect(Number(new URL(url).port), '127.0.0.1', () => {
+        sock.write('GET /v1/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
+        sock.write(frame);
+      });
+      sock.on('data', () => {}); // read the upgrade answer and the close frame
+      sock.on('error', () => {});
+      sock.on('close', open);
+    };
+    open();
+    return;
+  }
   if (kind === 'hog') {
     void StreamClient.open(ws).then((c) => {
       let n = 0;
@@ -47,7 +65,13 @@ function hostile(kind: string, url: string): void { // runs until the worker is 
 /** A client-to-server WebSocket text frame (masked, as clients must send). */
 function maskedTextFrame(text: string): Buffer {
   const payload = Buffer.from(text);
-  const header = payload.length < 126 ? Buffer.from([0x81, 0x80 | payload.length]) : Buffer.from([0x81, 0x80 | 126, payload.length >> 8, payload.length & 0xff]);
+  const n = payload.length;
+  const header =
+    n < 126
+      ? Buffer.from([0x81, 0x80 | n])
+      : n < 65536
+        ? Buffer.from([0x81, 0x80 | 126, n >> 8, n & 0xff])
+        : Buffer.concat([Buffer.from([0x81, 0x80 | 127]), (() => { const b = Buffer.alloc(8); b.writeBigUInt64BE(BigInt(n)); return b; })()]);
   const mask = Buffer.from([1, 2, 3, 4]);
   const masked = Buffer.from(payload.map((b, i) => b ^ mask[i % 4]));
   return Buffer.concat([header, mask, masked]);

@@ -4,6 +4,7 @@
 //   slow-reader  a connection that never reads, with 256 long streams (reconnects when cut)
 //   hog          256 long requests kept in flight on one connection
 //   big-prompts  1 MB text prompts sent back to back over HTTP
+//   oversized-frames  500 KB WebSocket frames (over the 320 KiB limit), a new connection after each cut-off
 // Reports the victim's TTFT median / p99 per phase and as a ratio to the alone phases
 // around it. The hostile client runs on a worker thread (bench/hostile-client.ts), the
 // victim on the main thread. Loopback only; bounded in time (phases of --seconds) and count.
@@ -23,7 +24,7 @@ import { Worker } from 'node:worker_threads';
 import { repoRoot } from '../test/helpers/paths.js';
 import { StreamClient } from '../test/helpers/ws-client.js';
 
-type Kind = 'slow-reader' | 'hog' | 'big-prompts';
+type Kind = 'slow-reader' | 'hog' | 'big-prompts' | 'oversized-frames';
 /** 'alone', or a kind, with ' (nice 19)' when the hostile thread ran at the lowest priority. */
 type Phase = string;
 
@@ -80,13 +81,13 @@ async function victim(url: string, seconds: number): Promise<number[]> {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { seconds: { type: 'string', default: '4' }, rounds: { type: 'string', default: '2' }, serve: { type: 'string', default: '' }, kinds: { type: 'string', default: 'slow-reader,hog,big-prompts' } } });
+  const { values } = parseArgs({ options: { seconds: { type: 'string', default: '4' }, rounds: { type: 'string', default: '2' }, serve: { type: 'string', default: '' }, kinds: { type: 'string', default: 'slow-reader,hog,big-prompts,oversized-frames' } } });
   const seconds = Number(values.seconds);
   const rounds = Number(values.rounds);
   const serveArgs = values.serve.split(' ').filter((a) => a !== '');
   const server = await startServer(serveArgs);
   const samples = new Map<Phase, number[][]>();
-  const known: Kind[] = ['slow-reader', 'hog', 'big-prompts'];
+  const known: Kind[] = ['slow-reader', 'hog', 'big-prompts', 'oversized-frames'];
   const kinds = values.kinds.split(',') as Kind[];
   for (const k of kinds) if (!known.includes(k)) throw new Error(`--kinds: unknown kind ${k} (known: ${known.join(', ')})`);
   const phases = kinds.flatMap((k) => [k, `${k} (nice 19)`]);
