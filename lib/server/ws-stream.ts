@@ -5,14 +5,18 @@
 // frames already queued (whole frames only, so a client that does read late sees a
 // clean close) and its requests are cancelled, freeing their KV blocks. Memory per connection is bounded
 // and a slow reader never stalls the batch of others. Frames over maxFrameBytes end
-// the connection with 1009 (up to twice that size; beyond, uWebSockets.js itself
-// drops the connection, as it does for text frames that are not UTF-8: its close
-// code there is 1006 and cannot be changed from JavaScript).
+// the connection with 1009 after OVERSIZE_REFUSAL_MS, as an oversized HTTP body's 413
+// waits (its requests are cancelled at once, later frames ignored): a client sending
+// them in a loop, one connection after another, was cut off about 1,900 times a second
+// (up to twice that size; beyond, uWebSockets.js itself drops the connection at the
+// frame's header, as it does for text frames that are not UTF-8: its close code there
+// is 1006 and cannot be changed from JavaScript).
 import type { TemplatedApp, WebSocket } from 'uWebSockets.js';
 
 import { RequestError, type TokenEvent } from '../scheduler/request.js';
 import { parseMessages } from '../tokenizer/chat-template.js';
 import { parsePrompt, parseSampling, refuseUnsupported } from './generate-params.js';
+import { OVERSIZE_REFUSAL_MS } from './http-io.js';
 import type { Running, Service } from './service.js';
 
 const DEFAULT_MAX_TOKENS = 16;
@@ -41,18 +45,29 @@ export interface StreamOptions {
 interface Conn {
   client: string;
   requests: Map<string, Running>;
+  /** Cut off or closed: no frame is read or sent any more. */
   closed: boolean;
+  /** uWebSockets.js closed it (the WebSocket object must not be touched after). */
+  gone: boolean;
 }
 
 const decoder = new TextDecoder();
 let connections = 0;
 
 export function mountStream(app: TemplatedApp, service: Service, opts: StreamOptions, sockets: Set<WebSocket<Conn>>): void {
-  const cutOff = (ws: WebSocket<Conn>, code: number, reason: string) => {
+  const cutOff = (ws: WebSocket<Conn>, code: number, reason: string, afterMs = 0) => {
     const conn = ws.getUserData();
     if (conn.closed) return;
     conn.closed = true;
-    ws.end(code, reason); // the close handler cancels the connection's requests
+    if (afterMs === 0) return ws.end(code, reason); // the close handler cancels the connection's requests
+    cancelAll(conn);
+    setTimeout(() => {
+      if (!conn.gone) ws.end(code, reason);
+    }, afterMs).unref();
+  };
+  const cancelAll = (conn: Conn) => {
+    for (const r of conn.requests.values()) r.cancel();
+    conn.requests.clear();
   };
   // Frames go out corked, once per connection per tick: a step's tokens for the many
   // requests of one connection leave in one write, not one each.
@@ -96,7 +111,7 @@ export function mountStream(app: TemplatedApp, service: Service, opts: StreamOpt
         return;
       }
       res.upgrade<Conn>(
-        { client: `ws:${++connections}`, requests: new Map(), closed: false },
+        { client: `ws:${++connections}`, requests: new Map(), closed: false, gone: false },
         req.getHeader('sec-websocket-key'),
         req.getHeader('sec-websocket-protocol'),
         req.getHeader('sec-websocket-extensions'),
@@ -109,9 +124,10 @@ export function mountStream(app: TemplatedApp, service: Service, opts: StreamOpt
     message: (ws, message, isBinary) => {
       let frame: Record<string, unknown>;
       let id: string | null = null;
+      if (ws.getUserData().closed) return; // cut off, its close pending
       try {
         if (message.byteLength > opts.maxFrameBytes) {
-          cutOff(ws, 1009, `frame of ${message.byteLength} bytes; the limit is ${opts.maxFrameBytes}`);
+          cutOff(ws, 1009, `frame of ${message.byteLength} bytes; the limit is ${opts.maxFrameBytes}`, OVERSIZE_REFUSAL_MS);
           return;
         }
         if (isBinary) throw new RequestError('bad_request', 'send JSON text frames, not binary');
@@ -191,10 +207,10 @@ export function mountStream(app: TemplatedApp, service: Service, opts: StreamOpt
     close: (ws) => {
       const conn = ws.getUserData();
       conn.closed = true;
+      conn.gone = true;
       queued.delete(ws);
       sockets.delete(ws);
-      for (const r of conn.requests.values()) r.cancel();
-      conn.requests.clear();
+      cancelAll(conn);
     },
   });
 }

@@ -156,12 +156,22 @@ describe('hostile clients', () => {
     });
     after(() => daemon.close());
 
-    test('8: a frame over the limit closes its connection with 1009', async () => {
+    test('8: a frame over the limit closes its connection with 1009 after a pause; its requests end, later frames are ignored', async () => {
+      const vocab = daemon.engine.info.vocabSize;
       const c = await StreamClient.open(ws);
+      c.send({ type: 'generate', id: 'long', prompt: cases(vocab, [null], 1)[0].prompt, max_tokens: 200, temperature: 1, seed: 3, ignore_eos: true });
+      assert.equal((await c.next((f) => f.id === 'long')).type, 'token');
+      const t0 = performance.now();
       c.send({ type: 'generate', id: 'big', prompt: 'x'.repeat(6000) });
+      c.send({ type: 'generate', id: 'after', prompt: [3, 4], max_tokens: 2 });
       const closed = await c.closed;
+      const ms = performance.now() - t0;
       assert.equal(closed.code, 1009);
       assert.match(closed.reason, /limit is 4096/);
+      assert.ok(ms >= 40, `closed after ${ms.toFixed(1)} ms (the cut-off waits 50)`);
+      assert.ok(!c.frames.some((f) => f.id === 'after' || f.id === 'big'), 'frames after the oversized one were not read');
+      assert.ok(!c.frames.some((f) => f.id === 'long' && f.type === 'done'), 'the running request did not finish');
+      await waitFor(() => daemon.service.scheduler.stats.running === 0 && daemon.service.scheduler.stats.waiting === 0, 'the cut-off connection\'s request to be cancelled');
     });
 
     test('4: a client that stops reading is cut off with 1008 after whole frames; others are not slowed', { timeout: 30_000 }, async () => {
