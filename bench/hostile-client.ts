@@ -5,6 +5,9 @@ import { workerData } from 'node:worker_threads';
 
 import { StreamClient } from '../test/helpers/ws-client.js';
 
+/** A raw client's WebSocket upgrade request for /v1/stream. */
+const UPGRADE = 'GET /v1/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n';
+
 /** Runs one kind of hostile client against the daemon at `url`. */
 function hostile(kind: string, url: string): void { // runs until the worker is terminated
   const ws = url.replace('http', 'ws') + '/v1/stream';
@@ -14,7 +17,7 @@ function hostile(kind: string, url: string): void { // runs until the worker is 
     const open = () => {
       // A raw WebSocket client that never reads after the handshake.
       sock = connect(Number(new URL(url).port), '127.0.0.1', () => {
-        sock!.write('GET /v1/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
+        sock!.write(UPGRADE);
         for (let i = 0; i < 256; i++) sock!.write(maskedTextFrame(JSON.stringify(longRequest(`s${i}`))));
         sock!.pause();
       });
@@ -32,7 +35,7 @@ function hostile(kind: string, url: string): void { // runs until the worker is 
     const frame = maskedTextFrame(JSON.stringify({ ...longRequest('o'), prompt: 'x'.repeat(500_000) }));
     const open = () => {
       const sock = connect(Number(new URL(url).port), '127.0.0.1', () => {
-        sock.write('GET /v1/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
+        sock.write(UPGRADE);
         sock.write(frame);
       });
       sock.on('data', () => {}); // read the upgrade answer and the close frame
@@ -66,12 +69,14 @@ function hostile(kind: string, url: string): void { // runs until the worker is 
 function maskedTextFrame(text: string): Buffer {
   const payload = Buffer.from(text);
   const n = payload.length;
-  const header =
-    n < 126
-      ? Buffer.from([0x81, 0x80 | n])
-      : n < 65536
-        ? Buffer.from([0x81, 0x80 | 126, n >> 8, n & 0xff])
-        : Buffer.concat([Buffer.from([0x81, 0x80 | 127]), (() => { const b = Buffer.alloc(8); b.writeBigUInt64BE(BigInt(n)); return b; })()]);
+  let header: Buffer;
+  if (n < 126) header = Buffer.from([0x81, 0x80 | n]);
+  else if (n < 65536) header = Buffer.from([0x81, 0x80 | 126, n >> 8, n & 0xff]);
+  else {
+    header = Buffer.alloc(10);
+    header.set([0x81, 0x80 | 127]);
+    header.writeBigUInt64BE(BigInt(n), 2);
+  }
   const mask = Buffer.from([1, 2, 3, 4]);
   const masked = Buffer.from(payload.map((b, i) => b ^ mask[i % 4]));
   return Buffer.concat([header, mask, masked]);
