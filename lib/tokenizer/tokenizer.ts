@@ -45,8 +45,8 @@ export class TextTokenizer {
   readonly streamDecoding: StreamDecoding;
   /** streamText([id]) per id (see piece). */
   private readonly pieces = new Map<number, string>();
-  /** streamPiece per id ('after-first'). */
-  private readonly continuations = new Map<number, string>();
+  /** streamPiece per id ('after-first'); null where its text did not follow the anchor's. */
+  private readonly continuations = new Map<number, string | null>();
   /** 'after-first': a token whose text is plain and non-empty, and that text: continuations are decoded after it. */
   private anchor: { id: number; text: string } | null | undefined;
 
@@ -129,11 +129,10 @@ export class TextTokenizer {
       const anchor = this.anchorToken();
       if (!anchor) return undefined;
       const both = this.streamText([anchor.id, id]);
-      if (!both.startsWith(anchor.text)) return undefined;
-      text = both.slice(anchor.text.length);
+      text = both.startsWith(anchor.text) ? both.slice(anchor.text.length) : null;
       this.continuations.set(id, text);
     }
-    return text;
+    return text ?? undefined;
   }
 
   private anchorToken(): { id: number; text: string } | null {
